@@ -1,0 +1,84 @@
+"""Encoded feature matrices for the distance-based metrics (covariance, MMD, precision/recall,
+DCR, membership inference).
+
+Privacy: the encoder is fitted on the real holdout rows (quantiles, category sets). It lives only
+inside one ``evaluate`` call and is never saved; the metrics built on it are NOT private.
+
+The features are the model's own encoding (``DataTransformer``: Gaussian quantile map for numeric
+columns, one-hot for categories, a present/missing pair for numeric columns with gaps), with two
+changes for measurement rather than training: ties are mapped to the *middle* of their probability
+mass instead of a random point, so equal rows encode equally (an exact copy must sit at distance
+0), and the schema is widened to every category, gap and range seen in any of the tables, so a
+synthetic value outside the real support is measured rather than refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+
+from cadasg_dist.data.schema import Schema
+from cadasg_dist.data.transforms import CategoricalTransform, DataTransformer
+from cadasg_dist.evaluate.prepare import NUMERIC_KINDS, numeric_values
+
+
+class _MidpointTies:
+    """Stands in for the generator the quantile map draws tie positions from: always the middle."""
+
+    def random(self, size: int) -> np.ndarray:
+        return np.full(size, 0.5)
+
+
+def widened_schema(schema: Schema, frames: list[pd.DataFrame]) -> Schema:
+    """``schema`` with categories, missing flags and bounds widened to what ``frames`` hold."""
+    columns = []
+    for col in schema.columns:
+        has_missing = col.has_missing or any(bool(f[col.name].isna().any()) for f in frames)
+        if col.kind in NUMERIC_KINDS:
+            present = [x[~np.isnan(x)] for x in (numeric_values(f[col.name], col.kind) for f in frames)]
+            lows = [float(x.min()) for x in present if x.size] + [v for v in (col.min,) if v is not None]
+            highs = [float(x.max()) for x in present if x.size] + [v for v in (col.max,) if v is not None]
+            columns.append(dataclasses.replace(col, has_missing=has_missing, min=min(lows, default=0.0),
+                                               max=max(highs, default=0.0)))
+            continue
+        cats = list(col.categories or ())
+        seen = {_key(c) for c in cats}
+        for f in frames:
+            for v in pd.unique(f[col.name].dropna()):
+                if _key(v) not in seen:
+                    seen.add(_key(v))
+                    cats.append(v.item() if isinstance(v, np.generic) else v)
+        columns.append(dataclasses.replace(col, has_missing=has_missing, categories=tuple(cats)))
+    return Schema(columns=tuple(columns), dropped=schema.dropped)
+
+
+def _key(v: object) -> object:
+    # the same normalisation CategoricalTransform uses for its look-ups (1.0 and 1 are one category)
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+
+
+def fit_encoder(schema: Schema, real: pd.DataFrame) -> DataTransformer:
+    """Quantile/one-hot encoder fitted on the real rows (``schema`` already widened)."""
+    return DataTransformer(schema).fit(real)
+
+
+def encode(transformer: DataTransformer, df: pd.DataFrame) -> np.ndarray:
+    """(N, D) float64 features with ties at their midpoint (deterministic, row-order free)."""
+    ties = _MidpointTies()
+    parts = []
+    for span in transformer.spans:
+        t = transformer.transforms[span.column]
+        if span.role == "missing":
+            isna = df[span.column].isna().to_numpy()
+            parts.append(np.stack([~isna, isna], axis=1).astype(np.float64))
+        elif isinstance(t, CategoricalTransform):
+            parts.append(t.encode(df[span.column], ties).astype(np.float64))
+        else:
+            parts.append(t.encode(df[span.column], ties).astype(np.float64)[:, None])
+    return np.concatenate(parts, axis=1) if parts else np.zeros((len(df), 0))
