@@ -7,6 +7,7 @@ Metric definitions: docs/metrics.md.
 """
 
 from cadasg_dist.evaluate.evaluation import evaluate
+from cadasg_dist.evaluate.report import write_report
 from cadasg_dist.evaluate.result import (
     ContextFidelity,
     ContextRow,
@@ -19,4 +20,4 @@ from cadasg_dist.evaluate.result import (
 )
 
 __all__ = ["ContextFidelity", "ContextRow", "ContextUtility", "EvaluationResult", "FidelityResult",
-           "PrivacyResult", "TargetRate", "UtilityResult", "evaluate"]
+           "PrivacyResult", "TargetRate", "UtilityResult", "evaluate", "write_report"]

@@ -34,8 +34,8 @@ def measure_utility(fit_real: pd.DataFrame, synthetic: pd.DataFrame, test: pd.Da
     task = "classification" if kinds[target] not in NUMERIC_KINDS else "regression"
     y = [_target(df[target], kinds[target], task) for df in (fit_real, synthetic, test)]
     keep = [_present(v, task) for v in y]
-    frames = [df.loc[k].reset_index(drop=True) for df, k in zip((fit_real, synthetic, test), keep)]
-    y = [v[k] for v, k in zip(y, keep)]
+    frames = [df.loc[k].reset_index(drop=True) for df, k in zip((fit_real, synthetic, test), keep, strict=True)]
+    y = [v[k] for v, k in zip(y, keep, strict=True)]
     test_cells = test_cells[keep[2]]
     features = [c for c in kinds if c != target]
     x_real, x_syn, x_test = _feature_frames(frames, kinds, features)
@@ -75,12 +75,12 @@ def _feature_frames(frames: list[pd.DataFrame], kinds: dict[str, str], features:
     for name in features:
         kind = kinds[name]
         if kind in NUMERIC_KINDS:
-            for o, df in zip(out, frames):
+            for o, df in zip(out, frames, strict=True):
                 o[name] = numeric_values(df[name], kind)
             continue
         keys = [category_keys(df[name], kind) for df in frames]
         cats = sorted({k for kk in keys for k in np.unique(kk)} - {MISSING})
-        for o, kk in zip(out, keys):
+        for o, kk in zip(out, keys, strict=True):
             col = pd.Categorical(np.where(kk == MISSING, None, kk), categories=cats)
             # past the estimator's native limit, fall back to ordinal codes (missing stays NaN)
             o[name] = col if len(cats) <= _MAX_CATEGORIES else np.where(col.codes < 0, np.nan, col.codes)
