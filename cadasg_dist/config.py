@@ -1,0 +1,294 @@
+"""Typed run configuration: the one source of defaults.
+
+The CLI flags, the YAML files in ``configs/`` and the Flower run config all parse into
+``CADASGConfig``; nothing else holds a default. Unknown keys are refused with the list of known
+ones, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from cadasg_dist.errors import ConfigError
+
+ColumnKind = Literal["continuous", "integer", "categorical", "boolean", "datetime", "identifier"]
+
+
+@dataclass(frozen=True)
+class ColumnOverride:
+    """What a user declares about one column.
+
+    Everything here is *declared public*: bounds and categories given in config are not read from
+    the data, so they cost no privacy budget. Anything left unset is estimated from the data and
+    must be paid for by the privacy ledger when training is private.
+    """
+
+    kind: ColumnKind | None = None
+    min: float | None = None
+    max: float | None = None
+    categories: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    columns: dict[str, ColumnOverride] = field(default_factory=dict)
+    # Continuous encoding: "quantile" (Gaussian quantile map, the default, chosen by
+    # bench/encodings.py) or "standard" (affine to zero mean, unit variance).
+    continuous_encoding: Literal["quantile", "standard"] = "quantile"
+    n_quantiles: int = 128
+    # A numeric value holding at least this share of rows gets its own indicator span (1 = never).
+    atom_share: float = 0.05
+    # A text column with more distinct values than this (or unique per row) is treated as an
+    # identifier and refused unless declared.
+    max_categories: int = 200
+
+
+@dataclass(frozen=True)
+class ContextConfig:
+    """How rows map to contexts: one or more columns, numeric ones cut into bands, dates into periods."""
+
+    columns: tuple[str, ...] = ()
+    # Numeric column -> band edges, e.g. {"age": (0, 18, 40, 65, 120)}. Declared public.
+    bands: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    # Datetime column -> "year" | "quarter" | "month".
+    periods: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    latent_dim: int = 32
+    hidden: tuple[int, ...] = (256, 256)
+    critic_hidden: tuple[int, ...] = (256, 256)
+    utility_hidden: tuple[int, ...] = (128,)
+    # Gumbel-softmax temperature for categorical blocks seen by the critic.
+    gumbel_tau: float = 0.2
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Initial weights of L = λw·L_WGAN + λkl·(L_rec + L_KL) + λcov·L_cov + λu·L_utility."""
+
+    wgan: float = 1.0
+    kl: float = 1.0
+    cov: float = 1.0
+    utility: float = 1.0
+    # Weight of the KL divergence inside the VAE term (beta-VAE).
+    kl_beta: float = 0.1
+    gradient_penalty: float = 10.0
+    adaptive: bool = True
+    # EMA factor of the adaptive weights and the bounds on the ratio to their initial value.
+    balance_smoothing: float = 0.9
+    balance_min: float = 0.05
+    balance_max: float = 20.0
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    ema_alpha: float = 0.95
+    # Noise multipliers of the Gaussian mechanism on the sufficient statistics (0 = no noise).
+    # The privacy layer calibrates them when training is private.
+    sigma_mean: float = 0.0
+    sigma_cov: float = 0.0
+    sigma_latent: float = 0.0
+    # Each row's contribution is clipped to these L2 norms (bounded sensitivity).
+    clip_x: float = 8.0
+    clip_z: float = 8.0
+    # Ridge added to every covariance when sampling from q_c(z).
+    jitter: float = 1e-4
+    # Re-estimate the cache over the whole table with the final encoder after training.
+    final_pass: bool = True
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 150
+    batch_size: int = 500
+    lr_generator: float = 1e-3
+    lr_critic: float = 1e-3
+    critic_steps: int = 1
+    weight_decay: float = 1e-6
+    seed: int = 0
+    device: str = "auto"
+    # Intra-op threads for torch on CPU (0 = torch's default). One by default: these MLPs gain little
+    # from more, and with more busy processes than cores OpenMP spinning made training 8x slower
+    # here (3 epochs of rwm5yr: 87 s with 2 threads vs 10 s with 1, other jobs running).
+    threads: int = 1
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """Privacy target. ``epsilon = inf`` is explicit non-private training, flagged everywhere."""
+
+    epsilon: float = math.inf
+    delta: float | None = None
+    max_grad_norm: float = 1.0
+    # Row-level privacy by default; a column name makes each unit (e.g. a patient id) the unit.
+    unit: str | None = None
+    max_rows_per_unit: int = 5
+
+
+@dataclass(frozen=True)
+class CADASGConfig:
+    target: str | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    context: ContextConfig = field(default_factory=ContextConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    # --- conversions -------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> CADASGConfig:
+        return _build(cls, raw, "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> CADASGConfig:
+        import yaml
+
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {p} must hold a mapping at the top level")
+        return cls.from_dict(raw)
+
+    def replace(self, **dotted: Any) -> CADASGConfig:
+        """A copy with dotted keys replaced, e.g. ``cfg.replace(**{"train.epochs": 5})``."""
+        raw = self.to_dict()
+        for key, value in dotted.items():
+            node = raw
+            parts = key.split(".")
+            for part in parts[:-1]:
+                if part not in node or not isinstance(node[part], dict):
+                    raise ConfigError(f"unknown config key {key!r}")
+                node = node[part]
+            if parts[-1] not in node:
+                raise ConfigError(f"unknown config key {key!r}")
+            node[parts[-1]] = value
+        return CADASGConfig.from_dict(raw)
+
+    @property
+    def private(self) -> bool:
+        return math.isfinite(self.privacy.epsilon)
+
+
+def validate(cfg: CADASGConfig) -> None:
+    checks = [
+        (cfg.train.epochs >= 1, f"train.epochs must be >= 1, got {cfg.train.epochs}"),
+        (cfg.train.batch_size >= 2, f"train.batch_size must be >= 2, got {cfg.train.batch_size}"),
+        (0.9 <= cfg.cache.ema_alpha <= 0.99 or cfg.cache.ema_alpha == 1.0,
+         f"cache.ema_alpha must be in [0.9, 0.99] (or 1.0 for plain sums), got {cfg.cache.ema_alpha}"),
+        (cfg.model.latent_dim >= 1, f"model.latent_dim must be >= 1, got {cfg.model.latent_dim}"),
+        (cfg.privacy.epsilon > 0, f"privacy.epsilon must be > 0 (use inf for non-private), got {cfg.privacy.epsilon}"),
+        (cfg.privacy.delta is None or 0 < cfg.privacy.delta < 1,
+         f"privacy.delta must be in (0, 1), got {cfg.privacy.delta}"),
+        (cfg.privacy.max_grad_norm > 0, f"privacy.max_grad_norm must be > 0, got {cfg.privacy.max_grad_norm}"),
+        (cfg.data.continuous_encoding in ("quantile", "standard"),
+         f"data.continuous_encoding must be 'quantile' or 'standard', got {cfg.data.continuous_encoding!r}"),
+        (cfg.loss.balance_min > 0 and cfg.loss.balance_max >= cfg.loss.balance_min,
+         "loss.balance_min must be > 0 and <= loss.balance_max"),
+    ]
+    for name in ("wgan", "kl", "cov", "utility", "gradient_penalty", "kl_beta"):
+        value = getattr(cfg.loss, name)
+        checks.append((value >= 0, f"loss.{name} must be >= 0, got {value}"))
+    for period_col, period in cfg.context.periods.items():
+        checks.append((period in ("year", "quarter", "month"),
+                       f"context.periods[{period_col!r}] must be year, quarter or month, got {period!r}"))
+    for band_col, edges in cfg.context.bands.items():
+        ok = len(edges) >= 2 and all(a < b for a, b in zip(edges, edges[1:]))
+        checks.append((ok, f"context.bands[{band_col!r}] must be >= 2 increasing edges, got {list(edges)}"))
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+# --- generic dataclass <-> plain data ---------------------------------------------------------
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return value
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if raw is None:
+        return cls()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config section {where or 'top level'} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key {where}{unknown[0]!r}; known keys: {', '.join(sorted(names))}")
+    kwargs = {name: _coerce(hints[name], value, f"{where}{name}") for name, value in raw.items()}
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, where)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where + ".")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where} must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        return {str(k): _coerce(args[1], v, f"{where}[{k!r}]") for k, v in value.items()}
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        return tuple(_coerce(args[0], v, where) for v in value)
+    try:
+        if tp is bool:
+            if isinstance(value, str):
+                if value.lower() in ("true", "1", "yes", "on"):
+                    return True
+                if value.lower() in ("false", "0", "no", "off"):
+                    return False
+                raise ValueError
+            return bool(value)
+        if tp is float:
+            return float(value)
+        if tp is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if tp is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where} must be a {tp.__name__}, got {value!r}") from None
+    return value

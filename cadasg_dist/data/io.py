@@ -1,0 +1,63 @@
+"""Reading and writing tables (CSV and Parquet), atomically on write."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from cadasg_dist.errors import InvalidDataError
+
+SUFFIXES = (".csv", ".parquet", ".pq")
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a CSV or Parquet file (or a directory of Parquet parts) into a DataFrame.
+
+    Raises ``InvalidDataError`` with one line for a missing, unreadable or empty file.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InvalidDataError(f"data file not found: {p}")
+    try:
+        if p.is_dir() or p.suffix.lower() in (".parquet", ".pq"):
+            df = pd.read_parquet(p)
+        elif p.suffix.lower() == ".csv":
+            df = pd.read_csv(p)
+        else:
+            raise InvalidDataError(f"cannot read {p}: use a .csv or .parquet file")
+    except InvalidDataError:
+        raise
+    except pd.errors.EmptyDataError:
+        raise InvalidDataError(f"data file {p} is empty") from None
+    except Exception as exc:  # noqa: BLE001 - any parser failure is a user error here
+        raise InvalidDataError(f"cannot read {p}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    if df.shape[0] == 0 or df.shape[1] == 0:
+        raise InvalidDataError(f"data file {p} has no rows")
+    return df
+
+
+def write_table(df: pd.DataFrame, path: str | Path) -> Path:
+    """Write ``df`` to CSV or Parquet by suffix, through a temporary file and a rename.
+
+    A failure leaves no partial file behind.
+    """
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise InvalidDataError(f"cannot write {p}: the file name must end in .csv or .parquet")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    os.close(fd)
+    try:
+        if suffix == ".csv":
+            df.to_csv(tmp, index=False)
+        else:
+            df.to_parquet(tmp, index=False)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p

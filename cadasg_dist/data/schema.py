@@ -1,0 +1,218 @@
+"""Schema inference: what kind each column is, with overrides from config.
+
+Privacy: inference reads the *types and distinct counts* of the real table to pick a kind. The
+kind of a column is treated as public metadata (it is what a data dictionary would publish); the
+values that transforms later read (bounds, categories, quantiles) are tracked separately in
+``ColumnSchema.sources``: "declared" (public, from config) or "data" (private, estimated from the
+real rows and owed to the privacy ledger when training is private).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cadasg_dist.config import ColumnOverride, DataConfig
+from cadasg_dist.errors import InvalidDataError
+
+# Integer columns with at most this many distinct values are modelled as categories (years,
+# education levels, 0/1 flags); above it they are counts or measurements.
+MAX_INTEGER_LEVELS = 12
+_ID_NAME = re.compile(r"(^id$|^.*_id$|^id_.*$|^.*uuid.*$)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ColumnSchema:
+    name: str
+    kind: str  # continuous | integer | categorical | boolean | datetime
+    dtype: str  # pandas dtype of the original column, restored on output
+    has_missing: bool
+    min: float | None = None
+    max: float | None = None
+    categories: tuple[Any, ...] | None = None
+    # statistic -> "declared" (public) or "data" (private, owed to the ledger)
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "kind": self.kind, "dtype": self.dtype, "has_missing": self.has_missing,
+            "min": self.min, "max": self.max,
+            "categories": None if self.categories is None else list(self.categories),
+            "sources": dict(self.sources),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ColumnSchema:
+        cats = d.get("categories")
+        return cls(name=d["name"], kind=d["kind"], dtype=d["dtype"], has_missing=bool(d["has_missing"]),
+                   min=d.get("min"), max=d.get("max"), categories=None if cats is None else tuple(cats),
+                   sources=dict(d.get("sources", {})))
+
+
+@dataclass(frozen=True)
+class Schema:
+    columns: tuple[ColumnSchema, ...]
+    dropped: tuple[str, ...] = ()  # declared identifiers, never modelled
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def __getitem__(self, name: str) -> ColumnSchema:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    def private_statistics(self) -> list[str]:
+        """Statistics read from real rows rather than declared: what a private run must pay for."""
+        return [f"{c.name}.{stat}" for c in self.columns for stat, src in c.sources.items() if src == "data"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"columns": [c.to_dict() for c in self.columns], "dropped": list(self.dropped)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Schema:
+        return cls(columns=tuple(ColumnSchema.from_dict(c) for c in d["columns"]), dropped=tuple(d.get("dropped", ())))
+
+
+def infer_schema(df: pd.DataFrame, config: DataConfig | None = None) -> Schema:
+    """Infer a ``Schema`` for ``df``; ``config.columns`` overrides kinds, bounds and categories.
+
+    Raises ``InvalidDataError`` for an empty table, an override naming an unknown column, or an
+    undeclared identifier-like column (unique per row, a free-text column, or an ``id`` name).
+    """
+    config = config or DataConfig()
+    if df.shape[0] == 0:
+        raise InvalidDataError("the table has no rows")
+    unknown = sorted(set(config.columns) - set(df.columns))
+    if unknown:
+        raise InvalidDataError(f"config declares column {unknown[0]!r}, which the table does not have; "
+                               f"columns: {', '.join(map(str, df.columns))}")
+    columns, dropped = [], []
+    for name in df.columns:
+        override = config.columns.get(str(name), ColumnOverride())
+        if override.kind == "identifier":
+            dropped.append(str(name))
+            continue
+        columns.append(_infer_column(df[name], str(name), override, config.max_categories))
+    if not columns:
+        raise InvalidDataError("no column is left to model once identifiers are dropped")
+    return Schema(columns=tuple(columns), dropped=tuple(dropped))
+
+
+def _infer_column(s: pd.Series, name: str, override: ColumnOverride, max_categories: int) -> ColumnSchema:
+    present = s.dropna()
+    has_missing = bool(s.isna().any())
+    if present.empty:
+        raise InvalidDataError(f"column {name!r} has no values: drop it or declare it as identifier")
+    kind = override.kind or _guess_kind(present, name, len(s), max_categories)
+    dtype = str(s.dtype)
+    sources: dict[str, str] = {}
+    lo = hi = None
+    cats = None
+    if kind in ("continuous", "integer", "datetime"):
+        values = _as_float(present, kind, name)
+        lo = float(override.min) if override.min is not None else float(values.min())
+        hi = float(override.max) if override.max is not None else float(values.max())
+        if lo > hi:
+            raise InvalidDataError(f"column {name!r}: declared min {lo} is above max {hi}")
+        both_declared = override.min is not None and override.max is not None
+        sources["bounds"] = "declared" if both_declared else "data"
+        sources["quantiles"] = "data"
+        if kind == "integer" and dtype.startswith("float"):
+            dtype = "Int64" if has_missing else "int64"
+    elif kind in ("categorical", "boolean"):
+        if override.categories is not None:
+            cats = tuple(override.categories)
+            sources["categories"] = "declared"
+        else:
+            cats = tuple(_sorted_values(present.unique()))
+            sources["categories"] = "data"
+        if kind == "boolean":
+            cats = (False, True) if override.categories is None else cats
+            sources["categories"] = "declared"  # {False, True} is known without looking
+    else:
+        raise InvalidDataError(f"column {name!r}: unknown kind {kind!r}; use continuous, integer, "
+                               "categorical, boolean, datetime or identifier")
+    return ColumnSchema(name=name, kind=kind, dtype=dtype, has_missing=has_missing, min=lo, max=hi,
+                        categories=cats, sources=sources)
+
+
+def _guess_kind(present: pd.Series, name: str, n_rows: int, max_categories: int) -> str:
+    n_unique = present.nunique()
+    if pd.api.types.is_bool_dtype(present):
+        return "boolean"
+    if pd.api.types.is_datetime64_any_dtype(present):
+        return "datetime"
+    if pd.api.types.is_numeric_dtype(present):
+        integral = bool(np.all(np.mod(present.to_numpy(dtype=float), 1) == 0))
+        if integral and _ID_NAME.match(name):
+            _refuse_identifier(name, "its name marks it as an identifier")
+        if integral and n_unique == n_rows and n_rows > 50 and present.is_monotonic_increasing:
+            _refuse_identifier(name, "it is a unique, increasing integer per row")
+        if integral and n_unique <= MAX_INTEGER_LEVELS:
+            return "categorical"
+        return "integer" if integral else "continuous"
+    # text
+    if _ID_NAME.match(name) or (n_unique == n_rows and n_rows > 50):
+        _refuse_identifier(name, "it is unique per row")
+    if n_unique > max_categories:
+        if _looks_like_dates(present):
+            return "datetime"
+        _refuse_identifier(name, f"it is free text with {n_unique} distinct values")
+    if _looks_like_dates(present) and n_unique > MAX_INTEGER_LEVELS:
+        return "datetime"
+    return "categorical"
+
+
+def _refuse_identifier(name: str, why: str) -> None:
+    raise InvalidDataError(
+        f"column {name!r} looks like an identifier ({why}); identifiers are a privacy risk, not a "
+        f"feature: drop it, or declare it in the config (data.columns.{name}.kind: identifier to "
+        "drop it, or categorical to model it)")
+
+
+def _looks_like_dates(present: pd.Series) -> bool:
+    sample = present.astype(str).head(200)
+    if not sample.str.contains(r"\d{4}-\d{2}-\d{2}|\d{1,2}/\d{1,2}/\d{2,4}", regex=True).all():
+        return False
+    parsed = pd.to_datetime(sample, errors="coerce", format="mixed")
+    return bool(parsed.notna().all())
+
+
+def _as_float(present: pd.Series, kind: str, name: str) -> np.ndarray:
+    if kind == "datetime":
+        return datetime_to_seconds(present)
+    try:
+        return pd.to_numeric(present).to_numpy(dtype=float)
+    except (TypeError, ValueError):
+        raise InvalidDataError(f"column {name!r} is declared {kind} but holds non-numeric values "
+                               f"such as {present.iloc[0]!r}") from None
+
+
+def datetime_to_seconds(values: pd.Series) -> np.ndarray:
+    parsed = pd.to_datetime(values, errors="coerce", format="mixed") if not pd.api.types.is_datetime64_any_dtype(
+        values) else values
+    if getattr(parsed.dt, "tz", None) is not None:
+        parsed = parsed.dt.tz_convert(None)
+    return parsed.astype("datetime64[ns]").astype("int64").to_numpy(dtype=float) / 1e9
+
+
+def _sorted_values(values: Any) -> list[Any]:
+    out = [_plain_scalar(v) for v in values]
+    try:
+        return sorted(out)
+    except TypeError:
+        return sorted(out, key=str)
+
+
+def _plain_scalar(v: Any) -> Any:
+    """Numpy scalars to Python ones, so category sets serialise to JSON unchanged."""
+    if isinstance(v, np.generic):
+        return v.item()
+    return v

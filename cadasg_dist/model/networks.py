@@ -1,0 +1,131 @@
+"""The hybrid GAN-VAE: encoder q(z|x,c), decoder/generator G(z,c), critic D(x,c), and the
+auxiliary utility predictor U(x without target, c).
+
+No BatchNorm anywhere: per-sample gradients for DP-SGD need a normalisation that does not mix
+examples, so every block is Linear -> LayerNorm -> LeakyReLU. The context enters every network as
+a one-hot vector (a learned embedding, as a Linear layer sees it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cadasg_dist.config import ModelConfig
+from cadasg_dist.data.transforms import SpanInfo
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """What the networks need to know about the data: sizes and the feature layout."""
+
+    features: int
+    contexts: int
+    spans: tuple[SpanInfo, ...]
+    target_spans: tuple[SpanInfo, ...]  # the target column's spans (value and missing), may be empty
+
+    def to_dict(self) -> dict:
+        span = lambda s: [s.column, s.kind, s.start, s.width, s.role]  # noqa: E731
+        return {"features": self.features, "contexts": self.contexts,
+                "spans": [span(s) for s in self.spans], "target_spans": [span(s) for s in self.target_spans]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelDims:
+        def spans(key: str) -> tuple[SpanInfo, ...]:
+            return tuple(SpanInfo(c, k, int(st), int(w), r) for c, k, st, w, r in d[key])
+        return cls(int(d["features"]), int(d["contexts"]), spans("spans"), spans("target_spans"))
+
+
+def mlp(sizes: list[int]) -> nn.Sequential:
+    """Hidden blocks Linear -> LayerNorm -> LeakyReLU(0.2); the caller adds the output layer."""
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes, sizes[1:]):
+        layers += [nn.Linear(a, b), nn.LayerNorm(b), nn.LeakyReLU(0.2)]
+    return nn.Sequential(*layers)
+
+
+class Encoder(nn.Module):
+    def __init__(self, dims: ModelDims, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.body = mlp([dims.features + dims.contexts, *cfg.hidden])
+        self.head = nn.Linear(cfg.hidden[-1], 2 * cfg.latent_dim)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.body(torch.cat([x, c], dim=1))  # (B, H)
+        mean, logvar = self.head(h).chunk(2, dim=1)  # (B, L) each
+        return mean, logvar.clamp(-10.0, 5.0)
+
+
+class Decoder(nn.Module):
+    """G(z, c): raw outputs, i.e. values for continuous spans and logits for softmax spans."""
+
+    def __init__(self, dims: ModelDims, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.body = mlp([cfg.latent_dim + dims.contexts, *cfg.hidden])
+        self.head = nn.Linear(cfg.hidden[-1], dims.features)
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(torch.cat([z, c], dim=1)))  # (B, D)
+
+
+class Critic(nn.Module):
+    def __init__(self, dims: ModelDims, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.body = mlp([dims.features + dims.contexts, *cfg.critic_hidden])
+        self.head = nn.Linear(cfg.critic_hidden[-1], 1)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(torch.cat([x, c], dim=1))).squeeze(-1)  # (B,)
+
+
+class UtilityPredictor(nn.Module):
+    """Predicts the target column's spans from the other features (target spans masked out)."""
+
+    def __init__(self, dims: ModelDims, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.target_spans = dims.target_spans
+        mask = torch.ones(dims.features)
+        for s in dims.target_spans:
+            mask[s.start:s.stop] = 0.0
+        self.register_buffer("input_mask", mask)
+        out = sum(s.width for s in dims.target_spans)
+        self.body = mlp([dims.features + dims.contexts, *cfg.utility_hidden])
+        self.head = nn.Linear(cfg.utility_hidden[-1], max(out, 1))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(torch.cat([x * self.input_mask, c], dim=1)))  # (B, T)
+
+
+class CADASGNetworks(nn.Module):
+    def __init__(self, dims: ModelDims, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.dims = dims
+        self.cfg = cfg
+        self.encoder = Encoder(dims, cfg)
+        self.decoder = Decoder(dims, cfg)
+        self.critic = Critic(dims, cfg)
+        self.utility = UtilityPredictor(dims, cfg)
+
+    def one_hot(self, context: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(context, self.dims.contexts).to(self.decoder.head.weight.dtype)  # (B, C)
+
+
+def activate(raw: torch.Tensor, spans: tuple[SpanInfo, ...], *, tau: float | None,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """Map decoder outputs to the feature space: continuous spans pass through; softmax spans
+    become probabilities (``tau=None``) or relaxed one-hot Gumbel-softmax samples (``tau`` given)."""
+    parts = []
+    for s in spans:
+        block = raw[:, s.start:s.stop]
+        if s.kind == "continuous":
+            parts.append(block)
+        elif tau is None:
+            parts.append(torch.softmax(block, dim=1))
+        else:
+            u = torch.rand(block.shape, generator=generator, dtype=block.dtype).clamp(1e-10, 1 - 1e-10)
+            gumbel = -torch.log(-torch.log(u))
+            parts.append(torch.softmax((block + gumbel) / tau, dim=1))
+    return torch.cat(parts, dim=1)

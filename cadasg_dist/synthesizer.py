@@ -1,0 +1,214 @@
+"""``CADASG``: fit on a table, sample synthetic rows per context, save and load.
+
+    model = CADASG(CADASGConfig(target="hospvis", context=ContextConfig(columns=("year", "female"))))
+    model.fit(df)
+    rows = model.sample(1000, context={"female": 1}, seed=7)
+    model.save("runs/rwm"); CADASG.load("runs/rwm")
+
+Sampling for a context c draws z from the cache's q_c(z) and decodes it with c: a minority
+context is generated directly, never by rejection. A partial context (some context columns
+fixed) spreads rows over the matching contexts in proportion to their (noisy) cache counts.
+
+Privacy: sampling reads only the model and the cache, so it is post-processing and spends no
+budget. What ``fit`` reads is listed in ``docs/privacy.md`` and recorded in the ledger.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cadasg_dist import __version__
+from cadasg_dist.artifact import FORMAT, FORMAT_VERSION, load_artifact, save_artifact
+from cadasg_dist.config import CADASGConfig, ContextConfig
+from cadasg_dist.context.cache import ContextCache
+from cadasg_dist.context.extractor import RuleContextExtractor
+from cadasg_dist.data.io import read_table
+from cadasg_dist.data.schema import Schema, infer_schema
+from cadasg_dist.data.transforms import DataTransformer
+from cadasg_dist.errors import ArtifactError, ContextError, InvalidDataError
+from cadasg_dist.model.networks import CADASGNetworks, ModelDims, activate
+from cadasg_dist.privacy.ledger import PrivacyLedger
+from cadasg_dist.train.fit import ProgressFn, fit_local
+from cadasg_dist.train.step import Priors
+
+log = logging.getLogger(__name__)
+
+
+class CADASG:
+    def __init__(self, config: CADASGConfig | None = None) -> None:
+        self.config = config or CADASGConfig()
+        self.schema: Schema | None = None
+        self.extractor: RuleContextExtractor | None = None
+        self.transformer: DataTransformer | None = None
+        self.nets: CADASGNetworks | None = None
+        self.cache: ContextCache | None = None
+        self.ledger: PrivacyLedger = PrivacyLedger.non_private()
+        self.history: list[dict[str, float]] = []
+        self.meta: dict[str, Any] = {}
+        self._priors: Priors | None = None
+
+    # --- fitting ---------------------------------------------------------------------------
+    def prepare(self, data: pd.DataFrame | str | Path, *, context: list[str] | tuple[str, ...] | None = None,
+                target: str | None = None) -> tuple[np.ndarray, np.ndarray, ModelDims]:
+        """Infer schema, contexts and transforms; return the encoded table, its context ids and
+        the model dimensions. Every distributed runner starts from this."""
+        df = read_table(data) if isinstance(data, str | Path) else data
+        if df.shape[0] == 0:
+            raise InvalidDataError("the table has no rows")
+        cfg = self.config
+        if context is not None:
+            cfg = cfg.replace(**{"context.columns": list(context)})
+        if target is not None:
+            cfg = cfg.replace(target=target)
+        self.config = cfg
+        for col in cfg.context.columns:
+            if col not in df.columns:
+                raise InvalidDataError(f"unknown context column {col!r}; columns: {', '.join(map(str, df.columns))}")
+        if cfg.target is not None and cfg.target not in df.columns:
+            raise InvalidDataError(f"unknown target column {cfg.target!r}; columns: {', '.join(map(str, df.columns))}")
+        self.schema = infer_schema(df, cfg.data)
+        if cfg.target is not None and cfg.target in self.schema.dropped:
+            raise InvalidDataError(f"target column {cfg.target!r} is declared an identifier")
+        self.extractor = RuleContextExtractor(cfg.context, self.schema).fit(df)
+        if cfg.target is not None and cfg.target in self.extractor.categorical_columns:
+            raise InvalidDataError(f"target column {cfg.target!r} cannot also be a context column")
+        self.transformer = DataTransformer(self.schema, cfg.data.continuous_encoding, cfg.data.n_quantiles,
+                                           exclude=self.extractor.categorical_columns,
+                                           atom_share=cfg.data.atom_share).fit(df)
+        x = self.transformer.encode(df, seed=cfg.train.seed)
+        ids = self.extractor.ids(df)
+        target_spans = tuple(s for s in self.transformer.spans if s.column == cfg.target)
+        dims = ModelDims(self.transformer.output_dim, self.extractor.n_contexts, self.transformer.spans, target_spans)
+        return x, ids, dims
+
+    def fit(self, data: pd.DataFrame | str | Path, *, context: list[str] | tuple[str, ...] | None = None,
+            target: str | None = None, progress: ProgressFn | None = None) -> CADASG:
+        """Train on ``data`` (a DataFrame or a CSV/Parquet path). Returns ``self``."""
+        start = time.perf_counter()
+        x, ids, dims = self.prepare(data, context=context, target=target)
+        if self.config.private:
+            from cadasg_dist.privacy.training import fit_private
+
+            state, cache, ledger = fit_private(self.config, x, ids, dims, self.schema, progress)
+            self.ledger = ledger
+        else:
+            state, cache = fit_local(self.config, x, ids, dims, progress)
+            self.ledger = PrivacyLedger.non_private()
+        self._finish(state.nets, cache, state.history, time.perf_counter() - start, len(x))
+        return self
+
+    def _finish(self, nets: CADASGNetworks, cache: ContextCache, history: list[dict[str, float]],
+                seconds: float, rows: int) -> None:
+        self.nets, self.cache, self.history = nets.eval(), cache, history
+        self._priors = None
+        self.meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "cadasg_version": __version__,
+                     "torch_version": torch.__version__, "created": datetime.now(UTC).isoformat(),
+                     "fit_seconds": round(seconds, 3), "training_rows": rows,
+                     "private": self.ledger.private, "epochs": len(history)}
+
+    # --- sampling --------------------------------------------------------------------------
+    def _require_fitted(self) -> None:
+        if self.nets is None:
+            raise ContextError("the model is not trained: call fit() or CADASG.load() first")
+
+    def context_allocation(self, n: int, context: dict[str, Any] | None, rng: np.random.Generator) -> np.ndarray:
+        """Context id of each of ``n`` rows: the matching contexts' shares, allocated exactly
+        (largest remainder) and shuffled, so shares match the cache's counts at any n."""
+        ids = self.extractor.resolve(context) if context else np.arange(self.extractor.n_contexts)
+        freqs = self.cache.frequencies().numpy()[ids]
+        if freqs.sum() <= 0:
+            freqs = np.ones(len(ids))
+        share = freqs / freqs.sum() * n
+        counts = np.floor(share).astype(np.int64)
+        remainder = n - counts.sum()
+        if remainder > 0:
+            counts[np.argsort(-(share - counts), kind="stable")[:remainder]] += 1
+        return rng.permutation(np.repeat(ids, counts))
+
+    @torch.no_grad()
+    def sample(self, n: int, *, context: dict[str, Any] | None = None, seed: int | None = 0,
+               chunk: int = 200_000) -> pd.DataFrame:
+        """``n`` synthetic rows; ``context`` fixes some or all context columns; the same seed gives
+        the same rows."""
+        self._require_fitted()
+        if not isinstance(n, int | np.integer) or isinstance(n, bool) or n <= 0:
+            raise InvalidDataError(f"n must be a positive integer, got {n!r}")
+        rng = np.random.default_rng(seed)
+        g = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        if self._priors is None:
+            self._priors = Priors.from_cache(self.cache, self.config.model.latent_dim)
+        ids = self.context_allocation(int(n), context, rng)
+        frames = []
+        for i in range(0, len(ids), chunk):
+            c = torch.from_numpy(ids[i:i + chunk])
+            z = self._priors.sample(c, g)
+            probs = activate(self.nets.decoder(z, self.nets.one_hot(c)), self.nets.dims.spans, tau=None)
+            frame = self.transformer.decode(probs.numpy(), rng)
+            frames.append(self.extractor.fill(frame, ids[i:i + chunk]))
+        out = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+        return out[[c for c in self.schema.names if c in out.columns]]
+
+    @property
+    def contexts(self) -> list[dict[str, Any]]:
+        self._require_fitted()
+        return [self.extractor.describe(i) for i in range(self.extractor.n_contexts)]
+
+    # --- persistence -----------------------------------------------------------------------
+    def save(self, out_dir: str | Path) -> Path:
+        self._require_fitted()
+        json_parts = {
+            "config": self.config.to_dict(), "schema": self.schema.to_dict(),
+            "transformer": self.transformer.to_dict(), "context": self.extractor.to_dict(),
+            "dims": self.nets.dims.to_dict(), "ledger": self.ledger.state_dict(),
+            "meta": {**self.meta, "history": self.history[-1:] if self.history else []},
+        }
+        return save_artifact(out_dir, json_parts=json_parts,
+                             tensor_parts={"model": self.nets.state_dict(), "cache": self.cache.state_dict()})
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> CADASG:
+        parts, tensors = load_artifact(model_dir)
+        try:
+            model = cls(CADASGConfig.from_dict(parts["config"]))
+            model.schema = Schema.from_dict(parts["schema"])
+            model.transformer = DataTransformer.from_dict(model.schema, parts["transformer"])
+            model.extractor = RuleContextExtractor.from_dict(parts["context"], model.schema)
+            dims = ModelDims.from_dict(parts["dims"])
+            model.nets = CADASGNetworks(dims, model.config.model)
+            model.nets.load_state_dict(tensors["model"])
+            model.nets.eval()
+            cache = ContextCache(dims.contexts, dims.features, model.config.model.latent_dim, model.config.cache)
+            cache.load_state_dict(tensors["cache"])
+            model.cache = cache
+            model.ledger = PrivacyLedger.from_state_dict(parts["ledger"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            if isinstance(exc, ArtifactError):
+                raise
+            raise ArtifactError(f"{model_dir}: inconsistent artifact ({type(exc).__name__}: {exc})") from None
+        model.meta = parts["meta"]
+        return model
+
+    @property
+    def epsilon(self) -> float:
+        return self.ledger.epsilon() if self.ledger.private else math.inf
+
+
+def fit_config(config: CADASGConfig, context: list[str] | None, target: str | None) -> CADASGConfig:
+    """Merge API arguments into a config (used by the CLI and tests)."""
+    if context is not None:
+        config = config.replace(**{"context.columns": list(context)})
+    if target is not None:
+        config = config.replace(target=target)
+    return config
+
+
+__all__ = ["CADASG", "ContextConfig"]
