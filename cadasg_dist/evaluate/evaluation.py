@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from cadasg_dist.data.schema import Schema, infer_schema
 from cadasg_dist.errors import ConfigError, ContextError, InvalidDataError
@@ -31,6 +32,11 @@ from cadasg_dist.evaluate.utility import measure_utility
 logger = logging.getLogger(__name__)
 
 TEST_ROWS_FACTOR = 5  # the utility test set is capped at this many times max_rows
+# BLAS / OpenMP threads during evaluation. Measured on a shared 2-core machine: with the default
+# (one thread per core) a gradient-boosting fit ran 6-60x slower whenever other processes were
+# busy, because OpenMP threads spin-wait for each other; single-threaded it never degraded, and
+# the distance metrics were as fast or faster. The limit is lifted when evaluate() returns.
+EVAL_THREADS = 1
 
 
 def evaluate(real: pd.DataFrame, synthetic: pd.DataFrame, *, target: str | None = None,
@@ -58,6 +64,13 @@ def evaluate(real: pd.DataFrame, synthetic: pd.DataFrame, *, target: str | None 
     kinds = {c.name: c.kind for c in schema.columns}
     _check_names(kinds, target, context)
     eps, delta = _ledger(privacy)
+    with threadpool_limits(limits=EVAL_THREADS):
+        return _measure(real, synthetic, train, schema, kinds, target, context, eps, delta, seed, max_rows, started)
+
+
+def _measure(real: pd.DataFrame, synthetic: pd.DataFrame, train: pd.DataFrame | None, schema: Schema,
+             kinds: dict[str, str], target: str | None, context: tuple[str, ...], eps: float | None,
+             delta: float | None, seed: int, max_rows: int, started: float) -> EvaluationResult:
     rng = np.random.default_rng(seed)
     notes: list[str] = []
     subsampled: dict[str, str] = {}

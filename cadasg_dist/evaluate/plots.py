@@ -45,7 +45,8 @@ def column_plot(real: pd.Series, synthetic: pd.Series, kind: str, title: str) ->
     else:
         _category_bars(ax, category_keys(real, kind), category_keys(synthetic, kind))
     _style(ax, title)
-    ax.legend(fontsize=7, frameon=False)
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.2)  # headroom so the legend does not cover the bars
+    ax.legend(fontsize=7, frameon=False, loc="upper right")
     return _png(fig)
 
 
@@ -118,12 +119,14 @@ def association_heatmaps(real: np.ndarray, synthetic: np.ndarray, names: list[st
     return _png(fig)
 
 
-def context_scores_plot(labels: list[str], scores: list[float], highlight: list[bool]) -> bytes:
-    """Horizontal bars of per-context scores (worst at the top); ``highlight`` ones in red."""
+def context_scores_plot(labels: list[str], scores: list[float], highlight: list[bool], small: list[bool]) -> bytes:
+    """Horizontal bars of per-context scores (worst at the top): ``highlight`` ones in red,
+    ``small`` ones (too few real rows to trust) in grey."""
     n = len(labels)
     fig = Figure(figsize=(6.4, 0.8 + 0.22 * n))
     ax = fig.subplots()
-    colours = ["#c0392b" if hot else REAL_COLOUR for hot in highlight]
+    colours = ["#c0392b" if hot else "#b8bfcc" if tiny else REAL_COLOUR
+               for hot, tiny in zip(highlight, small, strict=True)]
     ax.barh(np.arange(n), scores, color=colours)
     ax.set_yticks(np.arange(n))
     ax.set_yticklabels([_short(lbl, 40) for lbl in labels], fontsize=7)

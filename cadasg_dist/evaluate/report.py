@@ -161,5 +161,6 @@ def _context_plot(r: EvaluationResult) -> str:
         return ""
     labels = [h.key_text(row.key) + (" (small)" if row.small else "") for row in rows]
     big = [i for i, row in enumerate(rows) if not row.small][: h.HIGHLIGHT_CONTEXTS]
-    png = plots.context_scores_plot(labels, [row.score for row in rows], [i in big for i in range(len(rows))])
+    png = plots.context_scores_plot(labels, [row.score for row in rows], [i in big for i in range(len(rows))],
+                                    [row.small for row in rows])
     return f"<div class=\"wide\">{h.img(png, 'per-context scores')}</div>"

@@ -24,7 +24,7 @@ h2{font-size:18px;margin:34px 0 10px;border-bottom:1px solid #d9dde5;padding-bot
 .caveat{background:#fff4e5;border-left:4px solid #e08a00;padding:10px 14px;margin:16px 0;font-size:13px}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(165px,1fr));gap:12px}
 .card{background:#fff;border-radius:8px;padding:12px 14px;box-shadow:0 1px 2px rgba(0,0,0,.08)}
-.card .label{font-size:12px;color:#5b6475;text-transform:uppercase;letter-spacing:.03em}
+.card .label{font-size:12px;color:#5b6475;font-weight:600;letter-spacing:.02em}
 .card .value{font-size:24px;font-weight:600;margin-top:4px}
 .card .sub{font-size:11px;color:#7a8294;margin-top:2px}
 .good{color:#1e8449}.fair{color:#b9770e}.poor,.bad{color:#c0392b}.muted{color:#8a93a6}

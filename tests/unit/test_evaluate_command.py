@@ -1,0 +1,83 @@
+"""Unit tests of the ``evaluate`` subcommand (argparse registration and run())."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cadasg_dist.data.schema import infer_schema
+from cadasg_dist.errors import ArtifactError, CADASGError
+from cadasg_dist.evaluate.command import add_parser, run
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="cadasg")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(argv)
+
+
+@pytest.fixture()
+def files(tmp_path: Path) -> dict[str, Path]:
+    rng = np.random.default_rng(0)
+
+    def table(n: int) -> pd.DataFrame:
+        x = rng.normal(size=n)
+        return pd.DataFrame({"x": x, "grp": rng.choice(["a", "b"], size=n),
+                             "y": np.where(x + rng.normal(size=n) > 0, "yes", "no")})
+
+    paths = {"real": tmp_path / "holdout.csv", "train": tmp_path / "train.csv", "syn": tmp_path / "syn.parquet"}
+    table(300).to_csv(paths["real"], index=False)
+    train = table(300)
+    train.to_csv(paths["train"], index=False)
+    table(300).to_parquet(paths["syn"], index=False)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "schema.json").write_text(json.dumps(infer_schema(train).to_dict()))
+    (model / "ledger.json").write_text(json.dumps({"epsilon": "inf", "delta": None}))
+    paths["model"] = model
+    paths["out"] = tmp_path / "report"
+    return paths
+
+
+def test_run_writes_report_and_prints_summary(files, capsys) -> None:
+    args = parse(["evaluate", "--real", str(files["real"]), "--synthetic", str(files["syn"]), "--train",
+                  str(files["train"]), "--model", str(files["model"]), "--target", "y", "--context", "grp",
+                  "--out", str(files["out"]), "--seed", "3"])
+    assert args.run is run
+    assert run(args) == 0
+    out = capsys.readouterr().out
+    assert "column shape" in out and "not private" in out and str(files["out"] / "report.html") in out
+    metrics = json.loads((files["out"] / "metrics.json").read_text())
+    assert metrics["seed"] == 3 and metrics["context"] == ["grp"] and metrics["privacy"]["epsilon"] == "inf"
+
+
+def test_missing_file_is_a_user_error(files) -> None:
+    args = parse(["evaluate", "--real", str(files["real"].with_name("nope.csv")), "--synthetic", str(files["syn"]),
+                  "--out", str(files["out"])])
+    with pytest.raises(CADASGError, match="nope.csv"):
+        run(args)
+
+
+def test_mismatched_schema_names_the_columns(files, tmp_path: Path) -> None:
+    syn = pd.read_parquet(files["syn"]).rename(columns={"x": "x2"})
+    bad = tmp_path / "bad.csv"
+    syn.to_csv(bad, index=False)
+    args = parse(["evaluate", "--real", str(files["real"]), "--synthetic", str(bad), "--out", str(files["out"])])
+    with pytest.raises(CADASGError) as err:
+        run(args)
+    assert "'x'" in str(err.value) and "'x2'" in str(err.value)
+    assert not files["out"].exists()
+
+
+def test_bad_model_directory_is_an_artifact_error(files, tmp_path: Path) -> None:
+    base = ["evaluate", "--real", str(files["real"]), "--synthetic", str(files["syn"]), "--out", str(files["out"])]
+    with pytest.raises(ArtifactError, match="not found"):
+        run(parse(base + ["--model", str(tmp_path / "missing")]))
+    (files["model"] / "ledger.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match="ledger.json"):
+        run(parse(base + ["--model", str(files["model"])]))
