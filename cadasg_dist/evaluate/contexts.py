@@ -14,7 +14,7 @@ from cadasg_dist.evaluate.prepare import ColumnView, category_keys
 from cadasg_dist.evaluate.result import ContextFidelity, ContextRow, TargetRate
 
 MIN_CONTEXT_ROWS = 30  # a context with fewer real rows is listed but kept out of the minimum
-MAX_CONTEXT_PAIRS = 100  # pairs scored inside each context (a fixed subset of the overall pairs)
+MAX_CONTEXT_PAIRS = 100  # pairs scored inside each context (an evenly spread subset of the overall pairs)
 
 
 def per_context_fidelity(real: dict[str, ColumnView], synthetic: dict[str, ColumnView], *,
@@ -28,7 +28,7 @@ def per_context_fidelity(real: dict[str, ColumnView], synthetic: dict[str, Colum
     Context columns are left out of the scores: they are constant inside a cell.
     """
     names = [n for n in real if n not in context]
-    inner_pairs = [p for p in pairs if p[0] not in context and p[1] not in context][:MAX_CONTEXT_PAIRS]
+    inner_pairs = _spread([p for p in pairs if p[0] not in context and p[1] not in context], MAX_CONTEXT_PAIRS)
     order_r, order_s = np.argsort(ids_r, kind="stable"), np.argsort(ids_s, kind="stable")
     bounds_r = np.searchsorted(ids_r[order_r], np.arange(len(keys) + 1))
     bounds_s = np.searchsorted(ids_s[order_s], np.arange(len(keys) + 1))
@@ -45,6 +45,13 @@ def per_context_fidelity(real: dict[str, ColumnView], synthetic: dict[str, Colum
     mean = float(np.average([r.score for r in scored], weights=weights)) if weights.sum() > 0 else None
     return ContextFidelity(columns=tuple(context), rows=tuple(rows), min=min(big) if big else None,
                            weighted_mean=mean, min_rows=MIN_CONTEXT_ROWS)
+
+
+def _spread(pairs: list[tuple[str, str]], limit: int) -> list[tuple[str, str]]:
+    # evenly spaced rather than the first ``limit``, which would all involve the first columns
+    if len(pairs) <= limit:
+        return pairs
+    return [pairs[i] for i in np.unique(np.linspace(0, len(pairs) - 1, limit).round().astype(int))]
 
 
 def _context_row(real: dict[str, ColumnView], synthetic: dict[str, ColumnView], names: list[str],

@@ -147,11 +147,12 @@ def _heatmaps(r: EvaluationResult, real: pd.DataFrame, syn: pd.DataFrame, sample
     png = plots.association_heatmaps(a_r, a_s, names)
     capped = f" Only the {len(names)} worst-scoring columns are shown." if len(names) < len(r.column_kinds) else ""
     sub = f" Drawn from at most {PLOT_ROWS} rows per table." if sampled else ""
-    worst = int(np.argmax(np.abs(a_r - a_s)))
-    i, j = divmod(worst, len(names))
+    i, j = divmod(int(np.argmax(np.abs(a_r - a_s))), len(names))
+    gap = abs(a_r[i, j] - a_s[i, j])
+    largest = f"<b>{escape(names[i])} × {escape(names[j])}</b> ({gap:.2f})" if gap >= 0.005 else "none"
     return (f"<p class=\"explain\">Pearson correlation between numeric columns (−1..1); Cramér's V (0..1) when a "
             f"categorical column is involved (numeric side cut into real-quantile bins). Largest gap: "
-            f"<b>{escape(names[i])} × {escape(names[j])}</b> ({abs(a_r[i, j] - a_s[i, j]):.2f}).{capped}{sub}</p>"
+            f"{largest}.{capped}{sub}</p>"
             f"<div class=\"wide\">{h.img(png, 'association heatmaps')}</div>")
 
 
@@ -160,7 +161,7 @@ def _context_plot(r: EvaluationResult) -> str:
     if not r.context or len(rows) < 2:
         return ""
     labels = [h.key_text(row.key) + (" (small)" if row.small else "") for row in rows]
-    big = [i for i, row in enumerate(rows) if not row.small][: h.HIGHLIGHT_CONTEXTS]
-    png = plots.context_scores_plot(labels, [row.score for row in rows], [i in big for i in range(len(rows))],
+    hot = set(h.highlighted_contexts(r))  # scored rows come first, so indices agree with ``rows``
+    png = plots.context_scores_plot(labels, [row.score for row in rows], [i in hot for i in range(len(rows))],
                                     [row.small for row in rows])
     return f"<div class=\"wide\">{h.img(png, 'per-context scores')}</div>"

@@ -12,7 +12,7 @@ from html import escape
 
 from cadasg_dist.evaluate.result import EvaluationResult
 
-HIGHLIGHT_CONTEXTS = 5  # worst contexts shown in red
+HIGHLIGHT_CONTEXTS = 5  # at most this many worst contexts are shown in red
 MAX_TABLE_ROWS = 100  # rows of the per-context table; the rest are in metrics.json
 
 CSS = """
@@ -64,6 +64,13 @@ def card(label: str, value: str, css: str = "", sub: str = "") -> str:
     sub_html = f'<div class="sub">{sub}</div>' if sub else ""
     return (f'<div class="card"><div class="label">{escape(label)}</div>'
             f'<div class="value {css}">{value}</div>{sub_html}</div>')
+
+
+def highlighted_contexts(r: EvaluationResult) -> list[int]:
+    """Indices into ``r.per_context.rows`` of the worst contexts to flag: at most a quarter of the
+    contexts that are large enough to trust, so a three-context table is not painted all red."""
+    big = [i for i, row in enumerate(r.per_context.rows) if not row.small and row.score is not None]
+    return big[: min(HIGHLIGHT_CONTEXTS, max(1, len(big) // 4))]
 
 
 def key_text(key: dict[str, str]) -> str:
@@ -144,11 +151,10 @@ def context_table(r: EvaluationResult) -> str:
         return "<p class=\"explain\">No context columns were given.</p>"
     shown = pc.rows[:MAX_TABLE_ROWS]
     with_notes = any(row.note for row in shown)
-    rows, highlighted = [], 0
-    for row in shown:
-        css = "small" if row.small else ""
-        if not row.small and row.score is not None and highlighted < HIGHLIGHT_CONTEXTS:
-            css, highlighted = "worst", highlighted + 1
+    hot = set(highlighted_contexts(r))
+    rows = []
+    for i, row in enumerate(shown):
+        css = "worst" if i in hot else "small" if row.small else ""
         note = f"<td class=\"txt\">{escape(row.note)}</td>" if with_notes else ""
         rows.append(f"<tr class=\"{css}\"><td>{escape(key_text(row.key))}</td><td>{row.n_real}</td>"
                     f"<td>{row.n_synthetic}</td><td>{fmt(row.column_shape)}</td><td>{fmt(row.pair_trend)}</td>"
@@ -157,7 +163,7 @@ def context_table(r: EvaluationResult) -> str:
             if len(pc.rows) > MAX_TABLE_ROWS else "")
     head = ("<tr><th>context</th><th>real rows</th><th>synthetic rows</th><th>column shape</th>"
             "<th>pair trend</th><th>score</th>" + ("<th class=\"txt\">note</th>" if with_notes else "") + "</tr>")
-    explain = (f"<p class=\"explain\">Worst first. Red rows: the {HIGHLIGHT_CONTEXTS} worst contexts with at least "
+    explain = (f"<p class=\"explain\">Worst first. Red rows: the {len(hot)} worst contexts with at least "
                f"{pc.min_rows} real rows; grey italics: fewer real rows than that (noisy, left out of the minimum). "
                f"Minimum {fmt(pc.min)}, size-weighted mean {fmt(pc.weighted_mean)}.</p>")
     return f"{explain}<table>{head}{''.join(rows)}</table>{more}"
