@@ -243,7 +243,7 @@ def _build(cls: type, raw: Any, where: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - names)
     if unknown:
-        raise ConfigError(f"unknown config key {where}{unknown[0]!r}; known keys: {', '.join(sorted(names))}")
+        raise ConfigError(f"unknown config key {(where + unknown[0])!r}; known keys: {', '.join(sorted(names))}")
     kwargs = {name: _coerce(hints[name], value, f"{where}{name}") for name, value in raw.items()}
     return cls(**kwargs)
 

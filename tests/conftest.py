@@ -42,7 +42,7 @@ def mixed_table() -> pd.DataFrame:
     df = pd.DataFrame({
         "group": group,
         "flag": rng.random(n) < 0.3,
-        "count": rng.poisson(2.0, size=n) * (rng.random(n) < 0.6),
+        "count": rng.poisson(9.0, size=n) * (rng.random(n) < 0.6),
         "amount": np.exp(x) * 100.0,
         "score": x * 2.0 + rng.normal(scale=0.5, size=n),
         "level": rng.choice([1, 2, 3], size=n),

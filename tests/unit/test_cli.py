@@ -1,0 +1,70 @@
+"""CLI user errors: one line on stderr, exit code 2, nothing half-written."""
+
+import pandas as pd
+import pytest
+
+from cadasg_dist.cli import main
+
+TINY = ["--epochs", "1", "--set", "model.hidden=[16]", "--set", "model.critic_hidden=[16]",
+        "--set", "model.utility_hidden=[8]", "--set", "model.latent_dim=2", "--set", "train.batch_size=128"]
+
+
+@pytest.fixture()
+def table(tmp_path, mixed_table):
+    path = tmp_path / "data.csv"
+    mixed_table.to_csv(path, index=False)
+    return path
+
+
+def _error(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("cadasg: error: ")
+    return err[0]
+
+
+def test_train_and_sample_errors(capsys, tmp_path, table):
+    out = tmp_path / "model"
+    assert "not found" in _error(capsys, ["train", str(tmp_path / "nope.csv"), "--target", "label", "--out", str(out)])
+    assert "unknown target column 'nope'" in _error(capsys, ["train", str(table), "--target", "nope", "--out", str(out)])
+    assert "unknown context column 'zz'" in _error(
+        capsys, ["train", str(table), "--target", "label", "--context", "zz", "--out", str(out)])
+    assert "--target is required" in _error(capsys, ["train", str(table), "--out", str(out)])
+    empty = tmp_path / "empty.csv"
+    empty.write_text("a,b\n")
+    assert "no rows" in _error(capsys, ["train", str(empty), "--target", "a", "--out", str(out)])
+    garbage = tmp_path / "bad.parquet"
+    garbage.write_bytes(b"not parquet at all")
+    assert "cannot read" in _error(capsys, ["train", str(garbage), "--target", "a", "--out", str(out)])
+    assert not out.exists()
+
+
+def test_end_to_end_train_sample_and_their_errors(capsys, tmp_path, table):
+    out = tmp_path / "model"
+    assert main(["train", str(table), "--target", "label", "--context", "group", "--out", str(out), *TINY]) == 0
+    text = capsys.readouterr().out
+    assert "NOT PRIVATE" in text and "model written to" in text
+    csv = tmp_path / "rows.csv"
+    assert main(["sample", str(out), "--n", "50", "--context", "group=rare", "--out", str(csv)]) == 0
+    rows = pd.read_csv(csv)
+    assert len(rows) == 50 and set(rows["group"]) == {"rare"}
+    bad = tmp_path / "bad.csv"
+    assert "valid values: a, b, rare" in _error(
+        capsys, ["sample", str(out), "--n", "5", "--context", "group=zzz", "--out", str(bad)])
+    assert "positive" in _error(capsys, ["sample", str(out), "--n", "0", "--out", str(bad)])
+    assert "not found" in _error(capsys, ["sample", str(tmp_path / "none"), "--n", "5", "--out", str(bad)])
+    assert ".csv or .parquet" in _error(capsys, ["sample", str(out), "--n", "5", "--out", str(tmp_path / "x.txt")])
+    assert not bad.exists()
+    assert main(["privacy", str(out)]) == 0
+    assert "NOT PRIVATE" in capsys.readouterr().out
+
+
+def test_bad_config_values_are_one_line(capsys, tmp_path, table):
+    out = tmp_path / "model"
+    assert "unknown config key 'model.nope'" in _error(
+        capsys, ["train", str(table), "--target", "label", "--set", "model.nope=1", "--out", str(out)])
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train: [1, 2]\n")
+    assert "must be a mapping" in _error(
+        capsys, ["train", str(table), "--target", "label", "--config", str(cfg), "--out", str(out)])

@@ -1,0 +1,51 @@
+import math
+
+import pytest
+
+from cadasg_dist.config import CADASGConfig
+from cadasg_dist.errors import ConfigError
+
+
+def test_defaults_round_trip_through_plain_data():
+    cfg = CADASGConfig()
+    again = CADASGConfig.from_dict(cfg.to_dict())
+    assert again == cfg
+    assert cfg.to_dict()["privacy"]["epsilon"] == "inf"
+    assert math.isinf(again.privacy.epsilon) and not again.private
+
+
+def test_unknown_key_is_refused_with_the_known_keys():
+    with pytest.raises(ConfigError, match="unknown config key 'train.epochz'.*epochs"):
+        CADASGConfig.from_dict({"train": {"epochz": 3}})
+
+
+def test_values_are_coerced_and_checked():
+    cfg = CADASGConfig.from_dict({"train": {"epochs": "7"}, "context": {"columns": "year,female"},
+                                  "loss": {"adaptive": "false"}})
+    assert cfg.train.epochs == 7 and cfg.context.columns == ("year", "female") and cfg.loss.adaptive is False
+    with pytest.raises(ConfigError, match="train.epochs must be a int"):
+        CADASGConfig.from_dict({"train": {"epochs": "many"}})
+    with pytest.raises(ConfigError, match="ema_alpha must be in"):
+        CADASGConfig.from_dict({"cache": {"ema_alpha": 0.5}})
+    with pytest.raises(ConfigError, match="epsilon must be > 0"):
+        CADASGConfig.from_dict({"privacy": {"epsilon": 0}})
+
+
+def test_replace_by_dotted_key_and_yaml(tmp_path):
+    cfg = CADASGConfig().replace(**{"train.epochs": 3, "privacy.epsilon": 2.0})
+    assert cfg.train.epochs == 3 and cfg.private
+    with pytest.raises(ConfigError, match="unknown config key"):
+        cfg.replace(**{"train.nope": 1})
+    path = tmp_path / "run.yaml"
+    path.write_text("target: y\ncontext:\n  columns: [a, b]\n  bands:\n    age: [0, 40, 120]\n")
+    loaded = CADASGConfig.from_yaml(path)
+    assert loaded.target == "y" and loaded.context.bands["age"] == (0.0, 40.0, 120.0)
+    with pytest.raises(ConfigError, match="not found"):
+        CADASGConfig.from_yaml(tmp_path / "missing.yaml")
+
+
+def test_shipped_yaml_configs_parse():
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml")):
+        CADASGConfig.from_yaml(path)
