@@ -35,10 +35,10 @@ from cadasg_dist.data.io import read_table
 from cadasg_dist.data.schema import Schema, infer_schema
 from cadasg_dist.data.transforms import DataTransformer
 from cadasg_dist.errors import ArtifactError, ContextError, InvalidDataError
-from cadasg_dist.model.networks import CADASGNetworks, ModelDims, activate
+from cadasg_dist.model.networks import CADASGNetworks, ModelDims, activate, strata_span_for
 from cadasg_dist.privacy.ledger import PrivacyLedger
 from cadasg_dist.train.fit import ProgressFn, fit_local
-from cadasg_dist.train.step import Priors
+from cadasg_dist.train.step import Priors, pin_stratum
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,8 @@ class CADASG:
         x = self.transformer.encode(df, seed=cfg.train.seed)
         ids = self.extractor.ids(df)
         target_spans = tuple(s for s in self.transformer.spans if s.column == cfg.target)
-        dims = ModelDims(self.transformer.output_dim, self.extractor.n_contexts, self.transformer.spans, target_spans)
+        dims = ModelDims(self.transformer.output_dim, self.extractor.n_contexts, self.transformer.spans, target_spans,
+                         strata_span_for(target_spans))
         return x, ids, dims
 
     def fit(self, data: pd.DataFrame | str | Path, *, context: list[str] | tuple[str, ...] | None = None,
@@ -120,19 +121,17 @@ class CADASG:
         if self.nets is None:
             raise ContextError("the model is not trained: call fit() or CADASG.load() first")
 
-    def context_allocation(self, n: int, context: dict[str, Any] | None, rng: np.random.Generator) -> np.ndarray:
-        """Context id of each of ``n`` rows: the matching contexts' shares, allocated exactly
-        (largest remainder) and shuffled, so shares match the cache's counts at any n."""
+    def cell_allocation(self, n: int, context: dict[str, Any] | None, rng: np.random.Generator) -> np.ndarray:
+        """Cache cell (context x target stratum) of each of ``n`` rows: the matching cells' shares of
+        the cache's noisy counts, allocated exactly (largest remainder) and shuffled, so context
+        and class shares match the cache at any n."""
         ids = self.extractor.resolve(context) if context else np.arange(self.extractor.n_contexts)
-        freqs = self.cache.frequencies().numpy()[ids]
-        if freqs.sum() <= 0:
-            freqs = np.ones(len(ids))
-        share = freqs / freqs.sum() * n
-        counts = np.floor(share).astype(np.int64)
-        remainder = n - counts.sum()
-        if remainder > 0:
-            counts[np.argsort(-(share - counts), kind="stable")[:remainder]] += 1
-        return rng.permutation(np.repeat(ids, counts))
+        strata = self.cache.strata
+        cells = (ids[:, None] * strata + np.arange(strata)[None, :]).ravel()
+        weights = self.cache.cell_counts().numpy()[cells]
+        if weights.sum() <= 0:
+            weights = np.ones(len(cells))
+        return rng.permutation(np.repeat(cells, _largest_remainder(weights, n)))
 
     @torch.no_grad()
     def sample(self, n: int, *, context: dict[str, Any] | None = None, seed: int | None = 0,
@@ -146,14 +145,16 @@ class CADASG:
         g = torch.Generator().manual_seed(int(rng.integers(2**62)))
         if self._priors is None:
             self._priors = Priors.from_cache(self.cache, self.config.model.latent_dim)
-        ids = self.context_allocation(int(n), context, rng)
+        cells = self.cell_allocation(int(n), context, rng)
         frames = []
-        for i in range(0, len(ids), chunk):
-            c = torch.from_numpy(ids[i:i + chunk])
-            z = self._priors.sample(c, g)
-            probs = activate(self.nets.decoder(z, self.nets.one_hot(c)), self.nets.dims.spans, tau=None)
+        for i in range(0, len(cells), chunk):
+            cell = torch.from_numpy(cells[i:i + chunk])
+            ctx = cell // self.cache.strata
+            z = self._priors.sample(cell, g)
+            probs = activate(self.nets.decoder(z, self.nets.one_hot(ctx)), self.nets.dims.spans, tau=None)
+            probs = pin_stratum(probs, cell, self.nets.dims)
             frame = self.transformer.decode(probs.numpy(), rng)
-            frames.append(self.extractor.fill(frame, ids[i:i + chunk]))
+            frames.append(self.extractor.fill(frame, ctx.numpy()))
         out = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
         return out[[c for c in self.schema.names if c in out.columns]]
 
@@ -186,7 +187,8 @@ class CADASG:
             model.nets = CADASGNetworks(dims, model.config.model)
             model.nets.load_state_dict(tensors["model"])
             model.nets.eval()
-            cache = ContextCache(dims.contexts, dims.features, model.config.model.latent_dim, model.config.cache)
+            cache = ContextCache(dims.contexts, dims.features, model.config.model.latent_dim, model.config.cache,
+                                 dims.strata)
             cache.load_state_dict(tensors["cache"])
             model.cache = cache
             model.ledger = PrivacyLedger.from_state_dict(parts["ledger"])
@@ -200,6 +202,16 @@ class CADASG:
     @property
     def epsilon(self) -> float:
         return self.ledger.epsilon() if self.ledger.private else math.inf
+
+
+def _largest_remainder(weights: np.ndarray, n: int) -> np.ndarray:
+    """Integer counts summing to ``n`` in proportion to ``weights`` (Hamilton's method)."""
+    share = weights / weights.sum() * n
+    counts = np.floor(share).astype(np.int64)
+    remainder = n - int(counts.sum())
+    if remainder > 0:
+        counts[np.argsort(-(share - counts), kind="stable")[:remainder]] += 1
+    return counts
 
 
 def fit_config(config: CADASGConfig, context: list[str] | None, target: str | None) -> CADASGConfig:

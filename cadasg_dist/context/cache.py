@@ -103,15 +103,27 @@ class CacheStats:
 
 
 class ContextCache:
-    """EMA over noisy per-context sufficient statistics, with derived μ_c, Σ_c and q_c(z)."""
+    """EMA over noisy per-cell sufficient statistics, with derived μ_c, Σ_c and q_c(z).
 
-    def __init__(self, n_contexts: int, dim: int, latent: int, config: CacheConfig) -> None:
+    A *cell* is a context c and a stratum s of the target (its class, or whether a numeric target
+    sits on its point mass): cell = c·S + s. The latent prior is kept per cell, so a rare target
+    class inside a context keeps its own region of latent space instead of being blurred into one
+    Gaussian; feature moments and context shares are sums over a context's cells (exact, since the
+    statistics add). With S = 1 a cell is a context.
+    """
+
+    def __init__(self, n_contexts: int, dim: int, latent: int, config: CacheConfig, strata: int = 1) -> None:
         self.config = config
-        self.stats = CacheStats.zeros(n_contexts, dim, latent)
+        self.strata = strata
+        self.stats = CacheStats.zeros(n_contexts * strata, dim, latent)
         self.releases = 0  # how many noisy releases were folded in (the ledger counts them)
 
     @property
     def n_contexts(self) -> int:
+        return self.stats.n.shape[0] // self.strata
+
+    @property
+    def n_cells(self) -> int:
         return self.stats.n.shape[0]
 
     def update(self, batch: CacheStats, generator: torch.Generator | None = None, alpha: float | None = None,
@@ -126,56 +138,72 @@ class ContextCache:
         self.stats = CacheStats.zeros(s.n.shape[0], s.sx.shape[1], s.sz.shape[1])
 
     def merge(self, other: ContextCache) -> ContextCache:
-        out = ContextCache(self.n_contexts, self.stats.sx.shape[1], self.stats.sz.shape[1], self.config)
+        out = ContextCache(self.n_contexts, self.stats.sx.shape[1], self.stats.sz.shape[1], self.config,
+                           self.strata)
         out.stats = self.stats + other.stats
         out.releases = max(self.releases, other.releases)
         return out
 
     # --- derived quantities (post-processing) -----------------------------------------------
-    def counts(self) -> torch.Tensor:
+    def cell_counts(self) -> torch.Tensor:
+        """(C·S,) noisy counts per cell, floored at 0."""
         return self.stats.n.clamp_min(0.0)
+
+    def counts(self) -> torch.Tensor:
+        """(C,) noisy counts per context."""
+        return self.cell_counts().view(self.n_contexts, self.strata).sum(1)
 
     def frequencies(self) -> torch.Tensor:
         n = self.counts()
         total = n.sum()
         return n / total if total > 0 else torch.full_like(n, 1.0 / len(n))
 
-    def _moments(self, s1: torch.Tensor, s2: torch.Tensor, extra_var: torch.Tensor | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-context means (C, K) and PSD covariances (C, K, K), shrunk toward the pooled ones."""
-        n = self.stats.n.clamp_min(0.0)
-        total = n.sum().clamp_min(1.0)
-        pooled_mean = s1.sum(0) / total
-        pooled_cov = s2.sum(0) / total - torch.outer(pooled_mean, pooled_mean)
-        w = n[:, None]
-        mean = (s1 + SHRINKAGE * pooled_mean) / (w + SHRINKAGE)
-        second = (s2 + SHRINKAGE * (pooled_cov + torch.outer(pooled_mean, pooled_mean))) / (w[:, :, None] + SHRINKAGE)
-        cov = second - mean[:, :, None] * mean[:, None, :]
-        if extra_var is not None:
-            cov = cov + torch.diag_embed(extra_var)
-        return mean, project_psd(cov, self.config.jitter)
+    def _per_context(self) -> CacheStats:
+        c, s = self.n_contexts, self.strata
+        return CacheStats(*(getattr(self.stats, f.name).reshape(c, s, *getattr(self.stats, f.name).shape[1:]).sum(1)
+                            for f in fields(CacheStats)))
 
     def feature_moments(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """μ_c (C, D) and Σ_c (C, D, D) of the encoded features."""
-        return self._moments(self.stats.sx, self.stats.sxx)
+        """μ_c (C, D) and Σ_c (C, D, D) of the encoded features, per context."""
+        st = self._per_context() if self.strata > 1 else self.stats
+        return _moments(st.n, st.sx, st.sxx, self.config.jitter)
 
     def latent_prior(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean (C, L) and covariance (C, L, L) of q_c(z): the Gaussian over encoder means, widened
-        by the average encoder variance so samples match what the decoder saw in training."""
+        """Mean (C·S, L) and covariance (C·S, L, L) of q(z) per cell: the Gaussian over encoder
+        means, widened by the average encoder variance so samples match what the decoder saw."""
         n = self.stats.n.clamp_min(0.0)
         total = n.sum().clamp_min(1.0)
         pooled_var = (self.stats.svar.sum(0) / total).clamp_min(0.0)
         mean_var = ((self.stats.svar + SHRINKAGE * pooled_var) / (n[:, None] + SHRINKAGE)).clamp_min(0.0)
-        return self._moments(self.stats.sz, self.stats.szz, extra_var=mean_var)
+        return _moments(self.stats.n, self.stats.sz, self.stats.szz, self.config.jitter, extra_var=mean_var)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         state = self.stats.state_dict()
         state["releases"] = torch.tensor(self.releases)
+        state["strata"] = torch.tensor(self.strata)
         return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.stats = CacheStats.from_state_dict(state)
         self.releases = int(state.get("releases", torch.tensor(0)))
+        self.strata = int(state.get("strata", torch.tensor(1)))
+
+
+def _moments(n: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor, jitter: float,
+             extra_var: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row means (K, F) and PSD covariances (K, F, F) from sums, shrunk toward the pooled ones
+    with a pseudo-count of SHRINKAGE rows (post-processing: it steadies small, noisy cells)."""
+    n = n.clamp_min(0.0)
+    total = n.sum().clamp_min(1.0)
+    pooled_mean = s1.sum(0) / total
+    pooled_second = s2.sum(0) / total
+    w = n[:, None]
+    mean = (s1 + SHRINKAGE * pooled_mean) / (w + SHRINKAGE)
+    second = (s2 + SHRINKAGE * pooled_second) / (w[:, :, None] + SHRINKAGE)
+    cov = second - mean[:, :, None] * mean[:, None, :]
+    if extra_var is not None:
+        cov = cov + torch.diag_embed(extra_var)
+    return mean, project_psd(cov, jitter)
 
 
 def project_psd(cov: torch.Tensor, floor: float) -> torch.Tensor:

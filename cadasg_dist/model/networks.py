@@ -26,17 +26,48 @@ class ModelDims:
     contexts: int
     spans: tuple[SpanInfo, ...]
     target_spans: tuple[SpanInfo, ...]  # the target column's spans (value and missing), may be empty
+    # The softmax span whose class stratifies the latent prior (the target's class, or whether a
+    # numeric target sits on its point mass); None for one stratum per context.
+    strata_span: SpanInfo | None = None
+
+    @property
+    def strata(self) -> int:
+        return self.strata_span.width if self.strata_span is not None else 1
+
+    def cells(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """(B,) cell id = context·S + stratum of each encoded row (B, D)."""
+        if self.strata_span is None:
+            return context
+        s = self.strata_span
+        return context * s.width + x[:, s.start:s.stop].argmax(dim=1)
 
     def to_dict(self) -> dict:
         span = lambda s: [s.column, s.kind, s.start, s.width, s.role]  # noqa: E731
         return {"features": self.features, "contexts": self.contexts,
-                "spans": [span(s) for s in self.spans], "target_spans": [span(s) for s in self.target_spans]}
+                "spans": [span(s) for s in self.spans], "target_spans": [span(s) for s in self.target_spans],
+                "strata_span": None if self.strata_span is None else span(self.strata_span)}
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelDims:
         def spans(key: str) -> tuple[SpanInfo, ...]:
             return tuple(SpanInfo(c, k, int(st), int(w), r) for c, k, st, w, r in d[key])
-        return cls(int(d["features"]), int(d["contexts"]), spans("spans"), spans("target_spans"))
+        strata = d.get("strata_span")
+        strata_span = None if strata is None else SpanInfo(strata[0], strata[1], int(strata[2]), int(strata[3]),
+                                                           strata[4])
+        return cls(int(d["features"]), int(d["contexts"]), spans("spans"), spans("target_spans"), strata_span)
+
+
+MAX_STRATA = 10
+
+
+def strata_span_for(target_spans: tuple[SpanInfo, ...]) -> SpanInfo | None:
+    """The target span that stratifies the prior: a categorical target's classes (at most
+    MAX_STRATA), else a numeric target's point-mass indicator, else none."""
+    for role in ("value", "atom"):
+        for s in target_spans:
+            if s.kind == "softmax" and s.role == role and s.width <= MAX_STRATA:
+                return s
+    return None
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:

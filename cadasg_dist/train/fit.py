@@ -46,7 +46,7 @@ def fit_local(cfg: CADASGConfig, x: np.ndarray, context: np.ndarray, dims: Model
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     state = TrainState.create(dims, cfg)
-    cache = ContextCache(dims.contexts, dims.features, cfg.model.latent_dim, cfg.cache)
+    cache = ContextCache(dims.contexts, dims.features, cfg.model.latent_dim, cfg.cache, dims.strata)
     xs, cs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(context.astype(np.int64))
     rng = np.random.default_rng(cfg.train.seed)
     start = time.perf_counter()
@@ -79,11 +79,11 @@ def final_cache_pass(cfg: CADASGConfig, state: TrainState, cache: ContextCache, 
     """
     nets = state.nets
     nets.eval()
-    total = CacheStats.zeros(cache.n_contexts, xs.shape[1], cfg.model.latent_dim)
+    total = CacheStats.zeros(cache.n_cells, xs.shape[1], cfg.model.latent_dim)
     for i in range(0, len(xs), chunk):
         x, c = xs[i:i + chunk], cs[i:i + chunk]
         mean, logvar = nets.encoder(x, nets.one_hot(c))
-        total = total + CacheStats.from_batch(x, mean, logvar.exp(), c, cache.n_contexts,
+        total = total + CacheStats.from_batch(x, mean, logvar.exp(), nets.dims.cells(x, c), cache.n_cells,
                                               cfg.cache.clip_x, cfg.cache.clip_z)
     cache.reset()
     cache.update(total, state.generator, alpha=1.0, share=share)

@@ -41,6 +41,7 @@ from cadasg_dist.train.balancing import REFERENCE, LossBalancer
 class Batch:
     x: torch.Tensor  # (B, D) encoded real rows
     context: torch.Tensor  # (B,) context ids
+    cell: torch.Tensor | None = None  # (B,) cache cell ids (context x target stratum), set by train_step
 
 
 @dataclass
@@ -98,37 +99,49 @@ class TrainState:
 
 @dataclass(frozen=True)
 class Priors:
-    """Per-step snapshot of the cache: q_c(z) as mean and Cholesky factor, and Σ_c of features."""
+    """Per-step snapshot of the cache: q(z) per cell as mean and Cholesky factor, Σ_c per context."""
 
-    latent_mean: torch.Tensor  # (C, L)
-    latent_chol: torch.Tensor  # (C, L, L)
+    latent_mean: torch.Tensor  # (C·S, L)
+    latent_chol: torch.Tensor  # (C·S, L, L)
     feature_cov: torch.Tensor  # (C, D, D)
 
     @classmethod
     def from_cache(cls, cache: ContextCache, latent_dim: int) -> Priors:
         if float(cache.stats.n.sum()) <= 0:  # empty cache: the VAE's N(0, I) prior
-            c, d = cache.n_contexts, cache.stats.sx.shape[1]
-            eye = torch.eye(latent_dim).expand(c, latent_dim, latent_dim)
-            return cls(torch.zeros(c, latent_dim), eye.clone(), torch.zeros(c, d, d))
+            k, c, d = cache.n_cells, cache.n_contexts, cache.stats.sx.shape[1]
+            eye = torch.eye(latent_dim).expand(k, latent_dim, latent_dim)
+            return cls(torch.zeros(k, latent_dim), eye.clone(), torch.zeros(c, d, d))
         mean, cov = cache.latent_prior()
         _, fcov = cache.feature_moments()
         return cls(mean.float(), torch.linalg.cholesky(cov).float(), fcov.float())
 
-    def sample(self, context: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        eps = torch.randn(len(context), self.latent_mean.shape[1], generator=generator)  # (B, L)
-        return self.latent_mean[context] + torch.einsum("bij,bj->bi", self.latent_chol[context], eps)
+    def sample(self, cell: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        eps = torch.randn(len(cell), self.latent_mean.shape[1], generator=generator)  # (B, L)
+        return self.latent_mean[cell] + torch.einsum("bij,bj->bi", self.latent_chol[cell], eps)
 
 
-def generate(nets: CADASGNetworks, priors: Priors, context: torch.Tensor, onehot: torch.Tensor,
+def generate(nets: CADASGNetworks, priors: Priors, cell: torch.Tensor, onehot: torch.Tensor,
              generator: torch.Generator, tau: float | None) -> torch.Tensor:
-    z = priors.sample(context, generator)
-    return activate(nets.decoder(z, onehot), nets.dims.spans, tau=tau, generator=generator)  # (B, D)
+    """Rows for the given cells (their contexts one-hot in ``onehot``), z drawn from q(z) per cell."""
+    z = priors.sample(cell, generator)
+    rows = activate(nets.decoder(z, onehot), nets.dims.spans, tau=tau, generator=generator)  # (B, D)
+    return pin_stratum(rows, cell, nets.dims)
+
+
+def pin_stratum(rows: torch.Tensor, cell: torch.Tensor, dims: ModelDims) -> torch.Tensor:
+    """Set the stratifying span of generated rows to their cell's class: class rates then follow
+    the cache's (noisy) counts exactly, and the generator learns features that fit the class."""
+    span = dims.strata_span
+    if span is None:
+        return rows
+    stratum = torch.nn.functional.one_hot(cell % span.width, span.width).to(rows.dtype)  # (B, S)
+    return torch.cat([rows[:, :span.start], stratum, rows[:, span.stop:]], dim=1)
 
 
 def critic_step(cfg: CADASGConfig, state: TrainState, batch: Batch, onehot: torch.Tensor, priors: Priors) -> float:
     nets, g = state.nets, state.generator
     with torch.no_grad():
-        fake = generate(nets, priors, batch.context, onehot, g, cfg.model.gumbel_tau)
+        fake = generate(nets, priors, batch.cell, onehot, g, cfg.model.gumbel_tau)
     alpha = torch.rand(len(batch.x), generator=g)
     state.opt_critic.zero_grad(set_to_none=True)
     fake_term = nets.critic(fake, onehot).mean()  # reads no real row
@@ -177,7 +190,7 @@ def generator_step(cfg: CADASGConfig, state: TrainState, batch: Batch, onehot: t
                    ) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
     nets, g = state.nets, state.generator
     state.opt_generator.zero_grad(set_to_none=True)
-    fake = generate(nets, priors, batch.context, onehot, g, cfg.model.gumbel_tau)
+    fake = generate(nets, priors, batch.cell, onehot, g, cfg.model.gumbel_tau)
     public = {
         "wgan": -nets.critic(fake, onehot).mean(),
         "cov": covariance_loss(priors.feature_cov, fake, onehot),
@@ -211,7 +224,7 @@ def generator_step(cfg: CADASGConfig, state: TrainState, batch: Batch, onehot: t
 
 def cache_update(cfg: CADASGConfig, cache: ContextCache, batch: Batch, mean: torch.Tensor, logvar: torch.Tensor,
                  generator: torch.Generator, share: float = 1.0) -> None:
-    stats = CacheStats.from_batch(batch.x, mean, logvar.exp(), batch.context, cache.n_contexts,
+    stats = CacheStats.from_batch(batch.x, mean, logvar.exp(), batch.cell, cache.n_cells,
                                   cfg.cache.clip_x, cfg.cache.clip_z)
     cache.update(stats, generator, share=share)
 
@@ -221,6 +234,7 @@ def train_step(cfg: CADASGConfig, state: TrainState, batch: Batch, cache: Contex
     nets = state.nets
     nets.train()
     onehot = nets.one_hot(batch.context)
+    batch.cell = nets.dims.cells(batch.x, batch.context)
     priors = Priors.from_cache(cache, cfg.model.latent_dim)
     critic = [critic_step(cfg, state, batch, onehot, priors) for _ in range(cfg.train.critic_steps)]
     util = utility_step(cfg, state, batch, onehot)
