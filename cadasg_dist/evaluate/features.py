@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from cadasg_dist.data.schema import Schema
-from cadasg_dist.data.transforms import CategoricalTransform, DataTransformer
+from cadasg_dist.data.transforms import CategoricalTransform, ContinuousTransform, DataTransformer
 from cadasg_dist.evaluate.prepare import NUMERIC_KINDS, numeric_values
 
 
@@ -80,5 +80,20 @@ def encode(transformer: DataTransformer, df: pd.DataFrame) -> np.ndarray:
         elif isinstance(t, CategoricalTransform):
             parts.append(t.encode(df[span.column], ties).astype(np.float64))
         else:
-            parts.append(t.encode(df[span.column], ties).astype(np.float64)[:, None])
+            parts.append(t.encode(_filled_dates(df[span.column], t), ties).astype(np.float64)[:, None])
     return np.concatenate(parts, axis=1) if parts else np.zeros((len(df), 0))
+
+
+def _filled_dates(s: pd.Series, t: ContinuousTransform) -> pd.Series:
+    """Missing datetimes replaced by the median, as the transform does for other numeric kinds.
+
+    ``datetime_to_seconds`` turns NaT into a huge negative number rather than NaN, so the transform
+    cannot see the gap itself; the present/missing span still records it.
+    """
+    if t.schema.kind != "datetime" or not s.isna().any():
+        return s
+    dates = s if pd.api.types.is_datetime64_any_dtype(s) else pd.to_datetime(s, errors="coerce", format="mixed")
+    if getattr(dates.dt, "tz", None) is not None:
+        dates = dates.dt.tz_convert(None)
+    median = float(t.quantiles[len(t.quantiles) // 2]) if t.quantiles is not None else t.mean
+    return dates.fillna(pd.Timestamp(median, unit="s"))

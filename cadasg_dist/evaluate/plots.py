@@ -30,7 +30,7 @@ def _png(fig: Figure) -> bytes:
 
 
 def _style(ax, title: str) -> None:
-    ax.set_title(title, fontsize=10, loc="left")
+    ax.set_title(plain(title), fontsize=10, loc="left")
     ax.tick_params(labelsize=7)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
@@ -96,7 +96,12 @@ def _category_bars(ax, kr: np.ndarray, ks: np.ndarray) -> None:
 
 def _short(label: str, limit: int = 14) -> str:
     label = "missing" if label == MISSING else str(label)
-    return label if len(label) <= limit else label[: limit - 1] + "…"
+    return plain(label if len(label) <= limit else label[: limit - 1] + "…")
+
+
+def plain(text: str) -> str:
+    """Text shown literally: a '$' in a column or category name would start matplotlib mathtext."""
+    return text.replace("$", r"\$")
 
 
 def association_heatmaps(real: np.ndarray, synthetic: np.ndarray, names: list[str]) -> bytes:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cadasg_dist.errors import InvalidDataError
+from cadasg_dist.errors import ConfigError, InvalidDataError
 from cadasg_dist.evaluate import plots
 from cadasg_dist.evaluate import report_html as h
 from cadasg_dist.evaluate.fidelity import association_matrix
@@ -50,7 +50,10 @@ def write_report(result: EvaluationResult, out_dir: str | Path, *, real: pd.Data
             raise InvalidDataError(f"the {label} table lacks column(s) {', '.join(map(repr, missing))} "
                                    "of the evaluation; pass the tables given to evaluate()")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the report to {out}: {exc.strerror or exc}") from None
     metrics = json.dumps(result.to_dict(), indent=2, allow_nan=False)
     page = render_html(result, real, synthetic)
     _atomic_write(out / "metrics.json", metrics)

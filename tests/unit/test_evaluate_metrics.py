@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -9,8 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cadasg_dist.data.schema import infer_schema
 from cadasg_dist.errors import CADASGError, ConfigError, ContextError, InvalidDataError
 from cadasg_dist.evaluate import EvaluationResult, evaluate
+from cadasg_dist.evaluate.features import encode, fit_encoder, widened_schema
 from cadasg_dist.evaluate.utility import _ratio
 
 
@@ -159,7 +162,7 @@ def test_to_dict_is_json_safe_with_stable_keys(identical: EvaluationResult) -> N
                                   "precision", "recall", "missing_rates"}
     assert set(d["per_context"]) >= {"rows", "min", "weighted_mean"}
     assert set(d["privacy"]) >= {"exact_match_rate", "dcr_share", "mia_auc", "epsilon", "delta"}
-    inf = EvaluationResult(**{**identical.__dict__, "elapsed_s": float("inf")}).to_dict()
+    inf = dataclasses.replace(identical, elapsed_s=float("inf")).to_dict()
     assert inf["elapsed_s"] == "inf"
     assert json.loads(text)["format"].startswith("cadasg-evaluation/")
 
@@ -194,3 +197,19 @@ def test_csv_and_typed_values_compare_equal() -> None:
     syn = pd.DataFrame({"k": [1.0, 2.0, 3.0, 1.0, 2.0, 3.0], "b": ["true", "false", "true", "false", "true", "false"]})
     result = evaluate(real, syn, target=None)
     assert result.fidelity.columns == {"k": pytest.approx(1.0), "b": pytest.approx(1.0)}
+
+
+def test_missing_datetimes_encode_like_present_ones() -> None:
+    rng = np.random.default_rng(5)
+    when = pd.Series(pd.Timestamp("2021-01-01") + pd.to_timedelta(rng.integers(0, 300, size=200), unit="D"))
+    real = pd.DataFrame({"when": when.mask(rng.random(200) < 0.2), "v": rng.normal(size=200)})
+    result = evaluate(real, real.copy(), target=None, train=real.copy())
+    assert result.fidelity.columns["when"] == pytest.approx(1.0)
+    assert result.fidelity.missing_rates["when"]["real"] > 0.1
+    assert result.fidelity.cov_frobenius == pytest.approx(0.0, abs=1e-9)
+    assert result.privacy.exact_match_rate == 1.0
+    # a gap encodes at the median (about 0 on the Gaussian scale), not at the earliest date
+    schema = widened_schema(infer_schema(real), [real])
+    features = encode(fit_encoder(schema, real), real)
+    gaps = real["when"].isna().to_numpy()
+    assert np.abs(features[gaps, 0]).max() < 0.2

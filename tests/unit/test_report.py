@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cadasg_dist.errors import InvalidDataError
+from cadasg_dist.errors import ConfigError, InvalidDataError
 from cadasg_dist.evaluate import EvaluationResult, evaluate, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -125,6 +125,18 @@ def test_refuses_tables_without_the_evaluated_columns(tables, result: Evaluation
     with pytest.raises(InvalidDataError, match="'score'"):
         write_report(result, tmp_path, real=real, synthetic=syn.drop(columns=["score"]))
     assert not (tmp_path / "report.html").exists()
+
+
+def test_dollar_signs_are_not_mathtext_and_bad_out_dir_is_a_user_error(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    real = pd.DataFrame({"cost $": rng.normal(size=80), "tag": rng.choice(["$a", "b$"], size=80)})
+    r = evaluate(real, real.copy(), target=None, context=["tag"])
+    html = write_report(r, tmp_path / "out", real=real, synthetic=real).read_text(encoding="utf-8")
+    assert "cost $" in html
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ConfigError, match="cannot write the report"):
+        write_report(r, blocker / "sub", real=real, synthetic=real)
 
 
 def test_chromium_renders_the_page_when_available(report_dir: Path, tmp_path: Path) -> None:
