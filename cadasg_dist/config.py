@@ -134,6 +134,22 @@ class PrivacyConfig:
 
 
 @dataclass(frozen=True)
+class DistributedConfig:
+    """Ray Train settings (``cadasg train --num-workers N``); see cadasg_dist/distributed/."""
+
+    num_workers: int = 1
+    use_gpu: bool = False
+    # "auto" joins a running cluster, "ray://HOST:PORT" a remote one; None starts a local Ray.
+    address: str | None = None
+    # Workers merge their context caches (noisy all-reduce of sufficient statistics) every K steps.
+    merge_every: int = 10
+    # Worker-group restarts from the last checkpoint before the run fails (-1 = unlimited).
+    max_failures: int = 1
+    # Where Ray Train keeps checkpoints (shared storage on a multi-node cluster); None = ~/ray_results.
+    storage_path: str | None = None
+
+
+@dataclass(frozen=True)
 class CADASGConfig:
     target: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
@@ -143,6 +159,7 @@ class CADASGConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -201,6 +218,10 @@ def validate(cfg: CADASGConfig) -> None:
         (cfg.privacy.delta is None or 0 < cfg.privacy.delta < 1,
          f"privacy.delta must be in (0, 1), got {cfg.privacy.delta}"),
         (cfg.privacy.max_grad_norm > 0, f"privacy.max_grad_norm must be > 0, got {cfg.privacy.max_grad_norm}"),
+        (cfg.distributed.num_workers >= 1, f"distributed.num_workers must be >= 1, got {cfg.distributed.num_workers}"),
+        (cfg.distributed.merge_every >= 1, f"distributed.merge_every must be >= 1, got {cfg.distributed.merge_every}"),
+        (cfg.distributed.max_failures >= -1,
+         f"distributed.max_failures must be >= -1 (-1 = unlimited), got {cfg.distributed.max_failures}"),
         (cfg.data.continuous_encoding in ("quantile", "standard"),
          f"data.continuous_encoding must be 'quantile' or 'standard', got {cfg.data.continuous_encoding!r}"),
         (cfg.loss.balance_min > 0 and cfg.loss.balance_max >= cfg.loss.balance_min,
