@@ -61,6 +61,8 @@ def _numeric_hist(ax, xr: np.ndarray, xs: np.ndarray, kind: str) -> None:
     if hi <= lo:
         lo, hi = float(ref.min()) - 0.5, float(ref.max()) + 0.5
     edges = np.linspace(lo, hi, 31)
+    if kind == "integer" and hi - lo <= 40:
+        edges = np.arange(np.floor(lo) - 0.5, np.ceil(hi) + 1.0)  # one bin per value, not 30 uneven ones
     scale = 86400.0 if kind == "datetime" else 1.0  # matplotlib dates are days since 1970
     for x, colour, label in ((xr, REAL_COLOUR, "real"), (xs, SYNTHETIC_COLOUR, "synthetic")):
         if x.size == 0:
@@ -78,6 +80,9 @@ def _category_bars(ax, kr: np.ndarray, ks: np.ndarray) -> None:
     pr = pd.Series(kr).value_counts(normalize=True)
     ps = pd.Series(ks).value_counts(normalize=True)
     labels = list(pr.index) + [k for k in ps.index if k not in pr.index]
+    if len(labels) <= MAX_CATEGORIES_SHOWN and all(_is_number(k) for k in labels if k != MISSING):
+        # years, levels, 0/1 flags read best in their natural order; missing goes last
+        labels = sorted((k for k in labels if k != MISSING), key=float) + [k for k in labels if k == MISSING]
     shown = labels[:MAX_CATEGORIES_SHOWN]
     values_r = [float(pr.get(k, 0.0)) for k in shown]
     values_s = [float(ps.get(k, 0.0)) for k in shown]
@@ -92,6 +97,14 @@ def _category_bars(ax, kr: np.ndarray, ks: np.ndarray) -> None:
     ax.set_xticklabels([_short(k) for k in shown], rotation=35 if len(shown) > 4 else 0, ha="right"
                        if len(shown) > 4 else "center")
     ax.set_ylabel("share of rows", fontsize=7)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _short(label: str, limit: int = 14) -> str:

@@ -48,6 +48,13 @@ def fmt(x: float | None, digits: int = 3) -> str:
     return f"{x:.{digits}f}"
 
 
+def pct(x: float | None) -> str:
+    """A share as a percentage, with enough digits that a few copied rows do not read as 0."""
+    if x is None:
+        return "—"
+    return "0%" if x == 0 else f"{100 * x:.2f}%" if x >= 0.0001 else "&lt;0.01%"
+
+
 def grade(x: float | None) -> str:
     """CSS class of a [0, 1] score where 1 is best."""
     if x is None or math.isnan(x):
@@ -92,7 +99,7 @@ def summary_cards(r: EvaluationResult) -> str:
     worst_pr = math.nan if any(math.isnan(x) for x in pr) else min(pr)  # NaN: too few rows, shown muted
     cards.append(card("Precision / recall", f"{fmt(f.precision, 2)} / {fmt(f.recall, 2)}", grade(worst_pr),
                       "k-NN manifolds"))
-    cards.append(card("Exact matches", fmt(p.exact_match_rate), _risk(p.exact_match_rate, 0.0, 0.01),
+    cards.append(card("Exact matches", pct(p.exact_match_rate), _risk(p.exact_match_rate, 0.0, 0.01),
                       "synthetic rows copied from train"))
     cards.append(card("MIA AUC", fmt(p.mia_auc), _risk(p.mia_auc, 0.55, 0.6), "0.5 = no membership signal"))
     cards.append(epsilon_card(p.epsilon, p.delta))
@@ -213,7 +220,7 @@ def privacy_section(r: EvaluationResult) -> str:
     else:
         delta = f", δ = {p.delta:.1e}" if p.delta is not None else ""
         eps = f"<b class=\"good\">ε = {fmt(p.epsilon, 3)}{delta}</b> (from the model's privacy ledger)"
-    rows = [("Exact-match rate", fmt(p.exact_match_rate, 4), _risk(p.exact_match_rate, 0.0, 0.01),
+    rows = [("Exact-match rate", pct(p.exact_match_rate), _risk(p.exact_match_rate, 0.0, 0.01),
              "share of synthetic rows identical to a training row; 0 is ideal"),
             ("DCR share", fmt(p.dcr_share), _risk(None if p.dcr_share is None else abs(p.dcr_share - 0.5), 0.05, 0.1),
              "share of synthetic rows closer to a training row than to a holdout row; 0.5 is ideal"),
