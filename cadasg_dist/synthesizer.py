@@ -133,7 +133,7 @@ class CADASG:
             weights = np.ones(len(cells))
         return rng.permutation(np.repeat(cells, _largest_remainder(weights, n)))
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def sample(self, n: int, *, context: dict[str, Any] | None = None, seed: int | None = 0,
                chunk: int = 200_000) -> pd.DataFrame:
         """``n`` synthetic rows; ``context`` fixes some or all context columns; the same seed gives

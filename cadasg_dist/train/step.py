@@ -117,7 +117,12 @@ class Priors:
 
     def sample(self, cell: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         eps = torch.randn(len(cell), self.latent_mean.shape[1], generator=generator)  # (B, L)
-        return self.latent_mean[cell] + torch.einsum("bij,bj->bi", self.latent_chol[cell], eps)
+        z = torch.empty_like(eps)
+        # One matmul per cell: gathering a (B, L, L) factor per row costs B·L² memory traffic.
+        for k in torch.unique(cell).tolist():
+            rows = (cell == k).nonzero().squeeze(1)
+            z[rows] = self.latent_mean[k] + eps[rows] @ self.latent_chol[k].T
+        return z
 
 
 def generate(nets: CADASGNetworks, priors: Priors, cell: torch.Tensor, onehot: torch.Tensor,
