@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--context", metavar="COL[,COL]", default="", help="context column(s), comma-separated")
     p.add_argument("--out", required=True, metavar="REPORT_DIR", help="directory for metrics.json and report.html")
     p.add_argument("--seed", type=int, help="seed of every subsample and model (default: evaluate()'s)")
-    p.set_defaults(run=run)
+    p.set_defaults(func=run, run=run)  # the main CLI dispatches on ``func``
     return p
 
 
@@ -68,13 +69,21 @@ def load_model_files(model_dir: str | Path) -> tuple[Schema | None, dict[str, An
             schema = Schema.from_dict(raw)
         except (KeyError, TypeError, AttributeError) as exc:
             raise ArtifactError(f"{d / 'schema.json'} is not a CA-DASG schema (missing {exc})") from None
-    ledger = None
-    if (d / "ledger.json").exists():
-        raw = _read_json(d / "ledger.json")
-        if not isinstance(raw, dict) or "epsilon" not in raw:
-            raise ArtifactError(f"{d / 'ledger.json'} has no 'epsilon' entry")
-        ledger = {"epsilon": raw["epsilon"], "delta": raw.get("delta")}
+    ledger = _ledger_summary(_read_json(d / "ledger.json"), d / "ledger.json") if (d / "ledger.json").exists() else None
     return schema, ledger
+
+
+def _ledger_summary(raw: Any, path: Path) -> dict[str, Any]:
+    """{"epsilon", "delta"} from a ledger summary, or from the saved ledger state of a model
+    directory (``PrivacyLedger.state_dict()``), whose ε is recomputed from its mechanisms."""
+    if isinstance(raw, dict) and "epsilon" in raw:
+        return {"epsilon": raw["epsilon"], "delta": raw.get("delta")}
+    if not isinstance(raw, dict) or "mechanisms" not in raw:
+        raise ArtifactError(f"{path} is neither a ledger summary (epsilon, delta) nor a saved privacy ledger")
+    from cadasg_dist.privacy import PrivacyLedger  # imported late: it pulls in the accounting libraries
+
+    ledger = PrivacyLedger.from_state_dict(raw)  # raises ArtifactError on a malformed ledger
+    return {"epsilon": ledger.epsilon() if ledger.private else math.inf, "delta": ledger.delta}
 
 
 def _read_json(path: Path) -> Any:
@@ -99,7 +108,8 @@ def summary_text(r: EvaluationResult) -> str:
     p = r.privacy
     eps = "not reported" if p.epsilon is None else ("inf (not private)" if p.epsilon == float("inf")
                                                      else f"{p.epsilon:.3g}")
-    lines.append(f"privacy: epsilon {eps}, exact matches {f(p.exact_match_rate)}, DCR share {f(p.dcr_share)}, "
+    exact = "n/a" if p.exact_match_rate is None else f"{100 * p.exact_match_rate:.2f}%"
+    lines.append(f"privacy: epsilon {eps}, exact matches {exact}, DCR share {f(p.dcr_share)}, "
                  f"MIA AUC {f(p.mia_auc)}")
     return "\n".join(lines)
 

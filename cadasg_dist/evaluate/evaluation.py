@@ -208,9 +208,10 @@ def _privacy(train: pd.DataFrame | None, real: pd.DataFrame, synthetic: pd.DataF
              encoder, x_real: np.ndarray, x_syn: np.ndarray, eps: float | None, delta: float | None,
              rng: np.random.Generator, max_rows: int, subsampled: dict[str, str]) -> PrivacyResult:
     if train is None:
-        return PrivacyResult(None, None, None, eps, delta,
-                             ("privacy metrics skipped: they need the train table the generator was fitted on",))
+        return PrivacyResult(exact_match_rate=None, dcr_share=None, mia_auc=None, epsilon=eps, delta=delta,
+                             notes=("privacy metrics skipped: they need the train table the generator was fitted on",))
     exact = pm.exact_match_rate(train, synthetic, kinds)
+    baseline = pm.exact_match_rate(train, real, kinds)
     train_rows = _rows(train, _positions_quiet(len(train), pm.NN_ROWS, rng))
     x_train = encode(encoder, train_rows)
     dcr, m = pm.dcr_share(x_train, x_real, x_syn, rng)
@@ -218,7 +219,8 @@ def _privacy(train: pd.DataFrame | None, real: pd.DataFrame, synthetic: pd.DataF
     subsampled["dcr_share"] = f"{m} train and {m} holdout rows, at most {pm.NN_ROWS} synthetic rows"
     subsampled["mia_auc"] = (f"{m} members (train) and {m} non-members (holdout) against "
                              f"{len(x_syn)} of {len(synthetic)} synthetic rows")
-    return PrivacyResult(exact, dcr, auc, eps, delta)
+    return PrivacyResult(exact_match_rate=exact, dcr_share=dcr, mia_auc=auc, epsilon=eps, delta=delta,
+                         exact_match_baseline=baseline)
 
 
 def _positions_quiet(n: int, limit: int, rng: np.random.Generator) -> np.ndarray:

@@ -114,6 +114,9 @@ class PrivacyResult:
     mia_auc: float | None  # distance-based membership inference AUC (0.5 ideal)
     epsilon: float | None  # None: not reported; inf: not private
     delta: float | None
+    # share of real holdout rows identical to a train row: what rows that were never copied score
+    # (tables of a few coarse columns repeat rows honestly)
+    exact_match_baseline: float | None = None
     notes: tuple[str, ...] = ()
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from cadasg_dist.data.schema import infer_schema
 from cadasg_dist.errors import ArtifactError, CADASGError
-from cadasg_dist.evaluate.command import add_parser, run
+from cadasg_dist.evaluate.command import add_parser, load_model_files, run
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -48,7 +48,7 @@ def test_run_writes_report_and_prints_summary(files, capsys) -> None:
     args = parse(["evaluate", "--real", str(files["real"]), "--synthetic", str(files["syn"]), "--train",
                   str(files["train"]), "--model", str(files["model"]), "--target", "y", "--context", "grp",
                   "--out", str(files["out"]), "--seed", "3"])
-    assert args.run is run
+    assert args.func is run
     assert run(args) == 0
     out = capsys.readouterr().out
     assert "column shape" in out and "not private" in out and str(files["out"] / "report.html") in out
@@ -81,3 +81,14 @@ def test_bad_model_directory_is_an_artifact_error(files, tmp_path: Path) -> None
     (files["model"] / "ledger.json").write_text("{not json")
     with pytest.raises(ArtifactError, match="ledger.json"):
         run(parse(base + ["--model", str(files["model"])]))
+
+
+def test_saved_ledger_state_gives_epsilon(files) -> None:
+    privacy = pytest.importorskip("cadasg_dist.privacy")
+    ledger = privacy.PrivacyLedger(delta=1e-5)
+    ledger.record(name="dpsgd", noise_multiplier=1.1, sample_rate=0.01, steps=500)
+    (files["model"] / "ledger.json").write_text(json.dumps(ledger.state_dict()))
+    schema, summary = load_model_files(files["model"])
+    assert schema is not None and summary == {"epsilon": pytest.approx(ledger.epsilon()), "delta": 1e-5}
+    (files["model"] / "ledger.json").write_text(json.dumps(privacy.PrivacyLedger.non_private().state_dict()))
+    assert load_model_files(files["model"])[1] == {"epsilon": float("inf"), "delta": None}

@@ -93,6 +93,7 @@ def test_copy_of_train_is_caught_by_privacy_metrics(real: pd.DataFrame, train: p
     result = evaluate(real, train.copy(), target=None, train=train, privacy={"epsilon": float("inf"), "delta": None})
     p = result.privacy
     assert p.exact_match_rate == 1.0
+    assert p.exact_match_baseline == 0.0  # continuous columns: no honest repeats
     assert p.mia_auc > 0.9
     assert p.dcr_share > 0.9
     assert math.isinf(p.epsilon)
@@ -213,3 +214,13 @@ def test_missing_datetimes_encode_like_present_ones() -> None:
     features = encode(fit_encoder(schema, real), real)
     gaps = real["when"].isna().to_numpy()
     assert np.abs(features[gaps, 0]).max() < 0.2
+
+
+def test_exact_match_baseline_counts_honest_repeats() -> None:
+    rng = np.random.default_rng(7)
+
+    def coarse(n: int) -> pd.DataFrame:  # 2 x 3 possible rows: fresh rows repeat training rows
+        return pd.DataFrame({"a": rng.choice(["x", "y"], size=n), "b": rng.choice(["p", "q", "r"], size=n)})
+
+    result = evaluate(coarse(300), coarse(300), target=None, train=coarse(300))
+    assert result.privacy.exact_match_rate == 1.0 and result.privacy.exact_match_baseline == 1.0
