@@ -41,10 +41,14 @@ SAMPLE_ROWS = 100_000
 
 
 def scoring_view(df: pd.DataFrame, spec) -> pd.DataFrame:
-    """The table as utility is judged: ``target > 0`` where the spec binarises it."""
+    """The table as utility is judged: ``target > 0`` where the spec binarises it, and
+    ``log1p(target)`` for a heavy-tailed target (MedExp's raw ``med`` gives a negative R² even when
+    the model trains on the real rows, which makes a ratio meaningless)."""
     out = df.copy()
     if spec.binarize_target:
         out[spec.target] = pd.to_numeric(out[spec.target], errors="coerce") > 0
+    elif spec.heavy_tail:
+        out[spec.target] = np.log1p(pd.to_numeric(out[spec.target], errors="coerce").clip(lower=0))
     return out
 
 
