@@ -200,7 +200,9 @@ def datetime_to_seconds(values: pd.Series) -> np.ndarray:
         values) else values
     if getattr(parsed.dt, "tz", None) is not None:
         parsed = parsed.dt.tz_convert(None)
-    return parsed.astype("datetime64[ns]").astype("int64").to_numpy(dtype=float) / 1e9
+    parsed = parsed.astype("datetime64[ns]")
+    seconds = parsed.astype("int64").to_numpy(dtype=float) / 1e9
+    return np.where(parsed.isna().to_numpy(), np.nan, seconds)  # NaT is int64 min, not a date
 
 
 def _sorted_values(values: Any) -> list[Any]:

@@ -83,3 +83,21 @@ def test_training_is_reproducible(mixed_table, tiny_config):
     for (name, ta), tb in zip(a.nets.state_dict().items(), b.nets.state_dict().values()):
         assert bool((ta == tb).all()), name
     pd.testing.assert_frame_equal(a.sample(50, seed=3), b.sample(50, seed=3))
+
+
+def test_date_period_context():
+    from cadasg_dist.config import ModelConfig, TrainConfig
+
+    rng = np.random.default_rng(0)
+    n = 400
+    df = pd.DataFrame({"when": pd.to_datetime("2021-01-01") + pd.to_timedelta(rng.integers(0, 730, n), unit="D"),
+                       "x": rng.normal(size=n), "y": rng.choice(["u", "v"], n)})
+    cfg = CADASGConfig(target="y", context=ContextConfig(columns=("when",), periods={"when": "year"}),
+                       model=ModelConfig(latent_dim=2, hidden=(16,), critic_hidden=(16,), utility_hidden=(8,)),
+                       train=TrainConfig(epochs=1, batch_size=100))
+    model = CADASG(cfg).fit(df)
+    assert [c["when"] for c in model.contexts] == ["2021", "2022"]
+    rows = model.sample(50, context={"when": "2022"}, seed=0)
+    assert len(rows) == 50 and pd.api.types.is_datetime64_any_dtype(rows["when"])
+    with pytest.raises(ContextError, match="valid values: 2021, 2022"):
+        model.sample(5, context={"when": "2030"})

@@ -109,3 +109,12 @@ def test_io_round_trip_and_atomic_write(tmp_path, mixed_table):
     (tmp_path / "header.csv").write_text("a,b\n")
     with pytest.raises(InvalidDataError, match="no rows"):
         read_table(tmp_path / "header.csv")
+
+
+def test_missing_dates_are_missing_not_year_1677():
+    when = pd.Series(pd.to_datetime(["2020-01-01", None, "2021-06-30"] * 20))
+    df = pd.DataFrame({"when": when, "x": np.random.default_rng(0).normal(size=60)})
+    schema, _, back = _round_trip(df)
+    assert schema["when"].has_missing and schema["when"].min > 1.5e9
+    assert back["when"].isna().sum() == when.isna().sum()
+    assert back["when"].dropna().dt.year.isin([2020, 2021]).all()
