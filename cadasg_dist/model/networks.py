@@ -62,8 +62,8 @@ MAX_STRATA = 10
 
 def strata_span_for(target_spans: tuple[SpanInfo, ...]) -> SpanInfo | None:
     """The target span that stratifies the prior: a categorical target's classes (at most
-    MAX_STRATA), else a numeric target's point-mass indicator, else none."""
-    for role in ("value", "atom"):
+    MAX_STRATA), else a numeric target's point-mass indicator, else its missing indicator."""
+    for role in ("value", "atom", "missing"):
         for s in target_spans:
             if s.kind == "softmax" and s.role == role and s.width <= MAX_STRATA:
                 return s
