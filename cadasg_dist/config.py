@@ -131,6 +131,41 @@ class PrivacyConfig:
     # Row-level privacy by default; a column name makes each unit (e.g. a patient id) the unit.
     unit: str | None = None
     max_rows_per_unit: int = 5
+    # Bounds and category sets not declared in data.columns: "dp" releases them with a DP mechanism
+    # charged to the ledger; "declared" refuses to train and lists the columns to declare.
+    preprocessing: Literal["dp", "declared"] = "dp"
+    # Budget split (docs/privacy.md): shares of the Renyi-DP budget, at the order that sets epsilon,
+    # given to the one-pass releases; DP-SGD training gets the rest.
+    preprocessing_share: float = 0.1
+    final_cache_share: float = 0.1
+    # Relative weights of the releases that share one training step's Poisson batch (exact shares
+    # of the step's 1/sigma^2): each critic step, the utility predictor, encoder+decoder, the cache.
+    weight_critic: float = 1.0
+    weight_utility: float = 0.5
+    weight_vae: float = 1.0
+    weight_cache: float = 0.5
+    # Fixed effective noise multiplier of a training step instead of calibrating it to train.epochs:
+    # training then stops cleanly when the next step would exceed the budget.
+    noise_multiplier: float | None = None
+    # Cells of the DP histograms that give quantiles (continuous columns, wide integer ranges).
+    histogram_bins: int = 64
+
+    def __post_init__(self) -> None:
+        shares = self.preprocessing_share + self.final_cache_share
+        checks = [
+            (self.max_rows_per_unit >= 1, f"privacy.max_rows_per_unit must be >= 1, got {self.max_rows_per_unit}"),
+            (0 < self.preprocessing_share < 1 and 0 < self.final_cache_share < 1 and shares < 1,
+             "privacy.preprocessing_share and privacy.final_cache_share must be in (0, 1) with a sum below 1, "
+             f"got {self.preprocessing_share} and {self.final_cache_share}"),
+            (self.weight_critic > 0 and self.weight_vae > 0 and self.weight_cache > 0 and self.weight_utility > 0,
+             "privacy.weight_critic, weight_utility, weight_vae and weight_cache must be > 0"),
+            (self.noise_multiplier is None or self.noise_multiplier > 0,
+             f"privacy.noise_multiplier must be > 0 (or null to calibrate it), got {self.noise_multiplier}"),
+            (self.histogram_bins >= 2, f"privacy.histogram_bins must be >= 2, got {self.histogram_bins}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
 
 
 @dataclass(frozen=True)

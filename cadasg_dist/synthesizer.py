@@ -75,15 +75,23 @@ class CADASG:
                 raise InvalidDataError(f"unknown context column {col!r}; columns: {', '.join(map(str, df.columns))}")
         if cfg.target is not None and cfg.target not in df.columns:
             raise InvalidDataError(f"unknown target column {cfg.target!r}; columns: {', '.join(map(str, df.columns))}")
-        self.schema = infer_schema(df, cfg.data)
-        if cfg.target is not None and cfg.target in self.schema.dropped:
-            raise InvalidDataError(f"target column {cfg.target!r} is declared an identifier")
-        self.extractor = RuleContextExtractor(cfg.context, self.schema).fit(df)
-        if cfg.target is not None and cfg.target in self.extractor.categorical_columns:
-            raise InvalidDataError(f"target column {cfg.target!r} cannot also be a context column")
-        self.transformer = DataTransformer(self.schema, cfg.data.continuous_encoding, cfg.data.n_quantiles,
-                                           exclude=self.extractor.categorical_columns,
-                                           atom_share=cfg.data.atom_share).fit(df)
+        self._private_prep = None
+        if cfg.private:  # from declarations and DP releases only; rows capped per privacy unit
+            from cadasg_dist.privacy.preprocessing import prepare_private
+
+            prep = prepare_private(df, cfg)
+            self.schema, self.extractor, self.transformer = prep.schema, prep.extractor, prep.transformer
+            self._private_prep, df = prep, prep.frame
+        else:
+            self.schema = infer_schema(df, cfg.data)
+            if cfg.target is not None and cfg.target in self.schema.dropped:
+                raise InvalidDataError(f"target column {cfg.target!r} is declared an identifier")
+            self.extractor = RuleContextExtractor(cfg.context, self.schema).fit(df)
+            if cfg.target is not None and cfg.target in self.extractor.categorical_columns:
+                raise InvalidDataError(f"target column {cfg.target!r} cannot also be a context column")
+            self.transformer = DataTransformer(self.schema, cfg.data.continuous_encoding, cfg.data.n_quantiles,
+                                               exclude=self.extractor.categorical_columns,
+                                               atom_share=cfg.data.atom_share).fit(df)
         x = self.transformer.encode(df, seed=cfg.train.seed)
         ids = self.extractor.ids(df)
         target_spans = tuple(s for s in self.transformer.spans if s.column == cfg.target)
@@ -99,12 +107,16 @@ class CADASG:
         if self.config.private:
             from cadasg_dist.privacy.training import fit_private
 
-            state, cache, ledger = fit_private(self.config, x, ids, dims, self.schema, progress)
+            prep = self._private_prep
+            state, cache, ledger = fit_private(self.config, x, ids, dims, self.schema, progress,
+                                               units=prep.units, ledger=prep.ledger)
             self.ledger = ledger
         else:
             state, cache = fit_local(self.config, x, ids, dims, progress)
             self.ledger = PrivacyLedger.non_private()
         self._finish(state.nets, cache, state.history, time.perf_counter() - start, len(x))
+        if state.dp is not None:  # the calibrated noise, steps taken, and whether training stopped early
+            self.meta["privacy"] = state.dp.report()
         return self
 
     def _finish(self, nets: CADASGNetworks, cache: ContextCache, history: list[dict[str, float]],

@@ -154,8 +154,7 @@ def critic_step(cfg: CADASGConfig, state: TrainState, batch: Batch, onehot: torc
     if state.dp is None:
         loss = fake_term + real_terms.mean()
         loss.backward()
-    else:
-        fake_term.backward()
+    else:  # the fake term joins each example's clipped loss: its fake row is drawn for that example's cell
         state.dp.privatize_critic(nets, batch, fake, onehot, alpha, cfg)
     state.opt_critic.step()
     return float(fake_term.detach() + real_terms.detach().mean())
@@ -215,6 +214,10 @@ def generator_step(cfg: CADASGConfig, state: TrainState, batch: Batch, onehot: t
         total = weights["kl"] * vae.mean() + sum(weights[k] * public[k] for k in public)
         total.backward()
     else:
+        # `public` above is generated for the batch's cells, i.e. it reads real rows unclipped: redo it
+        # on cells drawn from the noisy cache (post-processing).
+        public = state.dp.public_terms(nets, priors, cfg, g)
+        norms = {name: _grad_norm(loss, shared) for name, loss in public.items()}
         norms["kl"] = state.dp.privatize_vae(nets, batch, onehot, eps, cfg, shared)
         weights = state.balancer.update(norms)
         state.dp.scale_private_grads(nets, weights["kl"])
