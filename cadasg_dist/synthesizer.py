@@ -92,6 +92,7 @@ class CADASG:
             self.transformer = DataTransformer(self.schema, cfg.data.continuous_encoding, cfg.data.n_quantiles,
                                                exclude=self.extractor.categorical_columns,
                                                atom_share=cfg.data.atom_share).fit(df)
+        self.config = cfg = cfg.replace(**{"train.epochs": cfg.resolved_epochs(len(df))})
         x = self.transformer.encode(df, seed=cfg.train.seed)
         ids = self.extractor.ids(df)
         target_spans = tuple(s for s in self.transformer.spans if s.column == cfg.target)
