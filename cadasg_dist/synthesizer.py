@@ -93,7 +93,8 @@ class CADASG:
                                                exclude=self.extractor.categorical_columns,
                                                atom_share=cfg.data.atom_share).fit(df)
         self.config = cfg = cfg.replace(**{"train.epochs": cfg.resolved_epochs(len(df))})
-        x = self.transformer.encode(df, seed=cfg.train.seed)
+        x = self.transformer.encode(df, seed=cfg.train.seed if self._private_prep is None else
+                                    self._private_prep.encode_seed)  # private: a secret seed, like all noise
         ids = self.extractor.ids(df)
         target_spans = tuple(s for s in self.transformer.spans if s.column == cfg.target)
         dims = ModelDims(self.transformer.output_dim, self.extractor.n_contexts, self.transformer.spans, target_spans,

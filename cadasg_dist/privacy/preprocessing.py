@@ -20,6 +20,10 @@ from the rows comes from one of:
 Text columns need declared categories: a DP release of an unknown domain needs thresholding with
 a δ the Gaussian ledger cannot hold, so they are refused with the list of columns to declare.
 With ``privacy.preprocessing = "declared"`` undeclared bounds are refused the same way.
+
+Randomness (noise, the rows kept per unit, the encoder's tie spreading) comes from the OS's
+entropy unless a test passes ``rng``: with a known seed the noise could be replayed, and a
+seeded choice of rows would couple one unit's presence to the other units' rows.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ class PrivatePreparation:
     transformer: DataTransformer
     frame: pd.DataFrame  # rows capped per unit and conformed to the released schema
     units: np.ndarray | None  # (N,) privacy unit of each row of ``frame``; None = one row per unit
+    encode_seed: int  # for ``DataTransformer.encode``'s tie spreading: secret, like all noise
     ledger: PrivacyLedger  # the preprocessing releases, to which training adds
     released: dict[str, list[str]] = field(default_factory=dict)  # release -> the statistics it gave
 
@@ -90,13 +95,16 @@ class _Column:
     fitted: dict[str, Any] = field(default_factory=dict)  # ContinuousTransform fields
 
 
-def prepare_private(df: pd.DataFrame, cfg: CADASGConfig) -> PrivatePreparation:
+def prepare_private(df: pd.DataFrame, cfg: CADASGConfig, *, rng: np.random.Generator | None = None
+                    ) -> PrivatePreparation:
     """Cap rows per unit, release what is not declared, and build schema, contexts and transforms.
 
-    Raises ``ConfigError`` listing the columns to declare, ``PrivacyBudgetError`` when a bound cannot
-    be found under the noise, and ``InvalidDataError`` for bad columns.
+    ``rng`` is for tests only: a real release must leave it None (secret OS entropy). Raises
+    ``ConfigError`` listing the columns to declare, ``PrivacyBudgetError`` when a bound cannot be
+    found under the noise, and ``InvalidDataError`` for bad columns.
     """
-    frame, units = cap_units(df, cfg)
+    rng = np.random.default_rng() if rng is None else rng
+    frame, units = cap_units(df, cfg, rng)
     data_cfg = _data_config(cfg)
     columns, dropped = _columns(frame, data_cfg, cfg)
     _check_declarations(columns, cfg)
@@ -106,7 +114,6 @@ def prepare_private(df: pd.DataFrame, cfg: CADASGConfig) -> PrivatePreparation:
     plan = plan_budget(cfg, n_rows=len(frame), n_units=n_units, has_utility=cfg.target is not None,
                        preprocessing=releases)
     ledger = PrivacyLedger(delta=plan.delta)
-    rng = np.random.default_rng(cfg.train.seed + 15485863)
     k = 1 if units is None else cfg.privacy.max_rows_per_unit
     released: dict[str, list[str]] = {}
     if need_bounds:
@@ -135,16 +142,18 @@ def prepare_private(df: pd.DataFrame, cfg: CADASGConfig) -> PrivatePreparation:
                 setattr(t, key, value)
     transformer.spans = transformer._layout()  # atoms add spans
     frame = conform(frame, columns, transformer)
-    return PrivatePreparation(schema, extractor, transformer, frame, units, ledger, released)
+    return PrivatePreparation(schema, extractor, transformer, frame, units, int(rng.integers(2**62)), ledger,
+                              released)
 
 
 # --- units ------------------------------------------------------------------------------------
 
-def cap_units(df: pd.DataFrame, cfg: CADASGConfig) -> tuple[pd.DataFrame, np.ndarray | None]:
-    """Keep at most ``privacy.max_rows_per_unit`` rows of each unit (a random choice, seeded).
+def cap_units(df: pd.DataFrame, cfg: CADASGConfig, rng: np.random.Generator) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """Keep at most ``privacy.max_rows_per_unit`` rows of each unit, chosen at random.
 
     Returns the capped table and each row's unit index (0..U-1), or (df, None) for row-level
-    privacy. Dropping a unit's extra rows depends on that unit alone, so it costs nothing.
+    privacy. With secret randomness, the rows a unit keeps are independent of the other units, so
+    capping costs nothing; a seeded choice would not be (adding a unit reshuffles the others).
     """
     unit = cfg.privacy.unit
     if unit is None:
@@ -157,7 +166,6 @@ def cap_units(df: pd.DataFrame, cfg: CADASGConfig) -> tuple[pd.DataFrame, np.nda
         raise InvalidDataError(f"privacy unit column {unit!r} has missing values: a row without a unit "
                                "cannot have its contribution bounded; fill or drop them")
     codes, _ = pd.factorize(df[unit])
-    rng = np.random.default_rng(cfg.train.seed + 32452843)
     order = rng.permutation(len(df))
     rank = np.empty(len(df), dtype=np.int64)
     rank[order] = pd.Series(codes[order]).groupby(codes[order]).cumcount().to_numpy()

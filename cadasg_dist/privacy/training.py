@@ -18,6 +18,9 @@ Privacy caveats first:
 * Metrics computed on real rows (``loss_vae``, ``loss_critic``, ``loss_predictor``) are dropped
   from the history, the progress reports and the artifact.
 * The table's size (rows and units) is treated as public, as in Opacus: it sets q and the default δ.
+* The noise and the Poisson batches come from the OS's entropy, never from ``train.seed``: the seed
+  is saved in the artifact, and noise anyone can replay protects nothing. A private run is
+  therefore not bit-reproducible (weights are still initialised from the seed, which is public).
 
 The budget split is documented in docs/privacy.md; the accounting in docs/privacy_accounting.md.
 """
@@ -27,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -202,7 +206,7 @@ class DPState:
     """
 
     def __init__(self, cfg: CADASGConfig, plan: BudgetPlan, ledger: PrivacyLedger, *, n_units: int,
-                 has_utility: bool, strata: int, n_cells: int, seed: int) -> None:
+                 has_utility: bool, strata: int, n_cells: int, seed: int | None = None) -> None:
         self.plan = plan
         self.ledger = ledger
         self.clip = cfg.privacy.max_grad_norm
@@ -213,7 +217,7 @@ class DPState:
         self.steps_taken = 0
         self.stop_reason: str | None = None
         self.final_released = False
-        self.noise = torch.Generator().manual_seed(seed + 7919)
+        self.noise = _generator(seed, 7919)  # None: secret (OS entropy); a seed only for tests
         self._strata = strata
         self._cell_weights = torch.ones(n_cells)
         self._vae: dict[str, Tensor] = {}
@@ -346,6 +350,10 @@ def _per_example(module: nn.Module, loss: Any, *batch: Tensor) -> dict[str, Tens
     return per_sample_grads(module, loss, *batch, chunk_size=chunk if chunk < len(batch[0]) else None)
 
 
+def _generator(seed: int | None, offset: int) -> torch.Generator:
+    return torch.Generator().manual_seed(secrets.randbits(63) if seed is None else seed + offset)
+
+
 def _per_unit(grads: dict[str, Tensor], units: Tensor) -> dict[str, Tensor]:
     """Mean per-example gradient of each unit's rows: {name: (U, *shape)}."""
     n = int(units.max()) + 1 if len(units) else 0
@@ -366,14 +374,14 @@ def _write(module: nn.Module, grads: dict[str, Tensor], *, scale: float) -> None
 class UnitSampler:
     """Poisson sampling of units: each unit joins each batch independently with probability q."""
 
-    def __init__(self, units: np.ndarray, sample_rate: float, seed: int) -> None:
+    def __init__(self, units: np.ndarray, sample_rate: float, seed: int | None = None) -> None:
         order = np.argsort(units, kind="stable")
         self.rows = torch.from_numpy(order)
         counts = np.bincount(units)
         self.starts = torch.from_numpy(np.r_[0, np.cumsum(counts)[:-1]])
         self.counts = torch.from_numpy(counts)
         self.q = sample_rate
-        self.generator = torch.Generator().manual_seed(seed + 104729)
+        self.generator = _generator(seed, 104729)  # None: secret; amplification needs a secret sample
 
     def sample(self) -> tuple[Tensor, Tensor]:
         """(rows, unit index within the batch) of one Poisson batch (may be empty)."""
@@ -420,14 +428,15 @@ def fit_private(config: CADASGConfig, x: np.ndarray, context: np.ndarray, dims: 
     state = TrainState.create(dims, run_cfg)
     cache = ContextCache(dims.contexts, dims.features, cfg.model.latent_dim, run_cfg.cache, dims.strata)
     dp = DPState(run_cfg, plan, ledger, n_units=n_units, has_utility=has_utility, strata=dims.strata,
-                 n_cells=cache.n_cells, seed=cfg.train.seed)
+                 n_cells=cache.n_cells)
+    state.generator.manual_seed(secrets.randbits(63))  # it draws the cache's noise
     state.dp = dp
     if not dp.next_step_fits():
         raise PrivacyBudgetError(f"epsilon={cfg.privacy.epsilon} does not cover a single training step at noise "
                                  f"multiplier {plan.step_sigma:.4g}; raise epsilon or privacy.noise_multiplier")
     xs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     cs = torch.from_numpy(context.astype(np.int64))
-    sampler = UnitSampler(unit_ids, plan.sample_rate, cfg.train.seed)
+    sampler = UnitSampler(unit_ids, plan.sample_rate)
     _train(run_cfg, state, cache, dp, xs, cs, sampler, units is not None, progress)
     if cfg.cache.final_pass:
         cache.config = cache_noise(cfg.cache, plan.full_pass[FINAL_CACHE], rows_per_unit)

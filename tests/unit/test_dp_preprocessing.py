@@ -11,6 +11,11 @@ from cadasg_dist.errors import ConfigError, PrivacyBudgetError
 from cadasg_dist.privacy.preprocessing import prepare_private
 from cadasg_dist.privacy.training import fit_private
 
+
+def _rng() -> np.random.Generator:
+    return np.random.default_rng(0)  # tests only: a real release draws its noise from OS entropy
+
+
 DECLARED = {"group": {"categories": ["a", "b", "rare"]}, "label": {"categories": ["no", "yes"]}}
 
 
@@ -21,17 +26,17 @@ def cfg(tiny_config):
 
 @pytest.fixture(scope="module")
 def prepared(mixed_table, cfg):
-    return prepare_private(mixed_table, cfg)
+    return prepare_private(mixed_table, cfg, rng=_rng())
 
 
 def test_text_columns_without_declared_categories_are_refused(mixed_table, tiny_config):
     with pytest.raises(ConfigError, match="declare them for: group, label"):
-        prepare_private(mixed_table, tiny_config.replace(**{"privacy.epsilon": 4.0}))
+        prepare_private(mixed_table, tiny_config.replace(**{"privacy.epsilon": 4.0}), rng=_rng())
 
 
 def test_declared_mode_lists_every_undeclared_bound(mixed_table, cfg):
     with pytest.raises(ConfigError, match="count, amount, score, level, when"):
-        prepare_private(mixed_table, cfg.replace(**{"privacy.preprocessing": "declared"}))
+        prepare_private(mixed_table, cfg.replace(**{"privacy.preprocessing": "declared"}), rng=_rng())
 
 
 def test_dp_mode_pays_for_every_statistic_it_reads(prepared):
@@ -51,7 +56,7 @@ def test_fully_declared_bounds_skip_the_bounds_release(mixed_table, cfg):
     columns = {**DECLARED, "count": {"min": 0, "max": 20}, "amount": {"min": 0, "max": 5000},
                "score": {"min": -10, "max": 10}, "level": {"min": 1, "max": 3},
                "when": {"min": 1.5e9, "max": 1.7e9}}
-    prep = prepare_private(mixed_table, cfg.replace(**{"data.columns": columns}))
+    prep = prepare_private(mixed_table, cfg.replace(**{"data.columns": columns}), rng=_rng())
     assert [m.name for m in prep.ledger.mechanisms] == ["preprocess/histograms"]
     assert prep.schema["amount"].min == 0 and prep.schema["amount"].max == 5000
 
@@ -60,7 +65,9 @@ def test_bounds_are_not_moved_by_one_outlier(mixed_table, cfg):
     big = pd.concat([mixed_table] * 5, ignore_index=True)
     outlier = big.copy()
     outlier.loc[0, "amount"] = 1e12
-    a, b = prepare_private(big, cfg).schema["amount"], prepare_private(outlier, cfg).schema["amount"]
+    # the same noise draws for both tables (a test-only seed; a real release uses OS entropy)
+    a = prepare_private(big, cfg, rng=np.random.default_rng(0)).schema["amount"]
+    b = prepare_private(outlier, cfg, rng=np.random.default_rng(0)).schema["amount"]
     assert (a.min, a.max) == (b.min, b.max)
     assert b.max < 1e5  # never the raw maximum
 
@@ -75,7 +82,7 @@ def test_histogram_release_gives_quantiles_atoms_and_missingness(cfg):
     })
     df.loc[rng.random(n) < 0.1, "score"] = np.nan
     columns = {**DECLARED, "group": {"categories": ["a", "b"]}, "score": {"min": -5, "max": 5}}
-    prep = prepare_private(df, cfg.replace(**{"data.columns": columns, "privacy.epsilon": 8.0}))
+    prep = prepare_private(df, cfg.replace(**{"data.columns": columns, "privacy.epsilon": 8.0}), rng=_rng())
     spend, score = prep.transformer.transforms["spend"], prep.transformer.transforms["score"]
     assert spend.atom == 0.0
     assert prep.schema["score"].has_missing and not prep.schema["spend"].has_missing
@@ -86,7 +93,7 @@ def test_histogram_release_gives_quantiles_atoms_and_missingness(cfg):
 
 def test_context_domain_from_released_integers(mixed_table, cfg):
     df = mixed_table.assign(wave=np.random.default_rng(0).integers(1, 4, len(mixed_table)))
-    prep = prepare_private(df, cfg.replace(**{"context.columns": ["wave"]}))
+    prep = prepare_private(df, cfg.replace(**{"context.columns": ["wave"]}), rng=_rng())
     assert prep.schema["wave"].kind == "categorical" and prep.schema["wave"].sources["categories"] == "dp"
     assert prep.extractor.domain == [(1,), (2,), (3,)] and prep.extractor.domain_source == "dp"
 
@@ -94,16 +101,16 @@ def test_context_domain_from_released_integers(mixed_table, cfg):
 def test_wide_numeric_context_asks_for_declared_values(mixed_table, cfg):
     df = mixed_table.assign(year=np.random.default_rng(0).integers(1984, 1989, len(mixed_table)))
     with pytest.raises(ConfigError, match=r"data\.columns\.year\.categories"):
-        prepare_private(df, cfg.replace(**{"context.columns": ["year"]}))
+        prepare_private(df, cfg.replace(**{"context.columns": ["year"]}), rng=_rng())
     columns = {**DECLARED, "year": {"kind": "categorical", "categories": ["1984", "1985", "1986", "1987", "1988"]}}
-    prep = prepare_private(df, cfg.replace(**{"context.columns": ["year"], "data.columns": columns}))
+    prep = prepare_private(df, cfg.replace(**{"context.columns": ["year"], "data.columns": columns}), rng=_rng())
     assert prep.extractor.domain == [(y,) for y in range(1984, 1989)]
 
 
 def test_a_column_too_sparse_for_its_bounds_is_refused(cfg):
     df = pd.DataFrame({"group": ["a"] * 30, "label": ["no", "yes"] * 15, "x": np.arange(30.0)})
     with pytest.raises(PrivacyBudgetError, match="data.columns.x.min"):
-        prepare_private(df, cfg.replace(**{"privacy.epsilon": 0.5}))
+        prepare_private(df, cfg.replace(**{"privacy.epsilon": 0.5}), rng=_rng())
 
 
 def test_training_refuses_a_schema_read_from_raw_rows(mixed_table, cfg, prepared):
