@@ -1,0 +1,8 @@
+"""Federated training across institution silos on Flower (see docs/federated.md).
+
+* ``config``: ``FederatedConfig``, the ``federated:`` section of a run config;
+* ``plan``: the public ``FederationPlan`` (schema, transforms, context domain) every silo encodes with;
+* ``silo``: a silo's rounds of the engine's ``train_step``, its cache and its one ledger;
+* ``records``: what a silo sends (parameters and cache statistics only) and the SecAgg+ packing;
+* ``client`` / ``server``: the Flower handlers' logic; ``simulation``: driving a run.
+"""

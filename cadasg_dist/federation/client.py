@@ -1,0 +1,211 @@
+"""The silo's message handler, as plain functions over Flower records (``federated/client_app.py``
+only wires them to a ``ClientApp``).
+
+A train message carries the global model and a config: the phase ("train" or "final-cache"), the
+round, the public plan and federated settings, and (in the simulation only) where each silo's
+rows are. The reply carries the silo's model parameters and its noisy cache statistics, its row
+count as the aggregation weight, a few metrics and, in the final phase, its ledger. Two formats:
+the Message API one (records "arrays", "cache", "metrics", "silo") and, under SecAgg+, the legacy
+FitIns/FitRes one that Flower's ``secaggplus_mod`` masks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from cadasg_dist.data.io import read_table
+from cadasg_dist.errors import InvalidDataError
+from cadasg_dist.federation.config import FederatedConfig, parse_failure
+from cadasg_dist.federation.plan import FederationPlan, SiloData, encode_silo
+from cadasg_dist.federation.records import cache_record, secagg_pack
+from cadasg_dist.federation.silo import SiloTrainer
+
+log = logging.getLogger(__name__)
+
+STATE_KEY = "cadasg.silo"  # context.state config record: the silo's ledger and trainer state
+LEGACY_INS = "fitins.config"
+PHASES = ("train", "final-cache")
+
+
+@dataclass(frozen=True)
+class RoundJob:
+    phase: str
+    round: int
+    plan: FederationPlan
+    plan_digest: str
+    fed: FederatedConfig
+    sources: list[dict[str, Any]] | None  # simulation only: where silo i's rows are
+    proximal_mu: float
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> RoundJob:
+        phase = str(config.get("phase", "train"))
+        if phase not in PHASES:
+            raise InvalidDataError(f"unknown federated phase {phase!r}; expected one of {PHASES}")
+        plan_json = str(config["plan"])
+        sources = config.get("sources")
+        return cls(phase=phase, round=int(config.get("server-round", config.get("round", 0))),
+                   plan=_plan(plan_json), plan_digest=hashlib.sha256(plan_json.encode()).hexdigest()[:16],
+                   fed=FederatedConfig.from_json(str(config["federated"])),
+                   sources=json.loads(str(sources)) if sources else None,
+                   proximal_mu=float(config.get("proximal-mu", 0.0)))
+
+
+_PLANS: dict[str, FederationPlan] = {}
+_SILOS: dict[tuple[str, str], SiloData] = {}
+
+
+def _plan(text: str) -> FederationPlan:
+    key = hashlib.sha256(text.encode()).hexdigest()
+    if key not in _PLANS:
+        _PLANS.clear()
+        _PLANS[key] = FederationPlan.from_json(text)
+    return _PLANS[key]
+
+
+def silo_identity(job: RoundJob, node_config: dict[str, Any]) -> tuple[int, str, dict[str, Any]]:
+    """(index, name, source) of this silo. A deployed SuperNode names its own rows in its node
+    config (``data-path``, ``silo-name``); in the simulation the message lists every silo's source
+    and ``partition-id`` picks this one."""
+    index = int(node_config.get("partition-id", 0))
+    if "data-path" in node_config:
+        path = str(node_config["data-path"])
+        return index, str(node_config.get("silo-name", Path(path).stem)), {"kind": "file", "path": path}
+    if not job.sources:
+        raise InvalidDataError("this SuperNode has no data: start it with --node-config \"data-path='FILE'\"")
+    if index >= len(job.sources):
+        raise InvalidDataError(f"partition-id {index} but only {len(job.sources)} silos are defined")
+    source = job.sources[index]
+    return index, str(source["name"]), source
+
+
+def load_silo_frame(source: dict[str, Any]) -> pd.DataFrame:
+    """This silo's rows: its own file, or (simulation) its rows of a table split by a column."""
+    df = read_table(source["path"])
+    if source["kind"] == "column":
+        df = df[df[source["column"]].astype(str) == str(source["value"])].reset_index(drop=True)
+    if len(df) == 0:
+        raise InvalidDataError(f"silo {source.get('name')!r} has no rows")
+    return df
+
+
+def silo_data(job: RoundJob, source: dict[str, Any]) -> SiloData:
+    key = (job.plan_digest, json.dumps(source, sort_keys=True))
+    if key not in _SILOS:  # a simulation actor serves several silos over a run: keep each encoded once
+        _SILOS[key] = encode_silo(job.plan, load_silo_frame(source))
+    return _SILOS[key]
+
+
+def open_trainer(job: RoundJob, context: Context, index: int, data: SiloData) -> SiloTrainer:
+    saved = context.state.config_records.get(STATE_KEY)
+    if saved is None:
+        return SiloTrainer(job.plan, job.fed, data, index=index)
+    return SiloTrainer.restore(job.plan, job.fed, data, index=index, ledger_json=str(saved["ledger"]),
+                               blob=bytes(saved["trainer"]))
+
+
+def save_trainer(trainer: SiloTrainer, context: Context) -> None:
+    ledger, blob = trainer.snapshot()
+    context.state.config_records[STATE_KEY] = ConfigRecord({"ledger": ledger, "trainer": blob})
+
+
+def maybe_fail(job: RoundJob, index: int) -> None:
+    if job.fed.inject_failure is None or job.phase != "train":
+        return
+    silo, rnd, kind = parse_failure(job.fed.inject_failure)
+    if silo == index and rnd == job.round:
+        if kind == "raise":
+            raise RuntimeError(f"injected failure: silo {index} fails in round {rnd}")
+        time.sleep(job.fed.round_timeout + 5.0)
+
+
+def run_job(job: RoundJob, context: Context, arrays: dict[str, torch.Tensor]) -> tuple[Any, ...]:
+    """Do the round's work; returns (trainer, silo name, report or None, cache statistics)."""
+    index, name, source = silo_identity(job, context.node_config)
+    maybe_fail(job, index)
+    data = silo_data(job, source)
+    trainer = open_trainer(job, context, index, data)
+    if job.phase == "train":
+        report = trainer.train_round(arrays, job.proximal_mu)
+        stats = trainer.cache.stats
+    else:
+        report, stats = None, trainer.final_release(arrays)
+    save_trainer(trainer, context)
+    return trainer, name, report, stats
+
+
+def _metrics(trainer: SiloTrainer, report: Any) -> dict[str, float]:
+    out = {"num-examples": trainer.data.n_rows, "epsilon": trainer.epsilon if trainer.ledger.private else -1.0}
+    if report is not None:
+        out.update({"steps": report.steps, "seconds": report.seconds, "stopped": float(report.stopped)})
+        out.update({k: v for k, v in report.metrics.items() if np.isfinite(v)})
+    return out
+
+
+def handle_train(msg: Message, context: Context) -> Message:
+    """The ClientApp's train handler, for both message formats."""
+    if LEGACY_INS in msg.content.config_records:
+        return _handle_legacy(msg, context)
+    config = dict(msg.content["config"])
+    job = RoundJob.from_config(config)
+    arrays = msg.content["arrays"].to_torch_state_dict() if "arrays" in msg.content.array_records else {}
+    trainer, name, report, stats = run_job(job, context, arrays)
+    content = RecordDict({"cache": cache_record(stats), "metrics": MetricRecord(_metrics(trainer, report)),
+                          "silo": ConfigRecord({"name": name})})
+    if job.phase == "train":
+        content["arrays"] = ArrayRecord(trainer.model_arrays())
+    else:
+        content["silo"]["ledger"] = trainer.ledger.to_json()
+    return Message(content, reply_to=msg)
+
+
+def _handle_legacy(msg: Message, context: Context) -> Message:
+    """Flower's legacy FitIns -> FitRes (the SecAgg+ route): one flat list of arrays."""
+    import flwr.compat.common.recorddict_compat as compat
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+
+    ins = compat.recorddict_to_fitins(msg.content, keep_input=True)
+    job = RoundJob.from_config(dict(ins.config))
+    names = [n for n, _ in _parameter_names(job.plan)]
+    flat = parameters_to_ndarrays(ins.parameters)
+    arrays = OrderedDict((n, torch.from_numpy(np.asarray(a))) for n, a in zip(names, flat))
+    trainer, name, report, stats = run_job(job, context, arrays)
+    weights = [t.numpy() for t in trainer.model_arrays().values()] if job.phase == "train" else []
+    packed = secagg_pack(weights, stats, trainer.data.n_rows, job.fed, job.plan.config.cache)
+    metrics: dict[str, Any] = {k: v for k, v in _metrics(trainer, report).items() if k != "num-examples"}
+    metrics["silo"] = name
+    if job.phase != "train":
+        metrics["ledger"] = trainer.ledger.to_json()
+    res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(packed), num_examples=trainer.data.n_rows,
+                 metrics=metrics)
+    return Message(compat.fitres_to_recorddict(res, keep_input=True), reply_to=msg)
+
+
+def _parameter_names(plan: FederationPlan) -> list[tuple[str, tuple[int, ...]]]:
+    from cadasg_dist.model.networks import CADASGNetworks
+
+    nets = CADASGNetworks(plan.dims, plan.config.model)
+    return [(n, tuple(p.shape)) for n, p in nets.named_parameters()]
+
+
+def optional_secaggplus_mod(msg: Message, context: Context, call_next: Any) -> Message:
+    """Flower's ``secaggplus_mod`` for SecAgg+ messages, a pass-through for the others (the plain
+    Message API route), so one ClientApp serves both."""
+    from flwr.client.mod import secaggplus_mod
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
+    if RECORD_KEY_CONFIGS in msg.content.config_records:
+        return secaggplus_mod(msg, context, call_next)
+    return call_next(msg, context)

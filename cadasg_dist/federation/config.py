@@ -1,0 +1,117 @@
+"""Settings of a federated run: the ``federated:`` section of a run config.
+
+``FederatedConfig`` is the one source of these defaults: the ``cadasg federated`` flags, the
+``federated:`` section of a YAML config and the Flower run config (``[tool.flwr.app.config]``)
+all parse into it. The engine's own settings (model, training, privacy) stay in ``CADASGConfig``;
+``load_configs`` reads both from one YAML file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from cadasg_dist.config import CADASGConfig, _build, _plain
+from cadasg_dist.errors import ConfigError
+
+# SecAgg+ maps each masked float to an integer in [0, 2^22); the client and the server must agree.
+SECAGG_QUANTIZATION = 2**22
+SECAGG_MODULUS = 2**32
+
+
+@dataclass(frozen=True)
+class FederatedConfig:
+    rounds: int = 5
+    # Local passes over a silo's rows per round (each silo trains rounds * local_epochs epochs).
+    local_epochs: int = 2
+    # "fedprox" adds mu/2 * ||w - w_global||^2 to every local update (non-IID silos).
+    strategy: Literal["fedavg", "fedprox"] = "fedavg"
+    proximal_mu: float = 0.01
+    # Flower SecAgg+ (legacy workflow API): the server only sees sums of the silos' updates.
+    secagg: bool = True
+    # Shares per silo and reconstruction threshold, as fractions of the silos sampled in a round.
+    secagg_shares: float = 1.0
+    secagg_threshold: float = 0.67
+    # Public upper bound on a silo's rows: SecAgg+ weights each update by rows / max_weight, and the
+    # cache statistics are scaled by it to fit the quantization range.
+    secagg_max_weight: float = 100_000.0
+    secagg_clip: float = 8.0
+    # A round is aggregated from the silos that answered within round_timeout seconds, if at least
+    # min_clients did; otherwise the global model is kept and the round is logged as skipped.
+    min_clients: int = 2
+    round_timeout: float = 600.0
+    # Seconds the server waits for min_clients silos to connect before the first round.
+    connect_timeout: float = 300.0
+    # The shared schema is always a DP release (docs/federated.md); when training is not private it
+    # is released under this epsilon.
+    schema_epsilon: float = 1.0
+    # Testing only: "SILO:ROUND:raise" or "SILO:ROUND:hang" makes silo index SILO fail in ROUND.
+    inject_failure: str | None = None
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.rounds >= 1, f"federated.rounds must be >= 1, got {self.rounds}"),
+            (self.local_epochs >= 1, f"federated.local_epochs must be >= 1, got {self.local_epochs}"),
+            (self.proximal_mu >= 0, f"federated.proximal_mu must be >= 0, got {self.proximal_mu}"),
+            (self.min_clients >= 1, f"federated.min_clients must be >= 1, got {self.min_clients}"),
+            (self.round_timeout > 0, f"federated.round_timeout must be > 0 seconds, got {self.round_timeout}"),
+            (0 < self.secagg_shares <= 1, f"federated.secagg_shares must be in (0, 1], got {self.secagg_shares}"),
+            (0 < self.secagg_threshold <= 1,
+             f"federated.secagg_threshold must be in (0, 1], got {self.secagg_threshold}"),
+            (self.secagg_max_weight >= 1, f"federated.secagg_max_weight must be >= 1, got {self.secagg_max_weight}"),
+            (self.secagg_clip > 0, f"federated.secagg_clip must be > 0, got {self.secagg_clip}"),
+            (self.schema_epsilon > 0 and math.isfinite(self.schema_epsilon),
+             f"federated.schema_epsilon must be a finite number > 0, got {self.schema_epsilon}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        if self.inject_failure is not None:
+            parse_failure(self.inject_failure)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None) -> FederatedConfig:
+        return _build(cls, raw or {}, "federated.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> FederatedConfig:
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, **values: Any) -> FederatedConfig:
+        return FederatedConfig.from_dict({**self.to_dict(), **values})
+
+
+def parse_failure(spec: str) -> tuple[int, int, str]:
+    """``"SILO:ROUND:KIND"`` -> (silo index, round, "raise" | "hang")."""
+    parts = spec.split(":")
+    if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit() or parts[2] not in ("raise", "hang"):
+        raise ConfigError(f"federated.inject_failure must look like SILO:ROUND:raise or SILO:ROUND:hang, got {spec!r}")
+    return int(parts[0]), int(parts[1]), parts[2]
+
+
+def load_configs(path: str | Path | None) -> tuple[CADASGConfig, FederatedConfig]:
+    """Both configs from one YAML file: its ``federated:`` section and everything else."""
+    if path is None:
+        return CADASGConfig(), FederatedConfig()
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {p} must hold a mapping at the top level")
+    federated = raw.pop("federated", None)
+    return CADASGConfig.from_dict(raw), FederatedConfig.from_dict(federated)

@@ -1,0 +1,202 @@
+"""The federation plan: what every silo must share so that weights and caches add up.
+
+All silos encode their rows with ONE schema, ONE set of transforms and ONE context domain, or
+their networks and caches would not be compatible. ``FederationPlan`` holds them, and it is
+public: it travels in every message and is saved in the artifact.
+
+Privacy caveats first:
+
+* The plan is built by ``build_plan`` from declarations (``data.columns``, ``context.bands``...)
+  and from the DP releases of ``privacy.preprocessing.prepare_private`` (bounds, quantiles,
+  point masses, missingness), never from raw statistics. In the simulation the driver computes
+  these releases over the pooled silos: it stands in for a trusted curator (or for a secure sum
+  of per-silo noisy histograms, which is not implemented). It is the one step that reads rows
+  outside their silo, and it reads them only through Gaussian mechanisms. In deployment mode the
+  plan is a file the operator publishes (``cadasg federated ... --write-plan``).
+* A private run charges those releases to EVERY silo's ledger: each person was read once by them.
+* A non-private run still releases its schema with DP, at ``federated.schema_epsilon``; the plan's
+  ``schema_ledger`` records that release.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cadasg_dist.config import CADASGConfig
+from cadasg_dist.context.extractor import RuleContextExtractor
+from cadasg_dist.data.schema import Schema, datetime_to_seconds
+from cadasg_dist.data.transforms import DataTransformer
+from cadasg_dist.errors import InvalidDataError
+from cadasg_dist.federation.config import FederatedConfig
+from cadasg_dist.model.networks import ModelDims, strata_span_for
+from cadasg_dist.privacy.ledger import Mechanism, PrivacyLedger
+
+log = logging.getLogger(__name__)
+
+PLAN_FORMAT = "cadasg-federation-plan"
+
+
+@dataclass(frozen=True)
+class FederationPlan:
+    config: CADASGConfig  # with privacy.delta fixed, so every silo's ledger uses the same delta
+    schema: Schema
+    transformer: DataTransformer
+    extractor: RuleContextExtractor
+    dims: ModelDims
+    preprocessing: tuple[Mechanism, ...]  # charged to every silo's ledger (private runs only)
+    schema_ledger: dict[str, Any]  # the ledger of the releases that built the schema
+
+    def silo_ledger(self) -> PrivacyLedger:
+        """A silo's ledger at the start of training: the shared preprocessing releases."""
+        if not self.config.private:
+            return PrivacyLedger.non_private()
+        ledger = PrivacyLedger(delta=self.config.privacy.delta)
+        for m in self.preprocessing:
+            ledger.record(name=m.name, noise_multiplier=m.noise_multiplier, sample_rate=m.sample_rate,
+                          steps=m.steps, sensitivity=m.sensitivity)
+        return ledger
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": PLAN_FORMAT, "config": self.config.to_dict(), "schema": self.schema.to_dict(),
+                "transformer": self.transformer.to_dict(), "context": self.extractor.to_dict(),
+                "dims": self.dims.to_dict(), "preprocessing": [m.to_dict() for m in self.preprocessing],
+                "schema_ledger": self.schema_ledger}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FederationPlan:
+        if d.get("format") != PLAN_FORMAT:
+            raise InvalidDataError(f"not a federation plan (format {d.get('format')!r}, expected {PLAN_FORMAT!r})")
+        schema = Schema.from_dict(d["schema"])
+        return cls(config=CADASGConfig.from_dict(d["config"]), schema=schema,
+                   transformer=DataTransformer.from_dict(schema, d["transformer"]),
+                   extractor=RuleContextExtractor.from_dict(d["context"], schema),
+                   dims=ModelDims.from_dict(d["dims"]),
+                   preprocessing=tuple(Mechanism.from_dict(m) for m in d["preprocessing"]),
+                   schema_ledger=d["schema_ledger"])
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), default=_json_scalar)
+
+    @classmethod
+    def from_json(cls, text: str) -> FederationPlan:
+        return cls.from_dict(json.loads(text))
+
+
+def _json_scalar(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    raise TypeError(f"cannot write {type(v).__name__} into a federation plan")
+
+
+def model_dims(transformer: DataTransformer, extractor: RuleContextExtractor, target: str | None) -> ModelDims:
+    target_spans = tuple(s for s in transformer.spans if s.column == target)
+    return ModelDims(transformer.output_dim, extractor.n_contexts, transformer.spans, target_spans,
+                     strata_span_for(target_spans))
+
+
+def build_plan(df: pd.DataFrame, cfg: CADASGConfig, fed: FederatedConfig) -> FederationPlan:
+    """The shared plan from declarations and DP releases over ``df`` (see the module doc).
+
+    Raises ``ConfigError`` listing what must be declared (text categories, numeric context
+    columns) and ``PrivacyBudgetError`` when a bound cannot be released under the noise.
+    """
+    from cadasg_dist.privacy.preprocessing import prepare_private
+
+    for col in (*cfg.context.columns, *([cfg.target] if cfg.target else [])):
+        if col not in df.columns:
+            raise InvalidDataError(f"unknown column {col!r}; columns: {', '.join(map(str, df.columns))}")
+    # The releases are sized as a silo's run would be: rounds * local_epochs epochs.
+    prep_cfg = cfg.replace(**{"train.epochs": fed.rounds * fed.local_epochs})
+    if not cfg.private:
+        prep_cfg = prep_cfg.replace(**{"privacy.epsilon": fed.schema_epsilon})
+    prep = prepare_private(df, prep_cfg)
+    ledger = prep.ledger
+    run_cfg = cfg.replace(**{"privacy.delta": ledger.delta}) if cfg.private else cfg
+    log.info("federation plan: %d features, %d contexts, schema released with epsilon=%.3f (delta=%.2e)",
+             prep.transformer.output_dim, prep.extractor.n_contexts, ledger.epsilon(), ledger.delta)
+    return FederationPlan(config=run_cfg, schema=prep.schema, transformer=prep.transformer,
+                          extractor=prep.extractor, dims=model_dims(prep.transformer, prep.extractor, cfg.target),
+                          preprocessing=tuple(ledger.mechanisms) if cfg.private else (),
+                          schema_ledger=ledger.state_dict())
+
+
+@dataclass(frozen=True)
+class SiloData:
+    """One silo's rows as the model sees them. Never leaves the silo."""
+
+    x: np.ndarray  # (N, D) encoded features
+    context: np.ndarray  # (N,) context ids
+    units: np.ndarray | None  # (N,) privacy unit index (0..U-1); None = one row per unit
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.x)
+
+    @property
+    def n_units(self) -> int:
+        return self.n_rows if self.units is None else int(self.units.max()) + 1
+
+
+def encode_silo(plan: FederationPlan, df: pd.DataFrame) -> SiloData:
+    """Cap rows per privacy unit, conform the rows to the plan and encode them.
+
+    Each row is changed (clipped to the plan's bounds) or dropped (a missing value where the plan
+    has no missing slot) on its own, from public quantities only, so this costs no budget.
+    """
+    from cadasg_dist.privacy.preprocessing import cap_units
+
+    cfg = plan.config
+    # Private: the rows kept per unit and the tie spreading use secret randomness, as in prepare_private.
+    rng = np.random.default_rng() if cfg.private else np.random.default_rng(cfg.train.seed)
+    frame, units = cap_units(df, cfg, rng)
+    frame, keep = conform(frame, plan.schema)
+    if units is not None:
+        units = pd.factorize(units[keep])[0].astype(np.int64)
+    if len(frame) == 0:
+        raise InvalidDataError("this silo has no rows the federation plan can represent")
+    x = plan.transformer.encode(frame, seed=int(rng.integers(2**62)) if cfg.private else cfg.train.seed)
+    return SiloData(x=x, context=plan.extractor.ids(frame), units=units)
+
+
+def conform(df: pd.DataFrame, schema: Schema) -> tuple[pd.DataFrame, np.ndarray]:
+    """Rows as the plan sees them: numeric values clipped to the plan's bounds, integer-coded
+    categories rounded into their range, and rows with a missing value in a column without a
+    missing slot dropped. Returns the frame and the kept positions."""
+    out = df.copy()
+    keep = np.ones(len(df), dtype=bool)
+    for col in schema.columns:
+        if col.name not in out.columns:
+            raise InvalidDataError(f"the silo's table lacks column {col.name!r} of the federation plan")
+        s = out[col.name]
+        missing = s.isna().to_numpy()
+        if not col.has_missing:
+            keep &= ~missing
+        if col.kind == "datetime":
+            x = np.clip(datetime_to_seconds(s), col.min, col.max)
+            out[col.name] = pd.to_datetime(pd.Series(x * 1e9, index=s.index).round().astype("Int64"), errors="coerce")
+        elif col.kind in ("continuous", "integer"):
+            out[col.name] = np.clip(pd.to_numeric(s, errors="coerce").to_numpy(dtype=float), col.min, col.max)
+        elif col.categories and all(isinstance(c, int) and not isinstance(c, bool) for c in col.categories) \
+                and pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+            lo, hi = min(col.categories), max(col.categories)
+            values = np.clip(np.round(pd.to_numeric(s, errors="coerce").to_numpy(dtype=float)), lo, hi)
+            out[col.name] = pd.Series([None if np.isnan(v) else int(v) for v in values], index=s.index, dtype=object)
+    dropped = int((~keep).sum())
+    if dropped:
+        log.info("dropped %d rows with a missing value where the federation plan has no missing slot", dropped)
+    positions = np.flatnonzero(keep)
+    return out.iloc[positions].reset_index(drop=True), positions
+
+
+def plan_replace_config(plan: FederationPlan, **dotted: Any) -> FederationPlan:
+    """The plan with config values replaced (e.g. a test's seed); the schema is unchanged."""
+    return dataclasses.replace(plan, config=plan.config.replace(**dotted))

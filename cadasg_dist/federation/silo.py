@@ -1,0 +1,225 @@
+"""One silo's side of a federated run: local rounds of the engine's ``train_step``, its own
+context cache, and ONE privacy ledger for the whole run.
+
+Privacy caveats first:
+
+* Record-level DP inside the silo: when ``privacy.epsilon`` is finite every step is the engine's
+  DP step (``privacy.training.DPState`` hooks: per-unit clipping, Gaussian noise, the cache's
+  noisy statistics) with Poisson sampling of the silo's units. The noise is calibrated ONCE, for
+  all ``rounds * local_epochs`` epochs plus the final cache release, on top of the plan's
+  preprocessing releases; the ledger is restored from the client's state every round and keeps
+  growing, so its epsilon covers the run, never a single round.
+* Each silo adds the FULL calibrated noise to everything it sends (``share = 1``): its release is
+  (epsilon, delta)-DP on its own, whatever the server or the other silos do with it, with or
+  without secure aggregation.
+* The silo size (rows and units) is treated as public, as in the central engine: it sets the
+  sampling rate and is sent as the aggregation weight.
+* The FedProx term reads only the global and local weights: adding it is post-processing.
+* The noise, the Poisson batches, the rows kept per unit and the encoder's tie spreading come from
+  the OS's entropy in a private run (as in ``fit_private``); their generator states persist in the
+  client's state between rounds, on the silo's own SuperNode, and never travel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import math
+import secrets
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from cadasg_dist.context.cache import CacheStats, ContextCache
+from cadasg_dist.errors import PrivacyBudgetError
+from cadasg_dist.federation.config import FederatedConfig
+from cadasg_dist.federation.plan import FederationPlan, SiloData
+from cadasg_dist.federation.records import load_model_arrays, model_arrays
+from cadasg_dist.privacy.ledger import PrivacyLedger
+from cadasg_dist.train.fit import batches, final_cache_pass
+from cadasg_dist.train.step import Batch, TrainState, train_step
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundReport:
+    steps: int
+    seconds: float
+    epsilon: float
+    stopped: bool
+    metrics: dict[str, float]
+
+
+def silo_seed(base: int, index: int) -> int:
+    """A distinct seed per silo for a non-private run (a private run draws its noise from the OS)."""
+    return base + 1_000_003 * (index + 1)
+
+
+class SiloTrainer:
+    """A silo's training state between rounds; ``snapshot`` / ``restore`` move it through the
+    Flower client's ``context.state`` (one message per round, possibly a fresh process)."""
+
+    def __init__(self, plan: FederationPlan, fed: FederatedConfig, data: SiloData, *, index: int,
+                 ledger: PrivacyLedger | None = None) -> None:
+        self.plan, self.fed, self.data = plan, fed, data
+        self.seed = silo_seed(plan.config.train.seed, index)
+        self.rounds_done = 0
+        self.final_done = False
+        cfg, dims = plan.config, plan.dims
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        self.xs = torch.from_numpy(np.ascontiguousarray(data.x, dtype=np.float32))
+        self.cs = torch.from_numpy(data.context.astype(np.int64))
+        self.ledger = ledger if ledger is not None else plan.silo_ledger()
+        self.budget = self.dp = self.sampler = None
+        self.rows_per_unit = 1 if data.units is None else cfg.privacy.max_rows_per_unit
+        if cfg.private:
+            self.cfg = self._private_setup()
+        else:
+            self.cfg = cfg
+            self.state = TrainState.create(dims, cfg, seed=self.seed)
+        self.cache = ContextCache(dims.contexts, dims.features, cfg.model.latent_dim, self.cfg.cache, dims.strata)
+
+    def _private_setup(self) -> Any:
+        from cadasg_dist.privacy.training import DPState, UnitSampler, cache_noise, plan_budget
+
+        cfg, dims, fed = self.plan.config, self.plan.dims, self.fed
+        total = cfg.replace(**{"train.epochs": fed.rounds * fed.local_epochs})
+        self.budget = plan_budget(total, n_rows=self.data.n_rows, n_units=self.data.n_units,
+                                  has_utility=bool(dims.target_spans), spent=self.plan.preprocessing)
+        run_cfg = dataclasses.replace(cfg, cache=cache_noise(cfg.cache, self.budget.parts["cache/ema"],
+                                                             self.rows_per_unit))
+        self.state = TrainState.create(dims, run_cfg, seed=self.seed)
+        self.state.generator.manual_seed(secrets.randbits(63))  # it draws the cache's noise: secret
+        n_cells = dims.contexts * dims.strata
+        # No seed: the DP noise and the Poisson batches come from the OS's entropy, as in fit_private.
+        self.dp = DPState(run_cfg, self.budget, self.ledger, n_units=self.data.n_units,
+                          has_utility=bool(dims.target_spans), strata=dims.strata, n_cells=n_cells)
+        self.state.dp = self.dp
+        units = np.arange(self.data.n_rows) if self.data.units is None else self.data.units
+        self.sampler = UnitSampler(units, self.budget.sample_rate)
+        if not self.dp.next_step_fits() and not self.ledger.mechanisms[len(self.plan.preprocessing):]:
+            raise PrivacyBudgetError(f"epsilon={cfg.privacy.epsilon} does not cover a single training step of this "
+                                     f"silo ({self.data.n_rows} rows); raise epsilon or privacy.noise_multiplier")
+        return run_cfg
+
+    # --- a round -----------------------------------------------------------------------------
+    def train_round(self, global_arrays: dict[str, torch.Tensor], proximal_mu: float = 0.0) -> RoundReport:
+        """``local_epochs`` epochs of the engine's step from the global weights; returns what happened."""
+        load_model_arrays(self.state.nets, global_arrays)
+        hooks = add_proximal_term(self.state, proximal_mu) if proximal_mu > 0 else []
+        start, sums, steps = time.perf_counter(), {}, 0
+        try:
+            for metrics in (self._private_steps() if self.dp is not None else self._steps()):
+                steps += 1
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v
+        finally:
+            for h in hooks:
+                h.remove()
+        self.rounds_done += 1
+        means = {k: v / steps for k, v in sums.items()} if steps else {}
+        self.state.history.append({"round": self.rounds_done, **means})
+        stopped = self.dp is not None and self.dp.stop_reason is not None
+        return RoundReport(steps=steps, seconds=time.perf_counter() - start, epsilon=self.epsilon,
+                           stopped=stopped, metrics=means)
+
+    def _steps(self):
+        rng = np.random.default_rng([self.seed, self.rounds_done])
+        for _ in range(self.fed.local_epochs):
+            for idx in batches(self.data.n_rows, self.cfg.train.batch_size, rng):
+                yield train_step(self.cfg, self.state, Batch(self.xs[idx], self.cs[idx]), self.cache)
+
+    def _private_steps(self):
+        from cadasg_dist.privacy.training import REAL_ROW_METRICS, PrivateBatch
+
+        by_unit = self.data.units is not None
+        for _ in range(self.fed.local_epochs * self.budget.steps_per_epoch):
+            if not self.dp.next_step_fits():
+                self.dp.stop_reason = (f"the next step would exceed epsilon={self.dp.target} (spent "
+                                       f"{self.ledger.epsilon():.4f} after {self.dp.steps_taken} steps)")
+                log.warning("silo training stopped: %s", self.dp.stop_reason)
+                return
+            rows, local = self.sampler.sample()
+            batch = PrivateBatch(self.xs[rows], self.cs[rows], units=local if by_unit else None)
+            metrics = train_step(self.cfg, self.state, batch, self.cache)
+            yield {k: v for k, v in metrics.items() if k not in REAL_ROW_METRICS}
+
+    def final_release(self, global_arrays: dict[str, torch.Tensor]) -> CacheStats:
+        """The silo's cache statistics under the final global encoder, as ONE noisy release (or the
+        local EMA cache when ``cache.final_pass`` is off). Asked twice, it returns the same release."""
+        if self.final_done:
+            return self.cache.stats
+        load_model_arrays(self.state.nets, global_arrays)
+        if self.plan.config.cache.final_pass:
+            if self.dp is not None:
+                from cadasg_dist.privacy.training import FINAL_CACHE, cache_noise
+
+                self.cache.config = cache_noise(self.plan.config.cache, self.budget.full_pass[FINAL_CACHE],
+                                                self.rows_per_unit)
+                final_cache_pass(self.cfg, self.state, self.cache, self.xs, self.cs)
+                self.dp.account_final()
+                self.cache.config = self.cfg.cache
+            else:
+                final_cache_pass(self.cfg, self.state, self.cache, self.xs, self.cs)
+        self.final_done = True
+        return self.cache.stats
+
+    @property
+    def epsilon(self) -> float:
+        return self.ledger.epsilon() if self.ledger.private else math.inf
+
+    def model_arrays(self) -> dict[str, torch.Tensor]:
+        return model_arrays(self.state.nets)
+
+    # --- persistence between rounds ----------------------------------------------------------
+    def snapshot(self) -> tuple[str, bytes]:
+        """(ledger JSON, everything else as torch-serialised plain data). The ledger is kept apart,
+        readable, because it is what the silo's guarantee rests on."""
+        train = self.state.state_dict()
+        train.pop("nets")  # replaced by the global weights at every round
+        blob: dict[str, Any] = {"train": train, "cache": self.cache.state_dict(), "rounds_done": self.rounds_done,
+                                "final_done": self.final_done, "history": self.state.history}
+        if self.dp is not None:
+            blob["dp"] = {"steps_taken": self.dp.steps_taken, "stop_reason": self.dp.stop_reason or "",
+                          "final_released": self.dp.final_released, "noise": self.dp.noise.get_state(),
+                          "sampler": self.sampler.generator.get_state()}
+        buf = io.BytesIO()
+        torch.save(blob, buf)
+        return self.ledger.to_json(), buf.getvalue()
+
+    @classmethod
+    def restore(cls, plan: FederationPlan, fed: FederatedConfig, data: SiloData, *, index: int, ledger_json: str,
+                blob: bytes) -> SiloTrainer:
+        trainer = cls(plan, fed, data, index=index, ledger=PrivacyLedger.from_json(ledger_json))
+        saved = torch.load(io.BytesIO(blob), weights_only=True)
+        trainer.state.load_state_dict({**saved["train"], "nets": trainer.state.nets.state_dict()})
+        trainer.state.history = list(saved["history"])
+        trainer.cache.load_state_dict(saved["cache"])
+        trainer.rounds_done, trainer.final_done = int(saved["rounds_done"]), bool(saved["final_done"])
+        if trainer.dp is not None:
+            dp = saved["dp"]
+            trainer.dp.steps_taken = int(dp["steps_taken"])
+            trainer.dp.stop_reason = dp["stop_reason"] or None
+            trainer.dp.final_released = bool(dp["final_released"])
+            trainer.dp.noise.set_state(dp["noise"])
+            trainer.sampler.generator.set_state(dp["sampler"])
+        return trainer
+
+
+def add_proximal_term(state: TrainState, mu: float) -> list[Any]:
+    """FedProx: before every optimizer step add mu * (w - w_global) to each gradient, i.e. the
+    gradient of mu/2 * ||w - w_global||^2, anchored at the weights the round started from."""
+    anchors = {p: p.detach().clone() for p in state.nets.parameters()}
+
+    def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.add_(p.detach() - anchors[p], alpha=mu)
+
+    return [opt.register_step_pre_hook(hook) for opt in (state.opt_generator, state.opt_critic, state.opt_utility)]
