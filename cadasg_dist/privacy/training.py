@@ -127,7 +127,7 @@ def plan_budget(cfg: CADASGConfig, *, n_rows: int, n_units: int, has_utility: bo
     delta = p.delta if p.delta is not None else default_delta(n_units)
     q = min(1.0, cfg.train.batch_size / n_rows)
     per_epoch = max(1, round(1.0 / q))
-    steps = per_epoch * cfg.train.epochs
+    steps = per_epoch * cfg.resolved_epochs(n_rows)  # train.epochs = 0: automatic, as CADASG.prepare resolves it
     orders = DEFAULT_RDP_ORDERS
     if p.noise_multiplier is not None:  # the order where training would stop: its last step that fits
         sigma0, fitting = p.noise_multiplier, _steps_within(p.noise_multiplier, q, steps, p.epsilon, delta)
@@ -451,7 +451,7 @@ def fit_private(config: CADASGConfig, x: np.ndarray, context: np.ndarray, dims: 
 def _train(cfg: CADASGConfig, state: TrainState, cache: ContextCache, dp: DPState, xs: Tensor, cs: Tensor,
            sampler: UnitSampler, by_unit: bool, progress: ProgressFn | None) -> None:
     plan, start = dp.plan, time.perf_counter()
-    epochs = cfg.train.epochs
+    epochs = plan.steps // plan.steps_per_epoch
     for epoch in range(epochs):
         sums: dict[str, float] = {}
         done = 0

@@ -119,6 +119,8 @@ def test_plan_never_overshoots_and_shares_the_renyi_budget(private_config):
     budget = 4.0 + (math.log(plan.delta) + math.log(plan.order)) / (plan.order - 1) - math.log(
         (plan.order - 1) / plan.order)
     assert plan.order / (2 * plan.full_pass["cache/final"] ** 2) == pytest.approx(0.1 * budget)
+    auto = plan_budget(cfg.replace(**{"train.epochs": 0}), n_rows=5000, n_units=5000, has_utility=True)
+    assert auto.steps == auto.steps_per_epoch * cfg.replace(**{"train.epochs": 0}).resolved_epochs(5000)
 
 
 # --- the cache's Gaussian mechanism ----------------------------------------------------------
