@@ -1,0 +1,288 @@
+"""Load test of the Serve sampling endpoint on localhost, the load coming from a second process.
+
+    .venv/bin/python bench/serve_load.py run --model /tmp/serve_model --duration 30 --out bench/results/serve_load.json
+    .venv/bin/python bench/serve_load.py client --url http://127.0.0.1:8701 --key K --n 100 --concurrency 32
+
+``run`` starts Ray and Serve in this process, then for each setting deploys the app and starts
+``client`` (an asyncio httpx load generator) as a subprocess; every run is bounded by a duration
+and a request count. Settings:
+
+* small: n=100 rows a request, 32 concurrent clients, JSON, with 1 and with 2 fixed replicas:
+  p50/p99 latency and requests/s (goal p99 <= 100 ms);
+* large: n=100,000 rows a request, Arrow, 1 client per replica: rows/s through HTTP as a share of
+  in-process ``sample()`` rows/s with the same single torch thread a replica has (goal >= 50%);
+* soak: the small setting for ``--soak`` seconds on 2 replicas: errors must be zero;
+* autoscale: min 1, max 2 replicas under the small load, replica count polled each second, then
+  the load stops and we wait for the scale-down.
+
+Numbers from a shared 2-core machine vary with whatever else runs there: the JSON records the
+load average before and after each setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+KEY = "bench-key-do-not-use-elsewhere"
+
+
+# --- the load generator (second process) -------------------------------------------------------
+async def _load(url: str, key: str, n: int, fmt: str, concurrency: int, duration: float, max_requests: int
+                ) -> dict[str, Any]:
+    import httpx
+
+    latencies: list[float] = []
+    app_ms: list[float] = []  # time inside the replica's route (Server-Timing), small answers only
+    batches: list[int] = []
+    errors: dict[str, int] = {}
+    rows = 0
+    sent = 0
+    deadline = time.perf_counter() + duration
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        async def worker(w: int) -> None:
+            nonlocal rows, sent
+            while time.perf_counter() < deadline and sent < max_requests:
+                sent += 1
+                body = {"n": n, "seed": w * 1_000_003 + sent, "format": fmt}
+                start = time.perf_counter()
+                try:
+                    r = await client.post("/v1/sample", json=body, headers={"X-API-Key": key})
+                    await r.aread()
+                    ok = r.status_code == 200
+                    label = str(r.status_code)
+                except Exception as exc:  # noqa: BLE001  (every failure is counted, none ends the run)
+                    ok, label = False, type(exc).__name__
+                if ok:
+                    latencies.append(time.perf_counter() - start)
+                    rows += int(r.headers.get("X-Rows", n))
+                    batches.append(int(r.headers.get("X-Batch-Requests", 1)))
+                    timing = r.headers.get("Server-Timing", "")
+                    if "dur=" in timing:
+                        app_ms.append(float(timing.split("dur=")[1]))
+                else:
+                    errors[label] = errors.get(label, 0) + 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*[worker(w) for w in range(concurrency)])
+        wall = time.perf_counter() - t0
+    lat = np.array(latencies) * 1000 if latencies else np.array([np.nan])
+    return {"n": n, "format": fmt, "concurrency": concurrency, "requests": len(latencies),
+            "errors": errors, "seconds": round(wall, 2), "requests_per_s": round(len(latencies) / wall, 1),
+            "rows_per_s": round(rows / wall), "p50_ms": round(float(np.percentile(lat, 50)), 1),
+            "p90_ms": round(float(np.percentile(lat, 90)), 1), "p99_ms": round(float(np.percentile(lat, 99)), 1),
+            "max_ms": round(float(lat.max()), 1), "mean_batch_requests": round(float(np.mean(batches or [1])), 2),
+            "app_p50_ms": round(float(np.median(app_ms)), 1) if app_ms else None}
+
+
+def client_main(args: argparse.Namespace) -> int:
+    result = asyncio.run(_load(args.url, args.key, args.n, args.format, args.concurrency, args.duration,
+                               args.max_requests))
+    print(json.dumps(result))
+    return 0
+
+
+# --- the driver ---------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _client(url: str, *, n: int, fmt: str, concurrency: int, duration: float, max_requests: int = 1_000_000
+            ) -> subprocess.Popen:
+    cmd = [sys.executable, __file__, "client", "--url", url, "--key", KEY, "--n", str(n), "--format", fmt,
+           "--concurrency", str(concurrency), "--duration", str(duration), "--max-requests", str(max_requests)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+
+
+def _finish(proc: subprocess.Popen) -> dict[str, Any]:
+    out, _ = proc.communicate(timeout=600)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _deploy(model: str, replicas: tuple[int, int], **extra: Any) -> None:
+    from ray import serve
+
+    from serving.app import bind
+    from serving.settings import ServeArgs
+
+    args = ServeArgs(model_dir=model, model_name="bench", keys_env="CADASG_BENCH_KEYS", rate_limit_per_s=None,
+                     min_replicas=replicas[0], max_replicas=replicas[1], num_cpus=0.5, **extra)
+    serve.run(bind(args), name="bench", route_prefix="/")
+    _wait_replicas(replicas[0], timeout=120)
+
+
+def _replica_states() -> dict[str, int]:
+    from ray import serve
+
+    status = serve.status().applications.get("bench")
+    if status is None:
+        return {}
+    return {str(getattr(k, "value", k)): int(v)
+            for k, v in status.deployments["CADASGSampler"].replica_states.items() if v}
+
+
+def _replicas() -> int:
+    return _replica_states().get("RUNNING", 0)
+
+
+def _wait_replicas(count: int, timeout: float) -> float:
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        if _replicas() == count:
+            return time.perf_counter() - start
+        time.sleep(0.5)
+    return float("nan")
+
+
+def _in_process_rows_per_s(model_dir: str, n: int, repeats: int) -> float:
+    import torch
+
+    from cadasg_dist.synthesizer import CADASG
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what a replica runs with
+    try:
+        model = CADASG.load(model_dir)
+        model.sample(1_000, seed=0)
+        times = []
+        for i in range(repeats):
+            start = time.perf_counter()
+            model.sample(n, seed=i)
+            times.append(time.perf_counter() - start)
+        return n / float(np.median(times))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _load_avg() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def run_main(args: argparse.Namespace) -> int:
+    import ray
+    from ray import serve
+
+    from serving.auth import hash_key
+
+    os.environ["CADASG_BENCH_KEYS"] = f"{hash_key(KEY)} model=bench"
+    if args.throughput_optimized:  # Serve's documented fast path; must be set before Ray starts
+        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}, "duration_s": args.duration,
+                               "throughput_optimized": args.throughput_optimized, "small": {}, "large": {}}
+    only = set(args.only.split(","))
+
+    def setting(name: str, proc_args: dict[str, Any]) -> dict[str, Any]:
+        before = _load_avg()
+        _client(url, n=100, fmt="json", concurrency=8, duration=3).communicate(timeout=120)  # warm-up
+        res = _finish(_client(url, **proc_args))
+        res.update(load_avg_before=before, load_avg_after=_load_avg())
+        print(f"{name}: {json.dumps(res)}", file=sys.stderr, flush=True)
+        return res
+
+    if "large" in only:
+        inproc = _in_process_rows_per_s(args.model, 100_000, repeats=3)
+        results["in_process_rows_per_s_1_thread"] = round(inproc)
+        print(f"in-process sample(100000): {inproc:,.0f} rows/s", file=sys.stderr, flush=True)
+    for r in (int(x) for x in args.replicas.split(",")):
+        if not only & {"small", "large", "floor"}:
+            break
+        _deploy(args.model, (r, r))
+        if "floor" in only:  # one client: the latency of a request with nothing queued before it
+            results.setdefault("floor", {})[str(r)] = setting(f"floor r={r}", {
+                "n": 100, "fmt": "json", "concurrency": 1, "duration": min(args.duration, 15.0)})
+        if "small" in only:
+            results["small"][str(r)] = setting(f"small r={r}", {"n": 100, "fmt": "json", "concurrency": 32,
+                                                                "duration": args.duration})
+        if "large" in only:
+            large = setting(f"large r={r}", {"n": 100_000, "fmt": "arrow", "concurrency": r,
+                                             "duration": args.duration, "max_requests": 400})
+            large["share_of_in_process"] = round(large["rows_per_s"] / inproc, 3)
+            results["large"][str(r)] = large
+    if args.soak:
+        _deploy(args.model, (2, 2))
+        results["soak"] = setting("soak r=2", {"n": 100, "fmt": "json", "concurrency": 32, "duration": args.soak})
+    if "autoscale" in only:
+        results["autoscale"] = _autoscale(args.model, url, args.duration)
+    serve.shutdown()
+    ray.shutdown()
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=1))
+    print(json.dumps(results, indent=1))
+    return 0
+
+
+def _autoscale(model: str, url: str, duration: float) -> dict[str, Any]:
+    _deploy(model, (1, 2), target_ongoing_requests=8, upscale_delay_s=3, downscale_delay_s=15)
+    timeline: list[tuple[float, dict[str, int]]] = []  # (seconds, replica states) at each change
+    start = time.perf_counter()
+
+    def poll() -> None:
+        states = _replica_states()
+        if not timeline or timeline[-1][1] != states:
+            timeline.append((round(time.perf_counter() - start, 1), states))
+
+    proc = _client(url, n=100, fmt="json", concurrency=32, duration=max(duration, 45.0))
+    while proc.poll() is None:
+        poll()
+        time.sleep(0.5)
+    load = _finish(proc)
+    stopped = time.perf_counter() - start
+    while time.perf_counter() - stopped - start < 90 and (not timeline or timeline[-1][1] != {"RUNNING": 1}):
+        poll()
+        time.sleep(0.5)
+    running = [(t, s.get("RUNNING", 0)) for t, s in timeline]
+    first_start = next((t for t, s in timeline if s.get("STARTING", 0) or sum(s.values()) >= 2), None)
+    first_two = next((t for t, c in running if c >= 2), None)
+    back = next((t for t, c in running if t > stopped and c == 1), None)
+    out = {"peak_running": max(c for _, c in running), "second_replica_starting_at_s": first_start,
+           "second_replica_running_at_s": first_two, "load_stopped_at_s": round(stopped, 1),
+           "back_to_1_at_s": back, "timeline": timeline, "load": load}
+    print(f"autoscale: {json.dumps({k: v for k, v in out.items() if k not in ('timeline', 'load')})}",
+          file=sys.stderr, flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="deploy and measure every setting")
+    r.add_argument("--model", required=True)
+    r.add_argument("--duration", type=float, default=30.0, help="seconds per setting")
+    r.add_argument("--soak", type=float, default=0.0, help="seconds of the zero-error run (0: skip)")
+    r.add_argument("--out", help="JSON results file")
+    r.add_argument("--replicas", default="1,2", help="fixed replica counts for small/large")
+    r.add_argument("--only", default="floor,small,large,autoscale", help="settings to run (soak: see --soak)")
+    r.add_argument("--throughput-optimized", action="store_true",
+                   help="set RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (Serve's fast path) before Ray starts")
+    c = sub.add_parser("client", help="the load generator (run by `run` in a second process)")
+    c.add_argument("--url", required=True)
+    c.add_argument("--key", required=True)
+    c.add_argument("--n", type=int, default=100)
+    c.add_argument("--format", default="json")
+    c.add_argument("--concurrency", type=int, default=32)
+    c.add_argument("--duration", type=float, default=20.0)
+    c.add_argument("--max-requests", type=int, default=1_000_000)
+    args = parser.parse_args(argv)
+    return run_main(args) if args.cmd == "run" else client_main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

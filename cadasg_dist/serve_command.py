@@ -1,0 +1,131 @@
+"""The ``serve`` subcommand: serve a trained model over HTTP with Ray Serve until Ctrl-C.
+
+    cadasg serve DIR [--port 8700] [--host 127.0.0.1] [--replicas MIN:MAX] [--keys-file FILE]
+
+Flags parse into ``serving.ServeArgs`` (the one source of defaults); a flag left out keeps its
+default. The model directory, the keys and the port are checked before Ray starts, so a user error
+is one line and exit code 2. Privacy: the server returns samples and public metadata only;
+sampling spends no privacy budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import time
+from typing import Any
+
+from cadasg_dist.errors import ConfigError
+
+
+def _replicas(value: str) -> tuple[int, int]:
+    try:
+        lo, _, hi = value.partition(":")
+        low, high = int(lo), int(hi or lo)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--replicas expects MIN:MAX or N, got {value!r}") from None
+    if not 1 <= low <= high:
+        raise argparse.ArgumentTypeError(f"--replicas needs 1 <= MIN <= MAX, got {value!r}")
+    return low, high
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``serve`` on an ``argparse`` subparsers object; returns its parser."""
+    from serving.settings import DEFAULT_PORT
+
+    p = subparsers.add_parser(
+        "serve", help="serve synthetic rows over HTTP (Ray Serve)",
+        description="Serve a trained model: GET /healthz, GET /v1/model, POST /v1/sample. Requests need an "
+                    "API key (X-API-Key) from --keys-file or $CADASG_API_KEYS; make one with "
+                    "`python -m serving.auth new --model NAME`.")
+    p.add_argument("model", help="model directory written by `cadasg train`")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"HTTP port (default {DEFAULT_PORT}; not "
+                   "8000, which Flower's SuperLink uses)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for all)")
+    p.add_argument("--replicas", type=_replicas, metavar="MIN:MAX", help="autoscaling bounds, e.g. 1:2 or 2")
+    p.add_argument("--name", help="model name that API keys refer to (default: the directory's name)")
+    p.add_argument("--keys-file", help="file of 'sha256:<hex> model=<name|*>' lines")
+    p.add_argument("--allow-anonymous", action="store_true", default=None,
+                   help="serve without API keys (local experiments only)")
+    p.add_argument("--max-rows", type=int, help="largest n per request (above it: 413)")
+    p.set_defaults(run=run, func=run)  # cli.main dispatches on func
+    return p
+
+
+def serve_args(args: argparse.Namespace) -> Any:
+    from serving.settings import ServeArgs
+
+    raw: dict[str, Any] = {"model_dir": args.model}
+    for flag, key in (("name", "model_name"), ("keys_file", "keys_file"),
+                      ("allow_anonymous", "allow_anonymous"), ("max_rows", "max_rows")):
+        if getattr(args, flag, None) is not None:
+            raw[key] = getattr(args, flag)
+    if args.replicas is not None:
+        raw["min_replicas"], raw["max_replicas"] = args.replicas
+    return ServeArgs.parse(raw)
+
+
+def _check_port(host: str, port: int) -> None:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Deploy, print the URL, block until Ctrl-C, then shut Serve down. Returns 0."""
+    from serving.auth import KeyRing
+    from serving.models import load_model
+
+    sargs = serve_args(args)
+    keys = KeyRing.from_sources(sargs.keys_file, sargs.keys_env)
+    if not len(keys) and not sargs.allow_anonymous:
+        raise ConfigError(f"no API keys: give --keys-file or set ${sargs.keys_env} (make one with "
+                          "`python -m serving.auth new --model NAME`), or --allow-anonymous for a local test")
+    loaded = load_model(sargs.model_dir, name=sargs.name, version=sargs.version)  # ArtifactError: one line
+    _check_port(args.host, args.port)
+
+    import ray
+    from ray import serve
+
+    from serving.app import build_app
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, configure_logging=False)
+    serve.start(http_options={"host": args.host, "port": args.port})
+    try:
+        serve.run(build_app(sargs), name="cadasg", route_prefix="/")
+    except RuntimeError as exc:
+        serve.shutdown()
+        raise ConfigError(f"the deployment failed: {str(exc).splitlines()[0]}") from None
+    print(f"serving model {loaded.name!r} version {loaded.version} at http://{args.host}:{args.port} "
+          f"({sargs.min_replicas}-{sargs.max_replicas} replicas, {len(keys)} API keys); Ctrl-C stops")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopping")
+    finally:
+        serve.shutdown()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m cadasg_dist.serve_command DIR ...``: the subcommand on its own (same flags)."""
+    import sys
+
+    from cadasg_dist.errors import CADASGError
+
+    parser = argparse.ArgumentParser(prog="cadasg")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return run(args)
+    except CADASGError as exc:
+        print(f"cadasg: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

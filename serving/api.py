@@ -1,0 +1,144 @@
+"""The HTTP API: a FastAPI app over a ``SamplingService``, usable with or without Ray.
+
+    GET  /healthz      200 when a model is loaded, else 503 (no key needed)
+    GET  /v1/model     public metadata of the version being served
+    POST /v1/sample    {"n": 1000, "context": {"female": 1}, "seed": 7, "format": "json"|"csv"|"arrow"}
+
+Status codes: 400 malformed JSON, 401 no or unknown key, 403 key not allowed on this model, 413 n
+above the maximum or body too large, 422 invalid field or unknown context column/value (with the
+valid ones), 429 rate limited, 503 no model loaded. Bad input is never a 500. Every sample answer
+names the version that produced it (``X-Model-Version``) and the seed it used (``X-Seed``: pass it
+back to get the same rows). Header values are percent-encoded (a model name need not be Latin-1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from typing import Annotated, Any, Literal
+from urllib.parse import quote
+
+from fastapi import FastAPI, Request, Security
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.security import APIKeyHeader
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from cadasg_dist import __version__
+from cadasg_dist.errors import CADASGError, ContextError
+from serving.formats import MEDIA_TYPES, encode
+from serving.service import RequestRejected, SamplingService
+
+log = logging.getLogger(__name__)
+
+ContextValue = (Annotated[str, StringConstraints(max_length=256)]
+                | Annotated[int, Field(strict=True, ge=-(2**53), le=2**53)]
+                | Annotated[float, Field(allow_inf_nan=False)] | bool | None)
+
+
+class SampleRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n: int = Field(strict=True, gt=0, description="rows to generate (at most the server's max_rows, else 413)")
+    context: dict[Annotated[str, StringConstraints(max_length=256)], ContextValue] = Field(
+        default_factory=dict, max_length=64, description="context column -> value; others follow the model")
+    seed: int | None = Field(None, strict=True, ge=0, le=2**63 - 1,
+                             description="same seed, same rows; omitted: a random one, returned in X-Seed")
+    format: Literal["json", "csv", "arrow"] = "json"
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"description": text, "content": {"application/json": {"schema": {"type": "object"}}}}
+    for code, text in [(400, "malformed JSON"), (401, "missing or unknown API key"),
+                       (403, "key not allowed on this model"), (413, "n or body too large"),
+                       (422, "invalid request or unknown context (lists the valid values)"),
+                       (429, "rate limited (Retry-After)"), (503, "no model loaded")]
+}
+
+
+def create_app(service: SamplingService) -> FastAPI:
+    """The ASGI app; routes read ``service.current`` per request, so a version swap is atomic."""
+    app = FastAPI(title="CA-DASG sampling", version=__version__,
+                  description="Context-conditioned synthetic rows. Sampling spends no privacy budget.")
+    api_key = APIKeyHeader(name="X-API-Key", auto_error=False)
+
+    async def caller(request: Request, key: str | None = Security(api_key)) -> None:
+        if not key:
+            auth = request.headers.get("authorization", "")
+            key = auth[7:].strip() if auth[:7].lower() == "bearer " else None
+        service.authorize(key)
+
+    @app.exception_handler(RequestRejected)
+    async def _rejected(_: Request, exc: RequestRejected) -> JSONResponse:
+        return JSONResponse(exc.body, status_code=exc.status, headers=exc.headers)
+
+    @app.get("/healthz", responses={503: _ERRORS[503]})
+    async def healthz() -> JSONResponse:
+        cur = service.current
+        if cur is None:
+            return JSONResponse({"status": "unavailable", "detail": "no model loaded"}, status_code=503)
+        return JSONResponse({"status": "ok", "model": cur.name, "model_version": cur.version})
+
+    @app.get("/v1/model", responses={k: _ERRORS[k] for k in (401, 403, 429, 503)})
+    async def model_info(_: None = Security(caller)) -> JSONResponse:
+        cur = service.model()
+        limits = {"max_rows": service.args.max_rows, "formats": list(MEDIA_TYPES)}
+        return JSONResponse({**cur.public, "limits": limits}, headers={"X-Model-Version": quote(cur.version)})
+
+    body_schema = {"content": {"application/json": {"schema": SampleRequest.model_json_schema()}}, "required": True}
+    ok = {"description": "rows", "content": {t: {} for t in MEDIA_TYPES.values()}}
+
+    @app.post("/v1/sample", openapi_extra={"requestBody": body_schema},
+              responses={200: ok, **{k: v for k, v in _ERRORS.items()}})
+    async def sample(request: Request, _: None = Security(caller)) -> Response:
+        start = time.perf_counter()
+        req = await _parse(request, service.args.max_body_bytes)
+        if req.n > service.args.max_rows:
+            raise RequestRejected(413, f"n={req.n} is above this server's maximum of {service.args.max_rows} "
+                                  "rows; ask for fewer rows per request")
+        loaded = service.model()
+        if req.context:
+            try:
+                loaded.model.extractor.resolve(req.context)
+            except ContextError as exc:
+                raise RequestRejected(422, str(exc), valid=loaded.valid_context) from None
+        seed = req.seed if req.seed is not None else secrets.randbits(63)
+        try:
+            out = await service.sample(loaded, req.n, req.context, seed)
+        except CADASGError as exc:  # a library check we did not repeat above: still the caller's input
+            raise RequestRejected(422, str(exc)) from None
+        headers = {"X-Model": quote(loaded.name), "X-Model-Version": quote(loaded.version), "X-Seed": str(seed),
+                   "X-Rows": str(len(out.frame)), "X-Batch-Requests": str(out.batch_requests)}
+        envelope = {"model": loaded.name, "model_version": loaded.version, "seed": seed, "n": len(out.frame)}
+        chunks = encode(out.frame, req.format, header=envelope, chunk_rows=service.args.chunk_rows)
+        media = MEDIA_TYPES[req.format]
+        if req.n <= service.args.merge_max_n:
+            body = b"".join(chunks)
+            headers["Server-Timing"] = f"app;dur={(time.perf_counter() - start) * 1000:.1f}"
+            return Response(body, media_type=media, headers=headers)
+        if req.n <= service.args.chunk_rows:
+            body = await asyncio.get_running_loop().run_in_executor(service.pool, b"".join, chunks)
+            return Response(body, media_type=media, headers=headers)
+        return StreamingResponse((c for c in chunks if c), media_type=media, headers=headers)
+
+    return app
+
+
+async def _parse(request: Request, max_bytes: int) -> SampleRequest:
+    body = await request.body()
+    if len(body) > max_bytes:
+        raise RequestRejected(413, f"request body of {len(body)} bytes is above the {max_bytes}-byte limit")
+    try:
+        raw = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise RequestRejected(400, f"the body is not valid JSON ({type(exc).__name__}); send "
+                              '{"n": 100, "context": {...}, "seed": 7, "format": "json"}') from None
+    try:
+        return SampleRequest.model_validate(raw)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False, include_context=False)
+        first = errors[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise RequestRejected(422, f"{where}: {first['msg']}", errors=errors) from None
