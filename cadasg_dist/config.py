@@ -69,6 +69,8 @@ class ModelConfig:
     hidden: tuple[int, ...] = (128, 128)
     critic_hidden: tuple[int, ...] = (128, 128)
     utility_hidden: tuple[int, ...] = (128,)
+    # A numeric target's value is cut into this many bins, each with its own latent prior per context.
+    target_bins: int = 5
     # Gumbel-softmax temperature for categorical blocks seen by the critic.
     gumbel_tau: float = 0.2
 
@@ -234,15 +236,23 @@ class CADASGConfig:
         """A copy with dotted keys replaced, e.g. ``cfg.replace(**{"train.epochs": 5})``."""
         raw = self.to_dict()
         for key, value in dotted.items():
-            node = raw
+            node, tp = raw, CADASGConfig  # tp: the dataclass at this level; "map" inside a mapping field
             parts = key.split(".")
-            for part in parts[:-1]:
-                if part not in node or not isinstance(node[part], dict):
+            for i, part in enumerate(parts):
+                if tp is None:
                     raise ConfigError(f"unknown config key {key!r}")
-                node = node[part]
-            if parts[-1] not in node:
-                raise ConfigError(f"unknown config key {key!r}")
-            node[parts[-1]] = value
+                if tp != "map":
+                    hints = typing.get_type_hints(tp)
+                    if part not in hints:
+                        raise ConfigError(f"unknown config key {key!r}")
+                    hint = hints[part]
+                    tp = "map" if typing.get_origin(hint) is dict else _dataclass_of(hint)
+                if i == len(parts) - 1:
+                    node[part] = value
+                else:
+                    if not isinstance(node.get(part), dict):
+                        node[part] = {}
+                    node = node[part]
         return CADASGConfig.from_dict(raw)
 
     @property
@@ -267,6 +277,7 @@ def validate(cfg: CADASGConfig) -> None:
         (0.9 <= cfg.cache.ema_alpha <= 0.99 or cfg.cache.ema_alpha == 1.0,
          f"cache.ema_alpha must be in [0.9, 0.99] (or 1.0 for plain sums), got {cfg.cache.ema_alpha}"),
         (cfg.model.latent_dim >= 1, f"model.latent_dim must be >= 1, got {cfg.model.latent_dim}"),
+        (cfg.model.target_bins >= 1, f"model.target_bins must be >= 1, got {cfg.model.target_bins}"),
         (cfg.privacy.epsilon > 0, f"privacy.epsilon must be > 0 (use inf for non-private), got {cfg.privacy.epsilon}"),
         (cfg.privacy.delta is None or 0 < cfg.privacy.delta < 1,
          f"privacy.delta must be in (0, 1), got {cfg.privacy.delta}"),
@@ -295,6 +306,15 @@ def validate(cfg: CADASGConfig) -> None:
 
 
 # --- generic dataclass <-> plain data ---------------------------------------------------------
+
+def _dataclass_of(tp: Any) -> type | None:
+    """The dataclass a field holds (through Optional), or None for a mapping or a scalar."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return next((a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)), None)
+    return None
+
 
 def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value):

@@ -35,7 +35,7 @@ from cadasg_dist.data.io import read_table
 from cadasg_dist.data.schema import Schema, infer_schema
 from cadasg_dist.data.transforms import DataTransformer
 from cadasg_dist.errors import ArtifactError, ContextError, InvalidDataError
-from cadasg_dist.model.networks import CADASGNetworks, ModelDims, activate, strata_span_for
+from cadasg_dist.model.networks import CADASGNetworks, ModelDims, activate, bin_span_for, strata_span_for
 from cadasg_dist.privacy.ledger import PrivacyLedger
 from cadasg_dist.train.fit import ProgressFn, fit_local
 from cadasg_dist.train.step import Priors, pin_stratum
@@ -97,8 +97,9 @@ class CADASG:
                                     self._private_prep.encode_seed)  # private: a secret seed, like all noise
         ids = self.extractor.ids(df)
         target_spans = tuple(s for s in self.transformer.spans if s.column == cfg.target)
+        bins = bin_span_for(target_spans)
         dims = ModelDims(self.transformer.output_dim, self.extractor.n_contexts, self.transformer.spans, target_spans,
-                         strata_span_for(target_spans))
+                         strata_span_for(target_spans), bins, cfg.model.target_bins if bins is not None else 1)
         return x, ids, dims
 
     def fit(self, data: pd.DataFrame | str | Path, *, context: list[str] | tuple[str, ...] | None = None,

@@ -29,35 +29,55 @@ class ModelDims:
     # The softmax span whose class stratifies the latent prior (the target's class, or whether a
     # numeric target sits on its point mass); None for one stratum per context.
     strata_span: SpanInfo | None = None
+    # A numeric target's value span, cut into `target_bins` bins of its Gaussian-scaled value (equal
+    # mass under N(0, 1), i.e. roughly quantile bins), each with its own latent prior.
+    bin_span: SpanInfo | None = None
+    target_bins: int = 1
+
+    @property
+    def classes(self) -> int:
+        return self.strata_span.width if self.strata_span is not None else 1
 
     @property
     def strata(self) -> int:
-        return self.strata_span.width if self.strata_span is not None else 1
+        return self.classes * self.target_bins
 
     def cells(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """(B,) cell id = context·S + stratum of each encoded row (B, D)."""
-        if self.strata_span is None:
-            return context
-        s = self.strata_span
-        return context * s.width + x[:, s.start:s.stop].argmax(dim=1)
+        """(B,) cell id = context·S + class·bins + bin of each encoded row (B, D)."""
+        stratum = torch.zeros_like(context)
+        if self.strata_span is not None:
+            s = self.strata_span
+            stratum = x[:, s.start:s.stop].argmax(dim=1) * self.target_bins
+        if self.bin_span is not None and self.target_bins > 1:
+            edges = torch.distributions.Normal(0.0, 1.0).icdf(
+                torch.arange(1, self.target_bins, dtype=x.dtype) / self.target_bins)
+            stratum = stratum + torch.bucketize(x[:, self.bin_span.start].contiguous(), edges)
+        return context * self.strata + stratum
 
     def to_dict(self) -> dict:
         span = lambda s: [s.column, s.kind, s.start, s.width, s.role]  # noqa: E731
         return {"features": self.features, "contexts": self.contexts,
                 "spans": [span(s) for s in self.spans], "target_spans": [span(s) for s in self.target_spans],
-                "strata_span": None if self.strata_span is None else span(self.strata_span)}
+                "strata_span": None if self.strata_span is None else span(self.strata_span),
+                "bin_span": None if self.bin_span is None else span(self.bin_span), "target_bins": self.target_bins}
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelDims:
         def spans(key: str) -> tuple[SpanInfo, ...]:
             return tuple(SpanInfo(c, k, int(st), int(w), r) for c, k, st, w, r in d[key])
-        strata = d.get("strata_span")
-        strata_span = None if strata is None else SpanInfo(strata[0], strata[1], int(strata[2]), int(strata[3]),
-                                                           strata[4])
-        return cls(int(d["features"]), int(d["contexts"]), spans("spans"), spans("target_spans"), strata_span)
+        def one(key: str) -> SpanInfo | None:
+            v = d.get(key)
+            return None if v is None else SpanInfo(v[0], v[1], int(v[2]), int(v[3]), v[4])
+        return cls(int(d["features"]), int(d["contexts"]), spans("spans"), spans("target_spans"), one("strata_span"),
+                   one("bin_span"), int(d.get("target_bins", 1)))
 
 
 MAX_STRATA = 10
+
+
+def bin_span_for(target_spans: tuple[SpanInfo, ...]) -> SpanInfo | None:
+    """A numeric target's value span (binned into strata), or None for a categorical target."""
+    return next((s for s in target_spans if s.kind == "continuous"), None)
 
 
 def strata_span_for(target_spans: tuple[SpanInfo, ...]) -> SpanInfo | None:

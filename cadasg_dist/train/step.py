@@ -139,7 +139,8 @@ def pin_stratum(rows: torch.Tensor, cell: torch.Tensor, dims: ModelDims) -> torc
     span = dims.strata_span
     if span is None:
         return rows
-    stratum = torch.nn.functional.one_hot(cell % span.width, span.width).to(rows.dtype)  # (B, S)
+    klass = (cell % dims.strata) // dims.target_bins
+    stratum = torch.nn.functional.one_hot(klass, span.width).to(rows.dtype)  # (B, classes)
     return torch.cat([rows[:, :span.start], stratum, rows[:, span.stop:]], dim=1)
 
 

@@ -49,3 +49,12 @@ def test_shipped_yaml_configs_parse():
 
     for path in sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml")):
         CADASGConfig.from_yaml(path)
+
+
+def test_replace_can_add_keys_to_mapping_fields():
+    cfg = CADASGConfig().replace(**{"data.columns.id.kind": "identifier", "context.bands.age": [0, 40, 100]})
+    assert cfg.data.columns["id"].kind == "identifier"
+    assert cfg.context.bands["age"] == (0.0, 40.0, 100.0)
+    for bad in ("train.epochs.x", "data.nope.x"):
+        with pytest.raises(ConfigError, match="unknown config key"):
+            CADASGConfig().replace(**{bad: 1})
