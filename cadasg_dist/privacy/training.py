@@ -45,14 +45,14 @@ from cadasg_dist.config import CacheConfig, CADASGConfig
 from cadasg_dist.context.cache import ContextCache
 from cadasg_dist.data.schema import Schema
 from cadasg_dist.errors import ConfigError, InvalidDataError, PrivacyBudgetError
-from cadasg_dist.model.losses import covariance_loss, utility_loss
+from cadasg_dist.model.losses import utility_loss
 from cadasg_dist.model.networks import CADASGNetworks, ModelDims
 from cadasg_dist.privacy.analysis import DEFAULT_RDP_ORDERS, compose_rdp, epsilon_from_history, rdp_to_epsilon
 from cadasg_dist.privacy.calibrate import calibrate_noise
 from cadasg_dist.privacy.ledger import Mechanism, PrivacyLedger
 from cadasg_dist.privacy.per_sample import clip_and_noise, input_gradient, per_sample_grads
 from cadasg_dist.train.fit import EpochReport, ProgressFn, final_cache_pass
-from cadasg_dist.train.step import Batch, Priors, TrainState, generate, train_step, vae_terms
+from cadasg_dist.train.step import Batch, Priors, TrainState, public_terms, train_step, vae_terms
 
 log = logging.getLogger(__name__)
 
@@ -281,18 +281,10 @@ class DPState:
                      ) -> dict[str, Tensor]:
         """The generator's public terms on ``public_rows`` rows of cells drawn from the noisy cache.
 
-        Mirrors ``step.generator_step``'s ``public`` dict (keep them in step); only the cells differ.
+        The same terms as the local step (``step.public_terms``); only the cells differ.
         """
         cells = torch.multinomial(self._cell_weights, self.public_rows, replacement=True, generator=generator)
-        onehot = nets.one_hot(cells // self._strata)
-        fake = generate(nets, priors, cells, onehot, generator, cfg.model.gumbel_tau)
-        spans = nets.dims.target_spans
-        return {
-            "wgan": -nets.critic(fake, onehot).mean(),
-            "cov": covariance_loss(priors.feature_cov, fake, onehot),
-            "utility": (utility_loss(nets.utility(fake, onehot), fake.detach(), spans).mean()
-                        if spans else fake.new_zeros(())),
-        }
+        return public_terms(nets, priors, cells, nets.one_hot(cells // self._strata), generator, cfg)
 
     def account_step(self, cache: ContextCache) -> None:
         """Record the step (all its releases, one composed mechanism) and refresh the public cell

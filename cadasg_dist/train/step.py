@@ -191,32 +191,43 @@ def _grad_norm(loss: torch.Tensor, params: list[torch.Tensor]) -> float:
     return float(torch.sqrt(sum((gr.pow(2).sum() for gr in grads if gr is not None), torch.tensor(0.0))))
 
 
-def generator_step(cfg: CADASGConfig, state: TrainState, batch: Batch, onehot: torch.Tensor, priors: Priors
-                   ) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
-    nets, g = state.nets, state.generator
-    state.opt_generator.zero_grad(set_to_none=True)
-    fake = generate(nets, priors, batch.cell, onehot, g, cfg.model.gumbel_tau)
-    public = {
+def public_terms(nets: CADASGNetworks, priors: Priors, cell: torch.Tensor, onehot: torch.Tensor,
+                 generator: torch.Generator, cfg: CADASGConfig) -> dict[str, torch.Tensor]:
+    """The generator's terms on rows generated for ``cell``: adversarial, covariance and utility.
+
+    They read real rows only through the cells they are given (the DP path passes cells drawn
+    from the noisy cache, the local path the batch's cells).
+    """
+    fake = generate(nets, priors, cell, onehot, generator, cfg.model.gumbel_tau)
+    spans = nets.dims.target_spans
+    return {
         "wgan": -nets.critic(fake, onehot).mean(),
         "cov": covariance_loss(priors.feature_cov, fake, onehot),
         # The generated target is a fixed label here: with gradients through it, the cheapest way to
         # make it predictable is to collapse it onto the majority class (measured: a rare class
         # fell from 8.5% to 0.6% of rows). Detached, the generator moves the features instead.
-        "utility": (utility_loss(nets.utility(fake, onehot), fake.detach(), nets.dims.target_spans).mean()
-                    if nets.dims.target_spans else fake.new_zeros(())),
+        "utility": (utility_loss(nets.utility(fake, onehot), fake.detach(), spans).mean()
+                    if spans else fake.new_zeros(())),
     }
+
+
+def generator_step(cfg: CADASGConfig, state: TrainState, batch: Batch, onehot: torch.Tensor, priors: Priors
+                   ) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+    nets, g = state.nets, state.generator
+    state.opt_generator.zero_grad(set_to_none=True)
     eps = torch.randn(len(batch.x), cfg.model.latent_dim, generator=g)
     vae, mean, logvar = vae_terms(nets, batch.x, onehot, eps, cfg.loss.kl_beta)
     shared = [nets.decoder.head.weight]  # the layer every term reaches: where the norms are compared
-    norms = {name: _grad_norm(loss, shared) for name, loss in public.items()}
     if state.dp is None:
+        public = public_terms(nets, priors, batch.cell, onehot, g, cfg)
+        norms = {name: _grad_norm(loss, shared) for name, loss in public.items()}
         norms["kl"] = _grad_norm(vae.mean(), shared)
         weights = state.balancer.update(norms)
         total = weights["kl"] * vae.mean() + sum(weights[k] * public[k] for k in public)
         total.backward()
     else:
-        # `public` above is generated for the batch's cells, i.e. it reads real rows unclipped: redo it
-        # on cells drawn from the noisy cache (post-processing).
+        # The batch's cells come from real rows: the public terms use cells drawn from the noisy
+        # cache instead (post-processing).
         public = state.dp.public_terms(nets, priors, cfg, g)
         norms = {name: _grad_norm(loss, shared) for name, loss in public.items()}
         norms["kl"] = state.dp.privatize_vae(nets, batch, onehot, eps, cfg, shared)
