@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -76,11 +77,14 @@ def score(name: str, synthetic: pd.DataFrame, train: pd.DataFrame, test: pd.Data
     }
 
 
-def fit_ours(train: pd.DataFrame, spec, seed: int, epochs: int | None) -> tuple[CADASG, float, float]:
+def fit_ours(train: pd.DataFrame, spec, seed: int, epochs: int | None, overrides: dict | None = None
+             ) -> tuple[CADASG, float, float]:
     cfg = CADASGConfig(target=spec.target, context=ContextConfig(columns=tuple(spec.contexts)),
                        train=TrainConfig(seed=seed))
     if epochs:
         cfg = cfg.replace(**{"train.epochs": epochs})
+    if overrides:
+        cfg = cfg.replace(**overrides)
     t0 = time.perf_counter()
     model = CADASG(cfg).fit(train)
     fit_s = time.perf_counter() - t0
@@ -120,7 +124,8 @@ def run_table(table: str, args: argparse.Namespace) -> list[dict]:
     df, spec = load_table(table)
     train, test = split(df, seed=args.seed)
     print(f"[engine] {table}: {len(train)} train / {len(test)} test rows", file=sys.stderr, flush=True)
-    model, fit_s, rate = fit_ours(train, spec, args.seed, args.epochs)
+    overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
+    model, fit_s, rate = fit_ours(train, spec, args.seed, args.epochs, overrides)
     synthetic = model.sample(len(train), seed=args.seed)
     rows = [{**score("CA-DASG", synthetic, train, test, spec, args.seed), "fit_s": fit_s, "sample_rows_s": rate,
              "epochs": model.config.train.epochs}]
@@ -176,6 +181,7 @@ def main() -> int:
     p.add_argument("--tables", default="all")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, help="override CA-DASG's default epochs")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="CA-DASG config override")
     p.add_argument("--extra", nargs="*", default=[], help="other cached generators to include")
     p.add_argument("--probe-epochs", type=int, default=3)
     p.add_argument("--no-probe", dest="probe", action="store_false", help="skip the CTGAN speed probe")
