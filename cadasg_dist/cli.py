@@ -1,6 +1,7 @@
 """The ``cadasg`` command line.
 
     cadasg train DATA --target COL --context COL[,COL] [--epochs N] [--epsilon E] [--config FILE] --out DIR
+                 [--num-workers N [--use-gpu] [--address auto|ray://HOST:PORT]]
     cadasg sample DIR --n N [--context COL=VALUE ...] [--seed S] --out FILE.csv|FILE.parquet
     cadasg evaluate --real HOLDOUT --synthetic SYN [--train TRAIN] [--model DIR] --target COL --context COLS --out DIR
     cadasg privacy DIR
@@ -112,7 +113,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = build_config(args)
     if cfg.target is None:
         raise CADASGError("--target is required: the column whose relationship to the others must be kept")
-    model = CADASG(cfg).fit(args.data, progress=Progress())
+    if args.num_workers is not None:  # Ray Train: cadasg_dist/distributed/
+        from cadasg_dist.distributed_command import fit_on_ray
+
+        model = fit_on_ray(cfg, args, Progress())
+    else:
+        model = CADASG(cfg).fit(args.data, progress=Progress())
     out = model.save(args.out)
     print(f"trained on {model.meta['training_rows']} rows in {model.meta['fit_seconds']:.1f}s; "
           f"{len(model.contexts)} contexts; {privacy_line(model.ledger)}")
@@ -185,6 +191,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", help="target column (its relationship to the rest is kept)")
     p.add_argument("--context", help="context column(s), comma-separated")
     p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--num-workers", type=int, help="train on Ray Train with N workers, each on a shard of contexts")
+    p.add_argument("--use-gpu", action="store_true", default=None, help="one GPU per Ray worker")
+    p.add_argument("--address", help="Ray cluster to join: auto or ray://HOST:PORT (default: start a local Ray)")
     _add_config_flags(p)
     p.set_defaults(func=cmd_train)
 
@@ -207,12 +216,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
 
-    try:
-        from cadasg_dist.evaluate import command as evaluate_command
+    from cadasg_dist import federated_command, serve_command, tune_command
+    from cadasg_dist.evaluate import command as evaluate_command
 
-        evaluate_command.add_parser(sub)
-    except ImportError:  # the evaluate extra is optional at import time
-        pass
+    for command in (evaluate_command, serve_command, federated_command, tune_command):
+        command.add_parser(sub)
     return parser
 
 

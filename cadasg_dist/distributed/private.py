@@ -1,0 +1,156 @@
+"""DP-SGD across workers: per-example clipping on each worker, the calibrated noise added once for
+the global batch, and one ledger that counts the global sample rate.
+
+Privacy caveats first:
+
+* Sampling. Every worker Poisson-samples its own rows at the *global* rate q = batch_size / n. A
+  row is in exactly one shard, so the union of the workers' batches is a Poisson sample of the whole
+  table at rate q: the mechanism the accountant assumes. The ledger records each step once, at q
+  and the engine's σ, exactly as a single-worker run does (``DPState.account_step``); every worker
+  keeps the same ledger and rank 0 checkpoints it.
+* Noise. Each worker adds ``1/N`` of the noise *variance* to its clipped sum and divides by
+  ``q·n/N``; the mean all-reduce then gives (Σ clipped + N(0, σ²C²)) / (q·n), the single-worker
+  release. The cache does the same with its statistics (``sync.ShardCache``). The VAE gradient is
+  all-reduced inside ``privatize_vae`` so that the loss balancer reads the norm of the *merged*
+  release (a worker's own gradient carries only ``1/N`` of the variance).
+* Trust. One worker's contribution alone is noised with ``σ/√N``; ring all-reduce shows partial
+  sums to peers. The guarantee is for whoever sees the model; the workers of a run trust each
+  other (keep their traffic on a private network, cluster/README.md).
+* Units. A privacy unit's rows must be clipped together, but context shards can split a unit
+  across workers; ``privacy.unit`` is refused here (use ``CADASG.fit`` for unit-level privacy).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from cadasg_dist.config import CADASGConfig
+from cadasg_dist.context.cache import ContextCache
+from cadasg_dist.distributed.sync import Collectives, flatten, unflatten_into
+from cadasg_dist.errors import ConfigError, PrivacyBudgetError
+from cadasg_dist.model.networks import CADASGNetworks, ModelDims
+from cadasg_dist.privacy.ledger import PrivacyLedger
+from cadasg_dist.privacy.training import (
+    FINAL_CACHE,
+    REAL_ROW_METRICS,
+    BudgetPlan,
+    DPState,
+    PrivateBatch,
+    UnitSampler,
+    cache_noise,
+    plan_budget,
+)
+from cadasg_dist.train.step import Batch
+
+__all__ = ["REAL_ROW_METRICS", "ShardPrivacy", "check_private_config"]
+
+
+def check_private_config(cfg: CADASGConfig) -> None:
+    if cfg.privacy.unit is not None:
+        raise ConfigError(f"privacy.unit={cfg.privacy.unit!r}: context shards can split a unit's rows across "
+                          "workers, which breaks per-unit clipping; train unit-level privacy with CADASG.fit")
+
+
+def worker_plan(plan: BudgetPlan, world: int) -> BudgetPlan:
+    """The plan one of ``world`` workers noises with: each DP-SGD release at σ/√N (1/N of the variance)."""
+    scale = 1.0 / math.sqrt(world)
+    parts = {k: v * scale if k.startswith("dpsgd/") else v for k, v in plan.parts.items()}
+    return dataclasses.replace(plan, parts=parts)
+
+
+class ShardedDPState(DPState):
+    """``DPState`` for one of N workers: expected batch q·n/N, noise shares, merged VAE release."""
+
+    def __init__(self, cfg: CADASGConfig, plan: BudgetPlan, ledger: PrivacyLedger, *, n_rows: int, world: int,
+                 comm: Collectives, has_utility: bool, strata: int, n_cells: int) -> None:
+        # No seed: every worker's noise comes from its own OS entropy (independent shares, not replayable).
+        super().__init__(cfg, worker_plan(plan, world), ledger, n_units=n_rows, has_utility=has_utility,
+                         strata=strata, n_cells=n_cells)
+        self.global_plan = plan
+        self.world = world
+        self.comm = comm
+        self.global_expected = plan.sample_rate * n_rows
+        self.expected_units = self.global_expected / world  # the mean all-reduce divides by N again
+
+    def privatize_vae(self, nets: CADASGNetworks, batch: Batch, onehot: torch.Tensor, eps: torch.Tensor,
+                      cfg: CADASGConfig, shared: list[torch.Tensor]) -> float:
+        """Merge the VAE release across workers now and return its debiased norm on ``shared``."""
+        super().privatize_vae(nets, batch, onehot, eps, cfg, shared)
+        grads = list(self._vae.values())
+        unflatten_into(self.comm.mean(flatten(grads), "gradients"), grads)
+        pair = self._encoder_decoder(nets)
+        names = {id(p): n for n, p in pair.named_parameters()}
+        noise_var = (self.global_plan.parts["dpsgd/vae"] * self.clip / self.global_expected) ** 2  # merged release
+        square = sum(float(self._vae[names[id(p)]].pow(2).sum()) - p.numel() * noise_var for p in shared)
+        return math.sqrt(max(square, 0.0))
+
+    def report(self) -> dict[str, Any]:
+        """``DPState.report`` in terms of the merged releases (what the ledger accounts), plus the split."""
+        out = super().report()
+        p = self.global_plan
+        out["expected_units_per_step"] = self.global_expected
+        out["noise_multipliers"] = {"train_step": p.step_sigma, **p.parts, **p.full_pass}
+        out["workers"] = self.world
+        out["noise_variance_share_per_worker"] = 1.0 / self.world
+        return out
+
+    def refresh_cells(self, cache: ContextCache) -> None:
+        """The public cell weights ``account_step`` would have left (after a restore)."""
+        counts = cache.cell_counts().float()
+        self._cell_weights = counts if float(counts.sum()) > 0 else torch.ones_like(counts)
+
+
+class ShardPrivacy:
+    """A worker's private-training pieces: budget plan, noisy cache config, DP state and sampler."""
+
+    def __init__(self, cfg: CADASGConfig, dims: ModelDims, ledger_state: dict[str, Any], *, n_rows: int,
+                 local_rows: int, world: int, comm: Collectives, n_cells: int) -> None:
+        check_private_config(cfg)
+        spent = PrivacyLedger.from_state_dict(ledger_state)
+        has_utility = bool(dims.target_spans)
+        self.plan = plan_budget(cfg, n_rows=n_rows, n_units=n_rows, has_utility=has_utility, spent=spent.mechanisms)
+        self.run_cfg = dataclasses.replace(cfg, cache=cache_noise(cfg.cache, self.plan.parts["cache/ema"], 1))
+        self.final_cache = (cache_noise(cfg.cache, self.plan.full_pass[FINAL_CACHE], 1)
+                            if FINAL_CACHE in self.plan.full_pass else None)
+        self.dp = ShardedDPState(self.run_cfg, self.plan, spent, n_rows=n_rows, world=world, comm=comm,
+                                 has_utility=has_utility, strata=dims.strata, n_cells=n_cells)
+        if not self.dp.next_step_fits():
+            raise PrivacyBudgetError(f"epsilon={cfg.privacy.epsilon} does not cover a single training step at noise "
+                                     f"multiplier {self.plan.step_sigma:.4g}; raise epsilon")
+        self.sampler = UnitSampler(np.arange(local_rows), self.plan.sample_rate)  # secret Poisson batches
+        # As the engine's private fit: whole epochs of the plan's steps (budget stops may end it sooner).
+        self.epochs = self.plan.steps // self.plan.steps_per_epoch
+
+    def batches(self, xs: torch.Tensor, cs: torch.Tensor):  # noqa: ANN201 - a generator of PrivateBatch
+        """One epoch of Poisson batches of this worker's rows; stops (on every worker at the same
+        step: they share the ledger) when the next step would exceed the budget."""
+        for _ in range(self.plan.steps_per_epoch):
+            if not self.dp.next_step_fits():
+                dp = self.dp
+                dp.stop_reason = (f"the next step would exceed epsilon={dp.target} (spent {dp.epsilon():.4f} "
+                                  f"after {dp.steps_taken} of {self.plan.steps} steps)")
+                return
+            rows, _ = self.sampler.sample()
+            yield PrivateBatch(xs[rows], cs[rows], units=None)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Shared by every worker (rank 0 saves it): the ledger and the step counters."""
+        return {"ledger": json.dumps(self.dp.ledger.state_dict()), "steps_taken": self.dp.steps_taken,
+                "stop_reason": self.dp.stop_reason or "", "final_released": self.dp.final_released,
+                "report": json.dumps(self.dp.report())}
+
+    def load(self, state: dict[str, Any], cache: ContextCache) -> None:
+        """Resume: the saved ledger holds every step up to the checkpoint, so replayed steps are counted
+        once. The noise and sampling streams are not restored (checkpoints never hold them): the
+        restarted workers draw fresh secret ones, which changes nothing in the accounting."""
+        self.dp.ledger.load_state_dict(json.loads(state["ledger"]))
+        self.dp.steps_taken = int(state["steps_taken"])
+        self.dp.stop_reason = state["stop_reason"] or None
+        self.dp.final_released = bool(state["final_released"])
+        self.dp.refresh_cells(cache)

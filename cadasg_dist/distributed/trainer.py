@@ -1,0 +1,179 @@
+"""The driver: plan the shards, run a ``TorchTrainer``, and turn its final checkpoint into a model.
+
+    model = fit_distributed(CADASG(cfg), "data/parts/", context=["region"], target="y")
+
+``cfg.distributed`` says how many workers, whether each gets a GPU, which cluster to join
+(``address``), how often caches merge, how many worker-group failures to recover from and where
+checkpoints go. The driver reads a bounded sample of the table to fit the schema, contexts and
+transforms (the same code as ``CADASG.prepare``; all of a table up to ``PREPARE_ROWS`` rows), counts
+rows per context in one Ray Data pass, makes the ``ShardPlan`` and logs it, and hands Ray Train the
+lazy dataset with a ``ContextRouting`` data config. It never holds more than the sample.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cadasg_dist.context.cache import ContextCache
+from cadasg_dist.distributed.data import PREPARE_ROWS, ContextRouting, context_counts, open_table, preparation_sample
+from cadasg_dist.distributed.plan import ShardPlan, make_plan
+from cadasg_dist.distributed.worker import WorkerConfig, load_payload, train_loop_per_worker
+from cadasg_dist.errors import ConfigError
+from cadasg_dist.model.networks import CADASGNetworks, ModelDims
+from cadasg_dist.privacy.ledger import PrivacyLedger
+from cadasg_dist.synthesizer import CADASG, fit_config
+from cadasg_dist.train.fit import EpochReport, ProgressFn
+
+log = logging.getLogger(__name__)
+
+
+def fit_distributed(model: CADASG, data: str | Path | pd.DataFrame, *, context: list[str] | None = None,
+                    target: str | None = None, progress: ProgressFn | None = None, local_mode: bool = False,
+                    prepare_rows: int = PREPARE_ROWS, on_plan: Callable[[str], None] | None = None,
+                    fail_at_epoch: int | None = None, fail_marker: str | None = None) -> CADASG:
+    """Train ``model`` with Ray Train on ``model.config.distributed.num_workers`` workers; returns it.
+
+    ``local_mode`` runs the train function in this process (``ScalingConfig(num_workers=0)``), for
+    tests of the loop. ``on_plan`` gets the shard plan as text (the CLI prints it; it is also logged
+    and, for a non-private run, kept in ``model.meta["distributed"]``). ``progress`` gets the
+    epochs' reports after the run (Ray keeps the live ones in its logs). ``fail_at_epoch`` and
+    ``fail_marker`` are a test hook: worker 1 exits once at that epoch's end.
+    """
+    start = time.perf_counter()
+    cfg = model.config = fit_config(model.config, context, target)
+    if cfg.private:
+        from cadasg_dist.distributed.private import check_private_config
+
+        check_private_config(cfg)
+    ensure_ray(cfg.distributed.address)
+    ds = open_table(data)
+    sample, total = preparation_sample(ds, prepare_rows, seed=cfg.train.seed)
+    if cfg.private and len(sample) < total:
+        raise ConfigError(f"private distributed training releases its preprocessing statistics from the whole "
+                          f"table in the driver, which reads at most {prepare_rows} rows; this table has {total}")
+    # Automatic epochs count the whole table, not the driver's sample (prepare keeps a set value).
+    model.config = cfg = cfg.replace(**{"train.epochs": cfg.resolved_epochs(total)})
+    _, ids, dims = model.prepare(sample)
+    cfg = model.config
+    ledger = None
+    if cfg.private:  # the workers train on the rows as the DP preprocessing conformed them
+        import ray.data
+
+        prep = model._private_prep
+        ds, total, ledger = ray.data.from_pandas(prep.frame), len(prep.frame), prep.ledger.state_dict()
+    counts = (np.bincount(ids, minlength=dims.contexts) if len(sample) == total
+              else context_counts(ds, model.schema, model.extractor.to_dict()))
+    plan = make_plan(counts, 1 if local_mode else cfg.distributed.num_workers)
+    check_plan(plan, cfg.train.batch_size)
+    labels = [", ".join(f"{k}={v}" for k, v in model.extractor.describe(c).items()) for c in range(dims.contexts)]
+    text = plan.describe(labels)
+    log.info("%s", text)
+    if on_plan is not None:
+        on_plan(text)
+    wc = WorkerConfig(cfg, model.schema, model.transformer.to_dict(), model.extractor.to_dict(), dims, plan, total,
+                      ledger=ledger, fail_at_epoch=fail_at_epoch, fail_marker=fail_marker)
+    result = make_trainer(wc, ds, local_mode).fit()
+    if result.checkpoint is None:
+        raise RuntimeError("the distributed run ended without a checkpoint; see the Ray Train logs")
+    with result.checkpoint.as_directory() as d:
+        payload = load_payload(Path(d))
+    finish_model(model, payload, dims, time.perf_counter() - start, total, plan)
+    if progress is not None:
+        for h in model.history:
+            eps = model.epsilon if cfg.private and h is model.history[-1] else None
+            progress(EpochReport(int(h["epoch"]), cfg.train.epochs, model.meta["fit_seconds"], h, eps))
+    return model
+
+
+def ensure_ray(address: str | None) -> None:
+    """Join ``address`` ("auto", "ray://HOST:PORT") or start a local Ray, unless one is running."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"address": address, "configure_logging": False}
+    if address is not None and address.startswith("ray://"):
+        import cadasg_dist
+
+        # A Ray client's cluster cannot see this machine's files: ship the package with the job.
+        kwargs["runtime_env"] = {"py_modules": [str(Path(cadasg_dist.__file__).parent)]}
+    ray.init(**kwargs)
+
+
+def check_plan(plan: ShardPlan, batch_size: int) -> None:
+    """Every worker must have at least two rows for each step of an epoch."""
+    steps = math.ceil(plan.total / batch_size)
+    smallest = min(plan.loads)
+    if smallest < 2 * steps:
+        raise ConfigError(f"with {plan.num_workers} workers a worker gets {smallest} rows for {steps} steps per epoch; "
+                          f"use fewer workers or a larger train.batch_size (now {batch_size})")
+
+
+def make_trainer(wc: WorkerConfig, ds: Any, local_mode: bool) -> Any:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    d = wc.cfg.distributed
+    if d.use_gpu:
+        log.warning("use_gpu: Ray reserves a GPU per worker, but the engine's train_step runs on CPU tensors, "
+                    "so training itself stays on CPU (see cadasg_dist/distributed/README in cluster/README.md)")
+    storage = d.storage_path
+    if storage is not None and "://" not in storage:  # a local or shared (NFS) path; URIs go as they are
+        storage = str(Path(storage).expanduser().resolve())
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=wc.to_dict(),
+        # gloo: the engine's tensors live on CPU; NCCL would need them on the GPU.
+        torch_config=TorchConfig(backend="gloo"),
+        scaling_config=ScalingConfig(num_workers=0 if local_mode else d.num_workers, use_gpu=d.use_gpu),
+        run_config=RunConfig(name=f"cadasg-{time.strftime('%Y%m%d-%H%M%S')}-{np.random.randint(1 << 30):08x}",
+                             storage_path=storage,
+                             failure_config=FailureConfig(max_failures=d.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        datasets={"train": ds},
+        dataset_config=ContextRouting(wc.plan, wc.schema, wc.context),
+    )
+
+
+def finish_model(model: CADASG, payload: dict[str, Any], dims: ModelDims, seconds: float, rows: int,
+                 plan: ShardPlan) -> None:
+    """Set the trained networks, the merged cache and the ledger on ``model`` (``CADASG._finish``)."""
+    cfg = model.config
+    nets = CADASGNetworks(dims, cfg.model)
+    nets.load_state_dict(payload["train_state"]["nets"])
+    cache = ContextCache(dims.contexts, dims.features, cfg.model.latent_dim, cfg.cache, dims.strata)
+    cache.load_state_dict(payload["cache"])
+    privacy = payload["privacy"]
+    model.ledger = (PrivacyLedger.from_state_dict(json.loads(privacy["ledger"])) if privacy is not None
+                    else PrivacyLedger.non_private())
+    model._finish(nets, cache, list(payload["history"]), seconds, rows)
+    if privacy is not None:  # the calibrated noise, steps taken, and whether training stopped early
+        model.meta["privacy"] = json.loads(privacy["report"])
+    steps = max(int(payload["steps"]), 1)
+    workers = json.loads(payload["workers"])
+    if len({round(w["params"], 6) for w in workers}) > 1:
+        log.warning("workers ended with different parameters: %s", workers)
+    model.meta["distributed"] = {
+        "workers": int(payload["world_size"]),
+        "nodes": len({w["node"] for w in workers}),
+        "worker_fingerprints": workers,
+        "merge_every": cfg.distributed.merge_every,
+        "resumed_from_epoch": int(payload.get("resumed_from", 0)),
+        # Rank 0's seconds in its last attempt: reading and encoding its shard, each epoch, the final pass.
+        "timing": json.loads(payload["timing"]),
+        # Payload one worker hands to all-reduce, per training step (the final pass included).
+        "bytes_per_step": {k: v / steps for k, v in json.loads(payload["bytes_sent"]).items()},
+        "collectives_per_step": {k: v / steps for k, v in json.loads(payload["calls"]).items()},
+        "comm_seconds_per_step": {k: v / steps for k, v in json.loads(payload.get("comm_seconds", "{}")).items()},
+        # Exact per-context counts are private data: a private model keeps the plan's shape only.
+        "plan": plan.public_summary() if cfg.private else plan.to_dict(),
+    }

@@ -1,0 +1,303 @@
+"""The per-worker train function that Ray Train runs: ``train_loop_per_worker(config)``.
+
+Each worker reads its shard (the rows of its contexts, routed by ``data.ContextRouting``), then
+runs the engine's ``train_step`` on it with three things attached (``sync``): gradients reduced
+before every optimizer step, loss-balancing norms averaged, and a ``ShardCache`` merged every
+``distributed.merge_every`` steps and at every epoch end. Every worker takes the same number of
+steps per epoch (that of one worker on the whole table), so collectives line up.
+
+Checkpoints (every epoch, written by rank 0 and reported with ``ray.train.report``): networks,
+the three optimizers, the loss balancer, the merged cache, the privacy state (ledger and
+accountant), every worker's RNG states, the epoch and the history. A restarted worker group
+(``FailureConfig(max_failures)``) loads all of it and replays from the next epoch: the ledger comes
+back with the steps it had counted, so the replayed steps are counted once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import secrets
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cadasg_dist.config import CADASGConfig
+from cadasg_dist.context.extractor import RuleContextExtractor
+from cadasg_dist.data.schema import Schema
+from cadasg_dist.data.transforms import DataTransformer
+from cadasg_dist.distributed.data import DATASET, read_shard
+from cadasg_dist.distributed.plan import ShardPlan
+from cadasg_dist.distributed.sync import Collectives, GradientSync, ShardCache, SyncedBalancer, sync_metrics
+from cadasg_dist.errors import ConfigError
+from cadasg_dist.model.networks import ModelDims
+from cadasg_dist.train.fit import final_cache_pass
+from cadasg_dist.train.step import Batch, TrainState, train_step
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything a worker needs, parsed from Ray's plain ``train_loop_config`` dict."""
+
+    cfg: CADASGConfig
+    schema: Schema
+    transformer: dict[str, Any]
+    context: dict[str, Any]
+    dims: ModelDims
+    plan: ShardPlan
+    total_rows: int
+    # The preprocessing releases of a private run (a PrivacyLedger state dict); None when not private.
+    ledger: dict[str, Any] | None = None
+    # Test hook: worker 1 exits at the end of this epoch once (a marker file makes it once only).
+    fail_at_epoch: int | None = None
+    fail_marker: str | None = None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.total_rows / self.cfg.train.batch_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cfg": self.cfg.to_dict(), "schema": self.schema.to_dict(), "transformer": self.transformer,
+                "context": self.context, "dims": self.dims.to_dict(), "plan": self.plan.to_dict(),
+                "total_rows": self.total_rows, "ledger": self.ledger, "fail_at_epoch": self.fail_at_epoch,
+                "fail_marker": self.fail_marker}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> WorkerConfig:
+        return cls(CADASGConfig.from_dict(raw["cfg"]), Schema.from_dict(raw["schema"]), raw["transformer"],
+                   raw["context"], ModelDims.from_dict(raw["dims"]), ShardPlan.from_dict(raw["plan"]),
+                   int(raw["total_rows"]), raw.get("ledger"), raw.get("fail_at_epoch"), raw.get("fail_marker"))
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    wc = WorkerConfig.from_dict(config)
+    import ray.train
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(wc.cfg.train.threads or 1)
+    start = time.perf_counter()
+    xs, cs = encode_shard(wc, read_shard(ray.train.get_dataset_shard(DATASET)), rank)
+    run = WorkerRun(wc, rank, world, local_rows=len(xs))
+    run.timing["load_s"] = time.perf_counter() - start
+    first = run.restore(ray.train.get_checkpoint())
+    for epoch in range(first, run.epochs):
+        metrics = run.epoch(xs, cs)
+        inject_failure(wc, epoch + 1, rank)
+        run.report(epoch + 1, metrics)
+    run.finish(xs, cs)
+
+
+def encode_shard(wc: WorkerConfig, df: pd.DataFrame, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, D) float32 features and (n,) context ids of this worker's rows."""
+    transformer = DataTransformer.from_dict(wc.schema, wc.transformer)
+    extractor = RuleContextExtractor.from_dict(wc.context, wc.schema)
+    # Tie spreading is noise too: secret in a private run, as in the engine's private fit.
+    seed = secrets.randbits(63) if wc.cfg.private else wc.cfg.train.seed + rank
+    x = transformer.encode(df, seed=seed)
+    ids = extractor.ids(df)
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(ids.astype(np.int64))
+
+
+def worker_seed(seed: int, rank: int) -> int:
+    """Rank 0 keeps the run's seed (one worker trains like ``fit_local``); others get distinct streams
+    so that their noise shares are independent."""
+    return seed if rank == 0 else int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+
+
+class WorkerRun:
+    """One worker's training state and the steps it takes (epochs, checkpoints, the final pass)."""
+
+    def __init__(self, wc: WorkerConfig, rank: int, world: int, local_rows: int) -> None:
+        self.wc, self.rank, self.world, self.local_rows = wc, rank, world, local_rows
+        cfg = wc.cfg
+        self.comm = Collectives(world)
+        seed: int | None = worker_seed(cfg.train.seed, rank)
+        self.privacy: Any = None  # a private.ShardPrivacy when training is private
+        self.hidden_metrics: tuple[str, ...] = ()
+        if cfg.private:
+            from cadasg_dist.distributed.private import REAL_ROW_METRICS, ShardPrivacy
+
+            self.hidden_metrics = REAL_ROW_METRICS  # computed on real rows: never reported
+            self.privacy = ShardPrivacy(cfg, wc.dims, wc.ledger or {}, n_rows=wc.total_rows, local_rows=local_rows,
+                                        world=world, comm=self.comm, n_cells=wc.dims.contexts * wc.dims.strata)
+            cfg = self.privacy.run_cfg  # the cache noise calibrated for the run
+            seed = None  # the generator below draws the cache's noise: secret
+        else:
+            self.check_shard(local_rows)
+        self.cfg = cfg
+        # Identical networks on every worker (same seed), then per-worker sampling and noise streams.
+        self.state = TrainState.create(wc.dims, cfg)
+        self.state.generator.manual_seed(secrets.randbits(63) if seed is None else seed)
+        self.epochs = self.privacy.epochs if self.privacy is not None else cfg.train.epochs
+        self.state.balancer = SyncedBalancer(cfg.loss, self.comm)
+        self.state.dp = self.privacy.dp if self.privacy is not None else None
+        self.grad_sync = GradientSync(self.state, self.comm)
+        self.cache = ShardCache(wc.dims.contexts, wc.dims.features, cfg.model.latent_dim, cfg.cache, wc.dims.strata,
+                                world_size=world, private=cfg.private)
+        self.rng = np.random.default_rng(seed)  # shuffling (not used by a private run's Poisson batches)
+        self.history: list[dict[str, float]] = []
+        self.resumed_from = 0  # the epoch of the checkpoint this worker group restarted from (0 = fresh)
+        self.first_step = 0
+        self.timing: dict[str, Any] = {"load_s": 0.0, "epoch_s": [], "final_pass_s": 0.0}  # this attempt's
+
+    def check_shard(self, rows: int) -> None:
+        steps = self.wc.steps_per_epoch
+        if rows < steps:
+            raise ConfigError(f"worker {self.rank} holds {rows} rows but an epoch has {steps} steps: "
+                              f"use fewer workers or a larger train.batch_size")
+
+    # --- training -----------------------------------------------------------------------------
+    def batches(self, xs: torch.Tensor, cs: torch.Tensor) -> Iterator[Batch]:
+        """One epoch: shuffled slices of this shard (as many as one worker would take on the whole
+        table), or, when private, Poisson batches at the global sample rate."""
+        if self.privacy is not None:
+            yield from self.privacy.batches(xs, cs)
+            return
+        for idx in np.array_split(self.rng.permutation(len(xs)), self.wc.steps_per_epoch):
+            yield Batch(xs[idx], cs[idx])
+
+    def epoch(self, xs: torch.Tensor, cs: torch.Tensor) -> dict[str, float]:
+        start = time.perf_counter()
+        try:
+            return self._epoch(xs, cs)
+        finally:
+            self.timing["epoch_s"].append(time.perf_counter() - start)
+
+    def _epoch(self, xs: torch.Tensor, cs: torch.Tensor) -> dict[str, float]:
+        every = self.wc.cfg.distributed.merge_every
+        sums: dict[str, float] = {}
+        done = 0
+        for batch in self.batches(xs, cs):
+            metrics = train_step(self.cfg, self.state, batch, self.cache)
+            done += 1
+            if self.state.step % every == 0:
+                self.cache.sync(self.comm)
+            for k, v in metrics.items():
+                if k not in self.hidden_metrics:
+                    sums[k] = sums.get(k, 0.0) + v
+        if self.cache.pending_updates:
+            self.cache.sync(self.comm)  # epoch end: a checkpoint holds merged statistics only
+        if not done:  # a private run out of budget: every worker stops at the same step
+            return {}
+        means = sync_metrics({k: v / done for k, v in sums.items()}, self.comm)
+        self.history.append({"epoch": len(self.history) + 1, **means})
+        return means
+
+    def finish(self, xs: torch.Tensor, cs: torch.Tensor) -> None:
+        """Final cache pass over every worker's rows (one merged noisy release), then the final report."""
+        start = time.perf_counter()
+        if self.cfg.cache.final_pass:
+            if self.privacy is not None and self.privacy.final_cache is not None:
+                self.cache.config = self.privacy.final_cache  # its own share of the budget
+            final_cache_pass(self.cfg, self.state, self.cache, xs, cs)  # the ShardCache noises 1/N
+            self.cache.sync(self.comm)
+            self.cache.config = self.cfg.cache
+            if self.privacy is not None:
+                self.privacy.dp.account_final()
+        self.timing["final_pass_s"] = time.perf_counter() - start
+        self.report(self.epochs, self.history[-1] if self.history else {}, final=True)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Where this worker ran and a digest of its parameters (equal on every worker when in sync)."""
+        import ray
+
+        params = [p.detach().double() for p in self.state.nets.parameters()]
+        digest = sum(float(p.sum()) + float(p.pow(2).sum()) for p in params)
+        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+        return {"rank": self.rank, "node": node, "params": digest, "rows": self.local_rows}
+
+    # --- checkpoints --------------------------------------------------------------------------
+    def payload(self, epoch: int) -> dict[str, Any]:
+        # A private run's streams are noise: secret, never written to a checkpoint (restarts draw anew).
+        rngs = self._gather(None if self.privacy is not None else
+                            {"torch": self.state.generator.get_state(),
+                             "numpy": json.dumps(self.rng.bit_generator.state)})
+        return {"epoch": epoch, "world_size": self.world, "train_state": self.state.state_dict(),
+                "cache": self.cache.merged_cache().state_dict(), "history": self.history, "rngs": rngs,
+                "privacy": self.privacy.state_dict() if self.privacy is not None else None,
+                "plan": json.dumps(self.wc.plan.to_dict()), "resumed_from": self.resumed_from,
+                # Steps of this attempt (the byte counts below restart with a restarted worker).
+                "steps": self.state.step - self.first_step, "timing": json.dumps(self.timing),
+                "bytes_sent": json.dumps(self.comm.bytes_sent),
+                "calls": json.dumps(self.comm.calls), "comm_seconds": json.dumps(self.comm.seconds),
+                "workers": json.dumps(self._gather(self.fingerprint()))}
+
+    def report(self, epoch: int, metrics: dict[str, float], final: bool = False) -> None:
+        import ray.train
+        from ray.train import Checkpoint
+
+        payload = self.payload(epoch)  # every rank takes part in gathering the RNG states
+        out = {**metrics, "epoch": epoch, "final": final}
+        if self.rank != 0:
+            ray.train.report(out)
+            return
+        path = Path(tempfile.mkdtemp(prefix="cadasg-ckpt-"))
+        torch.save(payload, path / STATE_FILE)
+        ray.train.report(out, checkpoint=Checkpoint.from_directory(str(path)),
+                         checkpoint_dir_name=f"{'final' if final else 'epoch'}_{epoch:05d}",
+                         delete_local_checkpoint_after_upload=True)
+
+    def restore(self, checkpoint: Any) -> int:
+        """Load the last checkpoint if the group was restarted; returns the first epoch to run."""
+        if checkpoint is None:
+            return 0
+        with checkpoint.as_directory() as d:
+            payload = load_payload(Path(d))
+        self.state.load_state_dict(payload["train_state"])
+        self.cache.load_merged(payload["cache"])
+        self.history = list(payload["history"])
+        rngs = payload["rngs"]
+        mine = rngs[self.rank] if len(rngs) == self.world else None  # a resized group keeps fresh streams
+        if mine is not None:
+            self.state.generator.set_state(mine["torch"])
+            self.rng.bit_generator.state = json.loads(mine["numpy"])
+        if self.privacy is not None:
+            self.privacy.load(payload["privacy"], self.cache)
+        log.info("worker %d resumed at epoch %d", self.rank, payload["epoch"])
+        self.resumed_from = int(payload["epoch"])
+        self.first_step = self.state.step
+        return self.resumed_from
+
+    def _gather(self, obj: Any) -> list[Any]:
+        if self.world == 1:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+
+def load_payload(path: Path) -> dict[str, Any]:
+    return torch.load(path / STATE_FILE, weights_only=True)
+
+
+def inject_failure(wc: WorkerConfig, epoch: int, rank: int) -> None:
+    """Test hook: kill worker 1's process at the end of ``fail_at_epoch``, once."""
+    if wc.fail_at_epoch is None or epoch != wc.fail_at_epoch or rank != min(1, wc.plan.num_workers - 1):
+        return
+    marker = Path(wc.fail_marker or "")
+    if not wc.fail_marker or marker.exists():
+        return
+    import ray.train
+
+    # The controller registers reported checkpoints asynchronously; crash once the last one is in, as
+    # a real failure an epoch after a checkpoint would (a crash sooner restarts from an earlier one).
+    ray.train.get_all_reported_checkpoints()
+    marker.write_text(f"killed at epoch {epoch}\n")
+    log.warning("fault injection: worker %d exits at epoch %d", rank, epoch)
+    os._exit(1)
