@@ -216,11 +216,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
 
-    from cadasg_dist import federated_command, serve_command, tune_command
-    from cadasg_dist.evaluate import command as evaluate_command
+    try:
+        from cadasg_dist.evaluate import command as evaluate_command
 
-    for command in (evaluate_command, serve_command, federated_command, tune_command):
-        command.add_parser(sub)
+        evaluate_command.add_parser(sub)
+    except ImportError:  # the evaluate extra is optional at import time
+        pass
     return parser
 
 
