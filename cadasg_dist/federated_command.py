@@ -12,6 +12,7 @@ config's value or the dataclass default. See docs/federated.md.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import sys
 from pathlib import Path
@@ -97,9 +98,23 @@ def build_configs(args: argparse.Namespace) -> tuple[Any, Any]:
     return (cfg.replace(**dotted) if dotted else cfg), (fed.replace(**fed_values) if fed_values else fed)
 
 
+def _setup_logging() -> None:
+    """One line per round from the library; Flower's own console handler only (without this, a
+    root handler installed by an imported package prints every Flower line twice)."""
+    lib = logging.getLogger("cadasg_dist")
+    lib.setLevel(logging.INFO)
+    if not lib.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("cadasg: %(message)s"))
+        lib.addHandler(handler)
+        lib.propagate = False
+    logging.getLogger("flwr").propagate = False
+
+
 def run(args: argparse.Namespace) -> int:
     from cadasg_dist.federation.simulation import prepare_run, run_simulation
 
+    _setup_logging()
     cfg, fed = build_configs(args)
     if cfg.target is None:
         raise CADASGError("--target is required: the column whose relationship to the others must be kept")

@@ -79,12 +79,31 @@ def prepare_run(cfg: CADASGConfig, fed: FederatedConfig, *, data: str | Path | N
                           out=Path(out) if out else None)
 
 
+def resolve_path(value: str | Path) -> Path:
+    """A run-config path: absolute as is; relative against the working directory, then the app's
+    root (where ``federated/`` is), then the installed library's project root."""
+    p = Path(value)
+    if p.is_absolute():
+        return p
+    import cadasg_dist
+    import federated
+
+    roots = (Path.cwd(), Path(federated.__file__).resolve().parents[1], Path(cadasg_dist.__file__).resolve().parents[1])
+    for root in roots:
+        if (root / p).exists():
+            return root / p
+    raise ConfigError(f"{value} not found in {', '.join(str(r) for r in roots)}")
+
+
 def settings_from_run_config(run_config: dict[str, Any]) -> ServerSettings:
     """``ServerSettings`` from a Flower run config (``flwr run . --run-config 'k=v ...'``).
 
     Empty strings mean "not given": every default comes from the config dataclasses.
     """
     rc = {k: v for k, v in run_config.items() if v != ""}
+    for key in ("config", "data", "silos", "plan"):
+        if key in rc:
+            rc[key] = str(resolve_path(rc[key]))
     cfg, fed = load_configs(rc.get("config"))
     overrides = {field: rc[key] for key, field in RUN_CONFIG_FEDERATED.items() if key in rc}
     if overrides:
@@ -96,8 +115,6 @@ def settings_from_run_config(run_config: dict[str, Any]) -> ServerSettings:
         dotted["context.columns"] = [c.strip() for c in str(rc["context"]).split(",") if c.strip()]
     if "epsilon" in rc:
         dotted["privacy.epsilon"] = rc["epsilon"]
-    if "epochs-per-round" in rc:
-        dotted["train.epochs"] = rc["epochs-per-round"]
     if dotted:
         cfg = cfg.replace(**dotted)
     out = rc.get("out")

@@ -1,0 +1,246 @@
+"""Deployment mode on one machine: a SuperLink and one SuperNode per silo as real processes, TLS on.
+
+    python federated/deploy.py DATA --silo-column COL --config FILE --out DIR [--rounds R]
+    python federated/deploy.py --silos DIR_OF_FILES --config FILE --out DIR
+
+What it does (docs/federated.md has the same recipe as shell commands):
+
+1. generates a CA and a server certificate for 127.0.0.1/localhost (``WORKDIR/certs``);
+2. gives each silo its own file (``WORKDIR/silos/NAME.parquet``, or the files of ``--silos``);
+3. builds the public federation plan (``WORKDIR/plan.json``; see cadasg_dist/federation/plan.py
+   for what it reads and its privacy caveat);
+4. starts ``flower-superlink`` with ``--ssl-ca-certfile/--ssl-certfile/--ssl-keyfile`` on an
+   explicit port (flwr 1.41 serves everything over HTTP on 127.0.0.1:8000 by default, Ray Serve's
+   port too), and one ``flower-supernode`` per silo with ``--root-certificates`` and
+   ``--node-config "data-path=... silo-name=... partition-id=..."``: each reads only its own file;
+5. runs the app with ``flwr run`` against that SuperLink (a connection in a private FLWR_HOME),
+   waits for the artifact, and stops every process it started.
+
+Every process gets its own FLWR_HOME under WORKDIR, so nothing touches ~/.flwr. Logs are in
+WORKDIR/logs. Exit code 0 when the model was written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import ipaddress
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def generate_certificates(out: Path) -> tuple[Path, Path, Path]:
+    """(ca.crt, server.pem, server.key): a throwaway CA and a server certificate for 127.0.0.1."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    out.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("cadasg-deploy-ca")).issuer_name(name("cadasg-deploy-ca"))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans = x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    cert = (x509.CertificateBuilder().subject_name(name("127.0.0.1")).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=2))
+            .add_extension(sans, critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(ca_key, hashes.SHA256()))
+    paths = out / "ca.crt", out / "server.pem", out / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    paths[2].chmod(0o600)
+    return paths
+
+
+def silo_files(args: argparse.Namespace, workdir: Path) -> list[tuple[str, Path]]:
+    """(name, file) per silo; a table split by a column is written out one file per silo."""
+    from cadasg_dist.data.io import read_table
+
+    if args.silos:
+        files = sorted(p for p in Path(args.silos).iterdir() if p.suffix.lower() in (".csv", ".parquet"))
+        return [(p.stem, p.resolve()) for p in files]
+    df = read_table(args.data)
+    out = workdir / "silos"
+    out.mkdir(parents=True, exist_ok=True)
+    silos = []
+    for value in sorted(df[args.silo_column].astype(str).unique()):
+        path = out / f"{value}.parquet"
+        df[df[args.silo_column].astype(str) == value].reset_index(drop=True).to_parquet(path)
+        silos.append((value, path))
+    return silos
+
+
+def build_plan_file(args: argparse.Namespace, silos: list[tuple[str, Path]], workdir: Path) -> Path:
+    from cadasg_dist.federated_command import build_configs
+    from cadasg_dist.federation.simulation import prepare_run
+
+    cfg, fed = build_configs(args)
+    settings = prepare_run(cfg, fed, silos_dir=silos[0][1].parent)
+    path = workdir / "plan.json"
+    path.write_text(settings.plan.to_json())
+    return path
+
+
+class Processes:
+    """The processes this script started, each in its own session; stopped by their ids."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+        log = open(self.logs / f"{name}.log", "w")  # noqa: SIM115 (closed with the process)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
+        self.procs.append((name, proc))
+        return proc
+
+    def check(self) -> None:
+        for name, proc in self.procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with code {proc.returncode}; see {self.logs / (name + '.log')}")
+
+    def stop(self) -> None:
+        for _, proc in reversed(self.procs):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for _, proc in self.procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def home(workdir: Path, name: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["FLWR_HOME"] = str(workdir / "homes" / name)
+    Path(env["FLWR_HOME"]).mkdir(parents=True, exist_ok=True)
+    return env
+
+
+def wait_for_port(port: int, timeout: float) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.3)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:g}s")
+
+
+def run_config(args: argparse.Namespace, plan: Path, n_silos: int) -> str:
+    values = {"plan": str(plan), "num-silos": n_silos, "out": str(Path(args.out).resolve()), "data": "",
+              "silo-column": "", "silos": "", "config": str(Path(args.config).resolve()) if args.config else ""}
+    if args.rounds is not None:
+        values["rounds"] = args.rounds
+    if args.secagg is not None:
+        values["secagg"] = args.secagg
+    if args.inject_failure:
+        values["inject-failure"] = args.inject_failure
+    return " ".join(f"{k}={_toml(v)}" for k, v in values.items())
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return f"'{value}'"
+
+
+def deploy(args: argparse.Namespace) -> int:
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="cadasg-deploy-")).resolve()
+    (workdir / "logs").mkdir(parents=True, exist_ok=True)
+    ca, cert, key = generate_certificates(workdir / "certs")
+    silos = silo_files(args, workdir)
+    plan = build_plan_file(args, silos, workdir)
+    procs = Processes(workdir / "logs")
+    try:
+        procs.start("superlink", [str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(ca), "--ssl-certfile",
+                                  str(cert), "--ssl-keyfile", str(key), "--host", "127.0.0.1", "--port",
+                                  str(args.port), "--isolation", "subprocess",
+                                  "--disable-runtime-dependency-installation"], home(workdir, "superlink"))
+        wait_for_port(args.port, 60)
+        for i, (name, path) in enumerate(silos):
+            node_config = f"data-path='{path}' silo-name='{name}' partition-id={i}"
+            procs.start(f"supernode-{name}", [str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{args.port}",
+                                              "--root-certificates", str(ca), "--node-config", node_config,
+                                              "--host", "127.0.0.1", "--port", str(args.node_port + i),
+                                              "--isolation", "subprocess"], home(workdir, f"node-{i}"))
+        env = home(workdir, "cli")
+        (Path(env["FLWR_HOME"]) / "config.toml").write_text(
+            f'[superlink]\ndefault = "cadasg"\n\n[superlink.cadasg]\naddress = "127.0.0.1:{args.port}"\n'
+            f'root-certificates = "{ca}"\n')
+        time.sleep(1.0)
+        procs.check()
+        print(f"SuperLink on 127.0.0.1:{args.port} (TLS), {len(silos)} SuperNodes; workdir {workdir}", flush=True)
+        cmd = [str(BIN / "flwr"), "run", str(ROOT), "cadasg", "--stream", "--run-config",
+               run_config(args, plan, len(silos))]
+        run = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=args.timeout)
+        (workdir / "logs" / "flwr-run.log").write_text(run.stdout + run.stderr)
+        done = (Path(args.out) / "meta.json").exists()
+        if run.returncode != 0 or not done:
+            print(f"deployment run failed (flwr run exit {run.returncode}); logs in {workdir / 'logs'}",
+                  file=sys.stderr)
+            print((run.stdout + run.stderr)[-3000:], file=sys.stderr)
+            return 1
+        print(f"model written to {args.out}")
+        return 0
+    finally:
+        procs.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data", nargs="?")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--silo-column")
+    where.add_argument("--silos", metavar="DIR")
+    p.add_argument("--config", help="YAML run config (with its federated: section)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--rounds", type=int)
+    p.add_argument("--secagg", dest="secagg", action="store_true", default=None)
+    p.add_argument("--no-secagg", dest="secagg", action="store_false")
+    p.add_argument("--inject-failure", help="testing: SILO:ROUND:raise|hang")
+    p.add_argument("--workdir", help="certificates, silo files, plan, logs (default: a new temporary dir)")
+    p.add_argument("--port", type=int, default=19091, help="SuperLink port (HTTP API, TLS)")
+    p.add_argument("--node-port", type=int, default=19191, help="first SuperNode runtime port (one per silo)")
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds for the whole run")
+    args = p.parse_args(argv)
+    # build_configs reads these attributes of `cadasg federated`'s parser
+    for name in ("target", "context", "epsilon", "delta", "privacy_unit", "seed", "local_epochs", "strategy",
+                 "proximal_mu", "min_clients", "round_timeout"):
+        setattr(args, name, None)
+    args.set = [f"federated.inject_failure={args.inject_failure}"] if args.inject_failure else []
+    if args.silo_column and not args.data:
+        p.error("--silo-column needs DATA")
+    return deploy(args)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    sys.exit(main())

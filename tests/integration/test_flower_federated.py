@@ -1,0 +1,131 @@
+"""Federated runs on Flower's runtimes: the simulation engine (Ray) and deployment mode (TLS).
+
+The simulation runs ``cadasg federated`` in a subprocess joined to the session's Ray cluster
+(``ray_session``): Flower's Ray backend calls ``ray.shutdown()`` when a run ends, which in a
+subprocess only disconnects that driver and leaves the session's Ray alone. Tiny models.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SILOS = ("s1", "s2", "s3")
+CONFIG = """
+target: label
+context: {columns: [group]}
+data:
+  columns:
+    group: {categories: [a, b, rare]}
+    label: {categories: ["no", "yes"]}
+    site: {kind: identifier}
+model: {latent_dim: 4, hidden: [32], critic_hidden: [32], utility_hidden: [16]}
+train: {batch_size: 128, seed: 0}
+federated: {rounds: 2, local_epochs: 1, schema_epsilon: 10.0, round_timeout: 120, secagg_max_weight: 1000}
+"""
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def silo_inputs(mixed_table, tmp_path_factory):
+    """Three non-IID silos: s1 mostly group 'a', s2 mostly 'b', s3 every 'rare' row and only those."""
+    rng = np.random.default_rng(1)
+    df = mixed_table.copy()
+    major = np.where(df["group"] == "a", "s1", "s2")
+    minor = np.where(df["group"] == "a", "s2", "s1")
+    df["site"] = np.where(df["group"] == "rare", "s3", np.where(rng.random(len(df)) < 0.8, major, minor))
+    d = tmp_path_factory.mktemp("flower")
+    df.to_parquet(d / "table.parquet")
+    (d / "tiny.yaml").write_text(CONFIG)
+    return d, df
+
+
+def cadasg_federated(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "cadasg_dist.federated_command", *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-6000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def simulated(silo_inputs, ray_session):
+    """ONE simulation for the two tests below (each costs ~40 s of Ray actors starting and importing
+    torch): 3 non-IID silos, DP (epsilon 20 per silo), SecAgg+, 3 rounds, silo index 1 ('s2')
+    failing in round 2."""
+    from cadasg_dist.synthesizer import CADASG
+
+    d, df = silo_inputs
+    out = d / "model-dp"
+    run = cadasg_federated([str(d / "table.parquet"), "--silo-column", "site", "--config", str(d / "tiny.yaml"),
+                            "--epsilon", "20", "--secagg", "--rounds", "3",
+                            "--set", "federated.inject_failure=1:2:raise",
+                            "--ray-address", ray_session.get_runtime_context().gcs_address, "--out", str(out)])
+    return CADASG.load(out), run, df
+
+
+def _train_steps(ledger_state: dict) -> int:
+    return sum(m["steps"] for m in ledger_state["mechanisms"] if m["name"].startswith("train_step"))
+
+
+def test_simulation_three_non_iid_silos_dp_secagg(simulated):
+    model, _, df = simulated
+    meta = model.meta["federated"]
+    assert meta["secagg"] and set(meta["silos"]) == set(SILOS)
+    # one ledger per silo, spanning every round; the model carries the worst one
+    for name, state in meta["silo_ledgers"].items():
+        names = [m["name"] for m in state["mechanisms"]]
+        assert names[0].startswith("preprocess/") and names[-1] == "cache/final", name
+        assert 0 < meta["silos"][name]["epsilon"] <= 20.0
+    assert model.ledger.private and model.epsilon == max(s["epsilon"] for s in meta["silos"].values())
+    # the 'rare' context lives in silo s3 only, and survives into the global cache
+    rare = int(model.extractor.resolve({"group": "rare"})[0])
+    assert model.cache.counts()[rare] > 0
+    rows = model.sample(40, context={"group": "rare"}, seed=3)
+    assert set(rows["group"]) == {"rare"} and list(rows.columns) == [c for c in df.columns if c != "site"]
+
+
+def test_simulation_survives_a_dropout(simulated):
+    model, run, _ = simulated
+    meta = model.meta["federated"]
+    rounds = meta["rounds"]
+    assert [r["replied"] for r in rounds] == [3, 2, 3, 3]  # 3 training rounds, then the final cache
+    assert all(r["aggregated"] for r in rounds) and rounds[1]["dropped"] == 1
+    assert "dropped out of SecAgg+" in rounds[1]["failures"][0]
+    assert "1 silo dropouts" in run.stdout
+    # s2 released nothing in round 2, so its ledger holds two rounds of steps, s1's three
+    steps = {name: _train_steps(state) for name, state in meta["silo_ledgers"].items()}
+    s1_per_round = steps["s1"] / 3
+    assert steps["s2"] < steps["s1"] and abs(steps["s2"] / 2 - rounds[0]["silos"]["s2"]["steps"]) < 1e-9
+    assert s1_per_round == rounds[0]["silos"]["s1"]["steps"]
+
+
+def test_deployment_superlink_and_three_supernodes_with_tls(silo_inputs, tmp_path):
+    """``federated/deploy.py``: certificates, a SuperLink, one SuperNode per silo, ``flwr run``."""
+    from cadasg_dist.synthesizer import CADASG
+
+    d, _ = silo_inputs
+    out = tmp_path / "deployed"
+    cmd = [sys.executable, str(ROOT / "federated" / "deploy.py"), str(d / "table.parquet"), "--silo-column", "site",
+           "--config", str(d / "tiny.yaml"), "--rounds", "1", "--no-secagg", "--out", str(out),
+           "--workdir", str(tmp_path / "work"), "--port", "19391", "--node-port", "19491", "--timeout", "420"]
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=480)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    certs = tmp_path / "work" / "certs"
+    assert {"ca.crt", "server.pem", "server.key"} <= {p.name for p in certs.iterdir()}
+    link_log = (tmp_path / "work" / "logs" / "superlink.log").read_text()
+    assert "Push replies" in link_log
+    model = CADASG.load(out)
+    meta = model.meta["federated"]
+    assert set(meta["silos"]) == set(SILOS) and [r["replied"] for r in meta["rounds"]] == [3, 3]
+    plan = json.loads((tmp_path / "work" / "plan.json").read_text())
+    assert plan["format"] == "cadasg-federation-plan"
+    assert len(model.sample(20, context={"group": "rare"})) == 20
