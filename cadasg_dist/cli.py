@@ -216,12 +216,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
 
-    try:
-        from cadasg_dist.evaluate import command as evaluate_command
+    from cadasg_dist import federated_command, serve_command
+    from cadasg_dist.evaluate import command as evaluate_command
 
-        evaluate_command.add_parser(sub)
-    except ImportError:  # the evaluate extra is optional at import time
-        pass
+    for command in (evaluate_command, serve_command, federated_command):
+        command.add_parser(sub)
     return parser
 
 

@@ -6,18 +6,25 @@ release, and using its numbers to select models spends privacy the ledger does n
 Metric definitions: docs/metrics.md.
 """
 
-from cadasg_dist.evaluate.evaluation import evaluate
-from cadasg_dist.evaluate.report import write_report
-from cadasg_dist.evaluate.result import (
-    ContextFidelity,
-    ContextRow,
-    ContextUtility,
-    EvaluationResult,
-    FidelityResult,
-    PrivacyResult,
-    TargetRate,
-    UtilityResult,
-)
+from typing import Any
 
 __all__ = ["ContextFidelity", "ContextRow", "ContextUtility", "EvaluationResult", "FidelityResult",
            "PrivacyResult", "TargetRate", "UtilityResult", "evaluate", "write_report"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: scikit-learn and matplotlib take seconds to import, and `cadasg --help` or a CLI user
+    # error should not wait for them.
+    if name == "evaluate":
+        from cadasg_dist.evaluate.evaluation import evaluate
+
+        return evaluate
+    if name == "write_report":
+        from cadasg_dist.evaluate.report import write_report
+
+        return write_report
+    if name in __all__:
+        from cadasg_dist.evaluate import result
+
+        return getattr(result, name)
+    raise AttributeError(name)

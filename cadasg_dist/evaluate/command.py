@@ -11,14 +11,14 @@ import argparse
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cadasg_dist.data.io import read_table
 from cadasg_dist.data.schema import Schema
 from cadasg_dist.errors import ArtifactError
-from cadasg_dist.evaluate.evaluation import evaluate
-from cadasg_dist.evaluate.report import write_report
-from cadasg_dist.evaluate.result import EvaluationResult
+
+if TYPE_CHECKING:
+    from cadasg_dist.evaluate.result import EvaluationResult
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -42,6 +42,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run the subcommand; prints a short summary and the report path, returns 0."""
+    from cadasg_dist.evaluate.evaluation import evaluate
+    from cadasg_dist.evaluate.report import write_report
+
     real = read_table(args.real)
     synthetic = read_table(args.synthetic)
     train = read_table(args.train) if args.train else None
