@@ -6,7 +6,9 @@ context-share TV, target class rates). Baseline *quality* comes from the cache w
 ``bench/baselines.py`` (CTGAN at 300 epochs takes minutes per table here); baseline *speed* is
 measured in this run by ``baselines.py --epochs-probe`` (a few CTGAN epochs, extrapolated to 300,
 plus a 100k-row sample), so fit and sampling speed are compared as ratios taken side by side.
-Any other cached generator (``baselines.py --command ... --name X``) joins with ``--extra X``.
+Any other generator joins as a shell command template (``--command 'python gen.py {train} {out}'
+--name X``: train CSV in, synthetic CSV out), run and cached by ``baselines.py``, or, once cached,
+with ``--extra X``.
 
     .venv/bin/python bench/engine.py --tables all --seed 0
     .venv/bin/python bench/engine.py --tables MedExp --epochs 20 --no-probe   # quick look
@@ -183,10 +185,20 @@ def main() -> int:
     p.add_argument("--epochs", type=int, help="override CA-DASG's default epochs")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="CA-DASG config override")
     p.add_argument("--extra", nargs="*", default=[], help="other cached generators to include")
+    p.add_argument("--command", metavar="TEMPLATE",
+                   help="one more generator as a shell command: {train} CSV in, {out} CSV out ({rows}, {seed})")
+    p.add_argument("--name", help="name of the --command generator (its cache folder and table row)")
     p.add_argument("--probe-epochs", type=int, default=3)
     p.add_argument("--no-probe", dest="probe", action="store_false", help="skip the CTGAN speed probe")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = p.parse_args()
+    if args.command:
+        if not args.name:
+            p.error("--command needs --name")
+        cmd = [sys.executable, str(ROOT / "bench" / "baselines.py"), "--tables", args.tables, "--command",
+               args.command, "--name", args.name, "--seed", str(args.seed)]
+        subprocess.run(cmd, cwd=ROOT, check=True)  # fits and caches it like the SDV baselines
+        args.extra = [*args.extra, args.name]
     rows = [r for t in resolve_tables(args.tables) for r in run_table(t, args)]
     text = render(rows)
     print(text)
