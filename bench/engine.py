@@ -32,7 +32,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.splits import TABLES, load_table, resolve_tables, split  # noqa: E402
+from bench.splits import load_table, resolve_tables, split  # noqa: E402
 from cadasg_dist.config import CADASGConfig, ContextConfig, TrainConfig  # noqa: E402
 from cadasg_dist.evaluate import evaluate  # noqa: E402
 from cadasg_dist.synthesizer import CADASG  # noqa: E402
