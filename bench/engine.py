@@ -160,7 +160,8 @@ def fmt(v, digits=3) -> str:
 
 
 def render(rows: list[dict]) -> str:
-    cols = ["table", "model", "utility_metric", "utility_real", "utility_synthetic", "utility_ratio", "column_shape", "pair_trend", "context_min", "context_tv_vs_train",
+    cols = ["table", "model", "utility_metric", "utility_real", "utility_synthetic", "utility_ratio", "column_shape",
+            "pair_trend", "context_min", "context_tv_vs_train",
             "target_rate_max_rel_err", "exact_match", "fit_s", "sample_rows_s"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]

@@ -168,7 +168,8 @@ class RuleContextExtractor(ContextExtractor):
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": "rule", "columns": list(self.columns),
-                "bands": {k: list(v) for k, v in self.config.bands.items()}, "periods": dict(self.config.periods), "domain": [list(k) for k in self.domain],
+                "bands": {k: list(v) for k, v in self.config.bands.items()}, "periods": dict(self.config.periods),
+                "domain": [list(k) for k in self.domain],
                 "domain_source": self.domain_source}
 
     @classmethod

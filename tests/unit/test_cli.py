@@ -27,7 +27,8 @@ def _error(capsys, argv):
 def test_train_and_sample_errors(capsys, tmp_path, table):
     out = tmp_path / "model"
     assert "not found" in _error(capsys, ["train", str(tmp_path / "nope.csv"), "--target", "label", "--out", str(out)])
-    assert "unknown target column 'nope'" in _error(capsys, ["train", str(table), "--target", "nope", "--out", str(out)])
+    assert "unknown target column 'nope'" in _error(
+        capsys, ["train", str(table), "--target", "nope", "--out", str(out)])
     assert "unknown context column 'zz'" in _error(
         capsys, ["train", str(table), "--target", "label", "--context", "zz", "--out", str(out)])
     assert "--target is required" in _error(capsys, ["train", str(table), "--out", str(out)])
