@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -101,10 +102,20 @@ def load_silo_frame(source: dict[str, Any]) -> pd.DataFrame:
     return df
 
 
-def silo_data(job: RoundJob, source: dict[str, Any]) -> SiloData:
-    key = (job.plan_digest, json.dumps(source, sort_keys=True))
+def encode_seed(job: RoundJob, context: Context) -> int:
+    """The seed of the silo's encoding (rows kept per unit, tie spreading): drawn once and kept in
+    the silo's state, so every round (possibly a fresh process) trains on the same encoded rows;
+    secret (OS entropy) in a private run."""
+    saved = context.state.config_records.get(STATE_KEY)
+    if saved is not None:
+        return int(saved["encode-seed"])
+    return secrets.randbits(62) if job.plan.config.private else job.plan.config.train.seed
+
+
+def silo_data(job: RoundJob, source: dict[str, Any], seed: int) -> SiloData:
+    key = (job.plan_digest, json.dumps(source, sort_keys=True), seed)
     if key not in _SILOS:  # a simulation actor serves several silos over a run: keep each encoded once
-        _SILOS[key] = encode_silo(job.plan, load_silo_frame(source))
+        _SILOS[key] = encode_silo(job.plan, load_silo_frame(source), seed)
     return _SILOS[key]
 
 
@@ -116,9 +127,9 @@ def open_trainer(job: RoundJob, context: Context, index: int, data: SiloData) ->
                                blob=bytes(saved["trainer"]))
 
 
-def save_trainer(trainer: SiloTrainer, context: Context) -> None:
+def save_trainer(trainer: SiloTrainer, context: Context, seed: int) -> None:
     ledger, blob = trainer.snapshot()
-    context.state.config_records[STATE_KEY] = ConfigRecord({"ledger": ledger, "trainer": blob})
+    context.state.config_records[STATE_KEY] = ConfigRecord({"ledger": ledger, "trainer": blob, "encode-seed": seed})
 
 
 def maybe_fail(job: RoundJob, index: int) -> None:
@@ -135,14 +146,15 @@ def run_job(job: RoundJob, context: Context, arrays: dict[str, torch.Tensor]) ->
     """Do the round's work; returns (trainer, silo name, report or None, cache statistics)."""
     index, name, source = silo_identity(job, context.node_config)
     maybe_fail(job, index)
-    data = silo_data(job, source)
+    seed = encode_seed(job, context)
+    data = silo_data(job, source, seed)
     trainer = open_trainer(job, context, index, data)
     if job.phase == "train":
         report = trainer.train_round(arrays, job.proximal_mu)
         stats = trainer.cache.stats
     else:
         report, stats = None, trainer.final_release(arrays)
-    save_trainer(trainer, context)
+    save_trainer(trainer, context, seed)
     return trainer, name, report, stats
 
 

@@ -146,24 +146,28 @@ class SiloData:
         return self.n_rows if self.units is None else int(self.units.max()) + 1
 
 
-def encode_silo(plan: FederationPlan, df: pd.DataFrame) -> SiloData:
+def encode_silo(plan: FederationPlan, df: pd.DataFrame, seed: int | None = None) -> SiloData:
     """Cap rows per privacy unit, conform the rows to the plan and encode them.
 
     Each row is changed (clipped to the plan's bounds) or dropped (a missing value where the plan
     has no missing slot) on its own, from public quantities only, so this costs no budget.
+    ``seed`` drives the rows kept per unit and the tie spreading: in a private run it must be
+    secret (the client draws it from the OS once and keeps it in its state, so that every round
+    sees the same rows); None draws fresh OS entropy, and a non-private run uses ``train.seed``.
     """
     from cadasg_dist.privacy.preprocessing import cap_units
 
     cfg = plan.config
-    # Private: the rows kept per unit and the tie spreading use secret randomness, as in prepare_private.
-    rng = np.random.default_rng() if cfg.private else np.random.default_rng(cfg.train.seed)
+    if seed is None and not cfg.private:
+        seed = cfg.train.seed
+    rng = np.random.default_rng(seed)
     frame, units = cap_units(df, cfg, rng)
     frame, keep = conform(frame, plan.schema)
     if units is not None:
         units = pd.factorize(units[keep])[0].astype(np.int64)
     if len(frame) == 0:
         raise InvalidDataError("this silo has no rows the federation plan can represent")
-    x = plan.transformer.encode(frame, seed=int(rng.integers(2**62)) if cfg.private else cfg.train.seed)
+    x = plan.transformer.encode(frame, seed=int(rng.integers(2**62)))
     return SiloData(x=x, context=plan.extractor.ids(frame), units=units)
 
 

@@ -334,7 +334,9 @@ def run_server(grid: Grid, context: Context, settings: ServerSettings) -> dict[s
     rounds.append(final.summary(final.cache is not None))
     cache = final.cache if final.cache is not None else last_cache
     if cache is None:
-        raise CADASGError("no silo returned cache statistics: the run produced no usable model")
+        reasons = [f for r in rounds for f in r["failures"]][:3]
+        raise CADASGError("no silo returned cache statistics, the run produced no model; first failures: "
+                          + ("; ".join(reasons) or "none reported"))
     summary = {"rounds": rounds, "secagg": route.secure, "strategy": fed.strategy, "federated": fed.to_dict(),
                "silos": {name: {"rows": int(m.get("num-examples", 0)), "epsilon": _eps(m.get("epsilon"))}
                          for name, m in final.silos.items()},

@@ -361,3 +361,28 @@ def test_plain_route_ignores_a_silo_that_never_answers(plan, table_path, tmp_pat
 def test_initial_weights_are_parameters_only(plan):
     weights = initial_weights(plan)
     assert isinstance(weights, OrderedDict) and "utility.input_mask" not in weights
+
+
+# --- the command line ------------------------------------------------------------------------------
+
+def test_cli_refuses_undeclared_categories_in_one_line(table_path, tmp_path, capsys):
+    from cadasg_dist.federated_command import main
+
+    rc = main([str(table_path), "--silo-column", "site", "--target", "label", "--context", "group",
+               "--out", str(tmp_path / "m")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "declare" in err[0] and "group" in err[0]
+
+
+def test_cli_writes_the_public_plan(table_path, tmp_path, capsys):
+    from cadasg_dist.federated_command import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text("target: label\ncontext: {columns: [group]}\ndata: {columns: {group: {categories: [a, b, rare]},"
+                      " label: {categories: ['no', 'yes']}, site: {kind: identifier}}}\n"
+                      "federated: {schema_epsilon: 10.0}\n")
+    rc = main([str(table_path), "--silo-column", "site", "--config", str(config), "--write-plan",
+               str(tmp_path / "plan.json")])
+    assert rc == 0 and "3 silos" in capsys.readouterr().out
+    plan = FederationPlan.from_json((tmp_path / "plan.json").read_text())
+    assert plan.extractor.domain == [("a",), ("b",), ("rare",)]
