@@ -216,10 +216,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
 
-    from cadasg_dist import federated_command, serve_command
+    from cadasg_dist import federated_command, serve_command, tune_command
     from cadasg_dist.evaluate import command as evaluate_command
 
-    for command in (evaluate_command, serve_command, federated_command):
+    for command in (evaluate_command, serve_command, federated_command, tune_command):
         command.add_parser(sub)
     return parser
 
