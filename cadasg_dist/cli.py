@@ -6,6 +6,7 @@
     cadasg evaluate --real HOLDOUT --synthetic SYN [--train TRAIN] [--model DIR] --target COL --context COLS --out DIR
     cadasg privacy DIR
     cadasg demo [--out DIR]
+    cadasg serve DIR | cadasg federated DATA | cadasg tune DATA   (serving/, federated/, docs/tuning.md)
 
 Flags parse into ``CADASGConfig`` (the one source of defaults): a flag left out keeps the value of
 ``--config`` or the dataclass default. A user error prints one line and exits with code 2, and
