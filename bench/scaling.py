@@ -42,11 +42,14 @@ from cadasg_dist.train.fit import fit_local  # noqa: E402
 RESULTS = ROOT / "bench" / "results"
 
 
+SETTINGS: dict = {}  # --batch-size / --hidden overrides, shared by every run
+
+
 def config(spec, epochs: int, seed: int, workers: int = 1, storage: str | None = None) -> CADASGConfig:
     cfg = CADASGConfig(target=spec.target, context=ContextConfig(columns=tuple(spec.contexts)),
                        train=TrainConfig(epochs=epochs, seed=seed))
     return cfg.replace(**{"distributed.num_workers": workers, "distributed.storage_path": storage,
-                          "distributed.max_failures": 0})
+                          "distributed.max_failures": 0, **SETTINGS})
 
 
 def run_inproc(train, spec, epochs: int, seed: int) -> dict:
@@ -54,12 +57,18 @@ def run_inproc(train, spec, epochs: int, seed: int) -> dict:
     model = CADASG(config(spec, epochs, seed))
     x, ids, dims = model.prepare(train)
     marks: list[float] = []  # cumulative seconds at each epoch's end
-    state, cache = fit_local(model.config, x, ids, dims, progress=lambda r: marks.append(r.seconds))
+    cpu = [time.process_time()]  # CPU seconds of this process at each epoch's end
+
+    def mark(report) -> None:
+        marks.append(report.seconds)
+        cpu.append(time.process_time())
+
+    state, cache = fit_local(model.config, x, ids, dims, progress=mark)
     t2 = time.perf_counter()
     model._finish(state.nets, cache, state.history, t2 - t0, len(x))
     epoch_s = list(np.diff([0.0, *marks]))
     return {"model": model, "train_s": float(sum(epoch_s)), "wall_s": t2 - t0, "rows": len(x), "epochs": epochs,
-            "epoch_s": epoch_s}
+            "epoch_s": epoch_s, "epoch_cpu_s": list(np.diff(cpu))}
 
 
 def run_ray(train, spec, epochs: int, seed: int, workers: int, storage: str) -> dict:
@@ -72,9 +81,10 @@ def run_ray(train, spec, epochs: int, seed: int, workers: int, storage: str) -> 
     timing = meta["timing"]
     return {"model": model, "train_s": float(sum(timing["epoch_s"])), "wall_s": wall, "rows": len(train),
             "epochs": epochs, "load_s": timing["load_s"], "epoch_s": timing["epoch_s"],
+            "epoch_cpu_s": timing["epoch_cpu_s"],
             "bytes_per_step": meta["bytes_per_step"],
             "collectives_per_step": meta["collectives_per_step"], "plan": meta["plan"],
-            "comm_seconds_per_step": meta.get("comm_seconds_per_step", {})}
+            "comm_seconds_per_step": meta.get("comm_seconds_per_step", {}), "timing": timing}
 
 
 def quality(name: str, model: CADASG, train, test, spec, seed: int) -> dict:
@@ -89,8 +99,14 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-quality", action="store_true")
+    ap.add_argument("--batch-size", type=int, help="global batch (default: the engine's, 500)")
+    ap.add_argument("--hidden", help="width of generator and critic blocks, e.g. 128,128")
     ap.add_argument("--storage", default=str(ROOT / "bench" / ".cache" / "ray_results"))
     args = ap.parse_args()
+    if args.batch_size:
+        SETTINGS["train.batch_size"] = args.batch_size
+    if args.hidden:
+        SETTINGS["model.hidden"] = SETTINGS["model.critic_hidden"] = [int(h) for h in args.hidden.split(",")]
     torch.set_num_threads(1)
     import ray
 
@@ -109,17 +125,24 @@ def main() -> None:
         # Steady-state throughput: the median epoch (a load spike from other jobs hits a few epochs).
         r["median_epoch_s"] = float(np.median(r["epoch_s"]))
         r["rows_per_s"] = r["rows"] / r["median_epoch_s"]
+        r["median_epoch_cpu_s"] = float(np.median(r["epoch_cpu_s"]))  # rank 0's process for the Ray runs
     inproc, ray1, ray2 = runs["inproc"], runs["ray1"], runs["ray2"]
     inproc_epoch = float(np.median([runs["inproc"]["median_epoch_s"], runs["inproc_again"]["median_epoch_s"]]))
     # Fixed cost of a Ray run (start-up, shard read, checkpoints, final pass) over the in-process one,
     # and what it would be on a 5-minute in-process fit at the measured loop speeds.
     fixed = (ray1["wall_s"] - ray1["train_s"]) - (inproc["wall_s"] - inproc["train_s"])
-    loop_ratio = ray1["median_epoch_s"] / inproc_epoch
+    # The loop's cost in CPU seconds (wall seconds swing with the other jobs on a shared host).
+    inproc_cpu = float(np.median([runs["inproc"]["median_epoch_cpu_s"], runs["inproc_again"]["median_epoch_cpu_s"]]))
+    loop_ratio = ray1["median_epoch_cpu_s"] / inproc_cpu
     summary = {
         "table": args.table, "rows": len(train), "epochs": args.epochs, "cpus": os.cpu_count(),
         "loadavg_before": load0, "loadavg_after": load1,
         "rows_per_s": {k: r["rows_per_s"] for k, r in runs.items()},
         "median_epoch_s": {k: r["median_epoch_s"] for k, r in runs.items()},
+        "median_epoch_cpu_s": {k: r["median_epoch_cpu_s"] for k, r in runs.items()},
+        # With a core per worker and nothing else running, an epoch takes about a worker's CPU time:
+        # this ratio is the speed-up the host's other jobs hide from the wall-clock numbers.
+        "speedup_ray2_vs_ray1_cpu": ray1["median_epoch_cpu_s"] / ray2["median_epoch_cpu_s"],
         "epoch_s": {k: r["epoch_s"] for k, r in runs.items()},
         "train_s": {k: r["train_s"] for k, r in runs.items()},
         "wall_s": {k: r["wall_s"] for k, r in runs.items()},
@@ -127,14 +150,17 @@ def main() -> None:
         "speedup_ray2_vs_inproc_train": inproc_epoch / ray2["median_epoch_s"],
         "speedup_ray2_vs_ray1_wall": ray1["wall_s"] / ray2["wall_s"],
         "ray_overhead_1worker_wall": ray1["wall_s"] / inproc["wall_s"] - 1,
-        "ray_overhead_1worker_train": loop_ratio - 1,
+        "ray_overhead_1worker_train": ray1["median_epoch_s"] / inproc_epoch - 1,
+        "ray_overhead_1worker_train_cpu": loop_ratio - 1,
         "ray_fixed_overhead_s": fixed,
         "ray_overhead_1worker_5min_projected": (fixed + loop_ratio * 300.0) / 300.0 - 1,
         "bytes_per_step_2workers": ray2["bytes_per_step"],
         "collectives_per_step_2workers": ray2["collectives_per_step"],
         "comm_seconds_per_step_2workers": ray2["comm_seconds_per_step"],
-        "step_seconds_2workers": ray2["train_s"] / (ray2["epochs"] * -(-ray2["rows"] // TrainConfig().batch_size)),
+        "settings": dict(SETTINGS),
+        "step_seconds_2workers": ray2["median_epoch_s"] / -(-ray2["rows"] // config(spec, 1, 0).train.batch_size),
         "plan_2workers": ray2["plan"],
+        "ray1_timing": {k: v for k, v in ray1["timing"].items() if not isinstance(v, list)},
     }
     if not args.no_quality:
         summary["quality"] = {
@@ -145,25 +171,33 @@ def main() -> None:
     text = render(summary)
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"scaling_{args.table}.md").write_text(text + "\n")
-    (RESULTS / f"scaling_{args.table}.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
+    tag = f"{args.table}_b{args.batch_size}" if args.batch_size else args.table
+    (RESULTS / f"scaling_{tag}.md").write_text(text + "\n")
+    (RESULTS / f"scaling_{tag}.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
 
 
 def render(s: dict) -> str:
-    lines = [f"## Scaling on {s['table']} ({s['rows']} training rows, {s['epochs']} epochs, {s['cpus']} CPUs; "
-             f"load average {s['loadavg_before'][0]:.1f} before, {s['loadavg_after'][0]:.1f} after)", "",
-             "| run | rows/s (median epoch) | median epoch s | epochs s (sum) | wall s |", "|---|---|---|---|---|"]
+    settings = ", ".join(f"{k}={v}" for k, v in s["settings"].items()) or "engine defaults"
+    lines = [f"## Scaling on {s['table']} ({s['rows']} training rows, {s['epochs']} epochs, {settings}, "
+             f"{s['cpus']} CPUs; load average {s['loadavg_before'][0]:.1f} before, "
+             f"{s['loadavg_after'][0]:.1f} after)", "",
+             "| run | rows/s (median epoch) | median epoch s | median epoch CPU s | epochs s (sum) | wall s |",
+             "|---|---|---|---|---|---|"]
     for k in ("inproc", "ray1", "ray2", "inproc_again"):
-        lines.append(f"| {k} | {s['rows_per_s'][k]:,.0f} | {s['median_epoch_s'][k]:.2f} | {s['train_s'][k]:.1f} | "
-                     f"{s['wall_s'][k]:.1f} |")
+        lines.append(f"| {k} | {s['rows_per_s'][k]:,.0f} | {s['median_epoch_s'][k]:.2f} | "
+                     f"{s['median_epoch_cpu_s'][k]:.2f} | {s['train_s'][k]:.1f} | {s['wall_s'][k]:.1f} |")
     lines += ["",
               f"- speed-up, 2 vs 1 Ray worker: {s['speedup_ray2_vs_ray1_train']:.2f}x (training loop), "
-              f"{s['speedup_ray2_vs_ray1_wall']:.2f}x (wall)",
+              f"{s['speedup_ray2_vs_ray1_wall']:.2f}x (wall), {s['speedup_ray2_vs_ray1_cpu']:.2f}x in CPU time per "
+              "epoch of a worker (what a core per worker would give)",
               f"- speed-up, 2 Ray workers vs in-process: {s['speedup_ray2_vs_inproc_train']:.2f}x (training loop)",
               f"- Ray overhead at 1 worker vs in-process fit: {100 * s['ray_overhead_1worker_wall']:+.1f}% wall on "
-              f"this run, {100 * s['ray_overhead_1worker_train']:+.1f}% in the training loop, "
-              f"{s['ray_fixed_overhead_s']:.1f} s fixed; projected on a 5-minute fit: "
+              f"this run; in the training loop {100 * s['ray_overhead_1worker_train']:+.1f}% wall, "
+              f"{100 * s['ray_overhead_1worker_train_cpu']:+.1f}% CPU; {s['ray_fixed_overhead_s']:.1f} s fixed; "
+              f"projected on a 5-minute fit (fixed + CPU loop ratio): "
               f"{100 * s['ray_overhead_1worker_5min_projected']:+.1f}%",
+              "- where the fixed cost of the 1-worker Ray run goes (s): " + ", ".join(
+                  f"{k} {v:.1f}" for k, v in s["ray1_timing"].items()),
               "- per step, each of 2 workers hands all-reduce: " + ", ".join(
                   f"{k} {v / 1024:,.1f} KiB ({s['collectives_per_step_2workers'][k]:.2f} calls)"
                   for k, v in s["bytes_per_step_2workers"].items()),

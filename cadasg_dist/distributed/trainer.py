@@ -81,12 +81,15 @@ def fit_distributed(model: CADASG, data: str | Path | pd.DataFrame, *, context: 
         on_plan(text)
     wc = WorkerConfig(cfg, model.schema, model.transformer.to_dict(), model.extractor.to_dict(), dims, plan, total,
                       ledger=ledger, fail_at_epoch=fail_at_epoch, fail_marker=fail_marker)
+    planned = time.perf_counter()
     result = make_trainer(wc, ds, local_mode).fit()
+    trained = time.perf_counter()
     if result.checkpoint is None:
         raise RuntimeError("the distributed run ended without a checkpoint; see the Ray Train logs")
     with result.checkpoint.as_directory() as d:
         payload = load_payload(Path(d))
     finish_model(model, payload, dims, time.perf_counter() - start, total, plan)
+    model.meta["distributed"]["timing"].update(driver_prepare_s=planned - start, trainer_fit_s=trained - planned)
     if progress is not None:
         for h in model.history:
             eps = model.epsilon if cfg.private and h is model.history[-1] else None

@@ -143,16 +143,19 @@ class WorkerRun:
         self.state = TrainState.create(wc.dims, cfg)
         self.state.generator.manual_seed(secrets.randbits(63) if seed is None else seed)
         self.epochs = self.privacy.epochs if self.privacy is not None else cfg.train.epochs
-        self.state.balancer = SyncedBalancer(cfg.loss, self.comm)
         self.state.dp = self.privacy.dp if self.privacy is not None else None
-        self.grad_sync = GradientSync(self.state, self.comm)
+        if world > 1:  # one worker has nothing to synchronise: it trains exactly like fit_local
+            self.state.balancer = SyncedBalancer(cfg.loss, self.comm)
+            self.grad_sync = GradientSync(self.state, self.comm)
         self.cache = ShardCache(wc.dims.contexts, wc.dims.features, cfg.model.latent_dim, cfg.cache, wc.dims.strata,
                                 world_size=world, private=cfg.private)
         self.rng = np.random.default_rng(seed)  # shuffling (not used by a private run's Poisson batches)
         self.history: list[dict[str, float]] = []
         self.resumed_from = 0  # the epoch of the checkpoint this worker group restarted from (0 = fresh)
         self.first_step = 0
-        self.timing: dict[str, Any] = {"load_s": 0.0, "epoch_s": [], "final_pass_s": 0.0}  # this attempt's
+        self.finished = False  # restored from the final checkpoint: the final cache pass is done and counted
+        self.timing: dict[str, Any] = {"load_s": 0.0, "epoch_s": [], "epoch_cpu_s": [], "final_pass_s": 0.0,
+                                       "report_s": 0.0}
 
     def check_shard(self, rows: int) -> None:
         steps = self.wc.steps_per_epoch
@@ -171,11 +174,13 @@ class WorkerRun:
             yield Batch(xs[idx], cs[idx])
 
     def epoch(self, xs: torch.Tensor, cs: torch.Tensor) -> dict[str, float]:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         try:
             return self._epoch(xs, cs)
         finally:
             self.timing["epoch_s"].append(time.perf_counter() - start)
+            # CPU seconds of this process: the work itself, whatever other jobs on the host take.
+            self.timing["epoch_cpu_s"].append(time.process_time() - cpu)
 
     def _epoch(self, xs: torch.Tensor, cs: torch.Tensor) -> dict[str, float]:
         every = self.wc.cfg.distributed.merge_every
@@ -200,7 +205,7 @@ class WorkerRun:
     def finish(self, xs: torch.Tensor, cs: torch.Tensor) -> None:
         """Final cache pass over every worker's rows (one merged noisy release), then the final report."""
         start = time.perf_counter()
-        if self.cfg.cache.final_pass:
+        if self.cfg.cache.final_pass and not self.finished:  # a group restarted after the final report skips it
             if self.privacy is not None and self.privacy.final_cache is not None:
                 self.cache.config = self.privacy.final_cache  # its own share of the budget
             final_cache_pass(self.cfg, self.state, self.cache, xs, cs)  # the ShardCache noises 1/N
@@ -238,18 +243,23 @@ class WorkerRun:
 
     def report(self, epoch: int, metrics: dict[str, float], final: bool = False) -> None:
         import ray.train
-        from ray.train import Checkpoint
+        from ray.train import Checkpoint, CheckpointUploadMode
 
+        start = time.perf_counter()
         payload = self.payload(epoch)  # every rank takes part in gathering the RNG states
+        payload["final"] = final
         out = {**metrics, "epoch": epoch, "final": final}
         if self.rank != 0:
             ray.train.report(out)
-            return
-        path = Path(tempfile.mkdtemp(prefix="cadasg-ckpt-"))
-        torch.save(payload, path / STATE_FILE)
-        ray.train.report(out, checkpoint=Checkpoint.from_directory(str(path)),
-                         checkpoint_dir_name=f"{'final' if final else 'epoch'}_{epoch:05d}",
-                         delete_local_checkpoint_after_upload=True)
+        else:
+            path = Path(tempfile.mkdtemp(prefix="cadasg-ckpt-"))
+            torch.save(payload, path / STATE_FILE)
+            # Epoch checkpoints upload in the background (training goes on); the final one before returning.
+            mode = CheckpointUploadMode.SYNC if final else CheckpointUploadMode.ASYNC
+            ray.train.report(out, checkpoint=Checkpoint.from_directory(str(path)),
+                             checkpoint_dir_name=f"{'final' if final else 'epoch'}_{epoch:05d}",
+                             checkpoint_upload_mode=mode, delete_local_checkpoint_after_upload=True)
+        self.timing["report_s"] += time.perf_counter() - start  # the final report's own time is not in it
 
     def restore(self, checkpoint: Any) -> int:
         """Load the last checkpoint if the group was restarted; returns the first epoch to run."""
@@ -270,6 +280,7 @@ class WorkerRun:
         log.info("worker %d resumed at epoch %d", self.rank, payload["epoch"])
         self.resumed_from = int(payload["epoch"])
         self.first_step = self.state.step
+        self.finished = bool(payload.get("final", False))
         return self.resumed_from
 
     def _gather(self, obj: Any) -> list[Any]:
