@@ -58,7 +58,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any config value by dotted key, federated.* included (repeatable)")
-    p.add_argument("--plan", help="use this public federation plan instead of building one")
+    p.add_argument("--plan", help="use this public federation plan instead of building one (its engine config "
+                                  "is the run's; the federated settings still come from flags and --config)")
     p.add_argument("--write-plan", metavar="FILE", help="build the public plan, write it to FILE and stop")
     p.add_argument("--ray-address", help="join this running Ray cluster instead of starting one")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray started for the simulation")
@@ -116,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
 
     _setup_logging()
     cfg, fed = build_configs(args)
-    if cfg.target is None:
+    if cfg.target is None and not args.plan:
         raise CADASGError("--target is required: the column whose relationship to the others must be kept")
     if args.silo_column and not args.data:
         raise CADASGError("--silo-column needs the DATA table to split")

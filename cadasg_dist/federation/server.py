@@ -78,6 +78,7 @@ class RoundOutcome:
     cache: CacheStats | None = None
     ledgers: dict[str, str] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    exchanges: list[float] = field(default_factory=list)  # seconds of each message exchange
 
     @property
     def replied(self) -> int:
@@ -89,6 +90,7 @@ class RoundOutcome:
                 "dropped": self.sampled - self.replied, "aggregated": aggregated, "seconds": round(self.seconds, 3),
                 "bytes_up_per_client": int(np.mean(up)) if up else 0,
                 "bytes_down_per_client": int(np.mean(list(self.bytes_down.values()))) if self.bytes_down else 0,
+                "exchange_seconds": [round(x, 3) for x in self.exchanges],
                 "silos": self.silos, "failures": self.failures}
 
 
@@ -99,6 +101,7 @@ class MeteredGrid:
         self._grid = grid
         self.up: dict[int, int] = defaultdict(int)
         self.down: dict[int, int] = defaultdict(int)
+        self.exchanges: list[float] = []  # seconds of each send_and_receive (SecAgg+ makes 4 a round)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
@@ -107,17 +110,20 @@ class MeteredGrid:
         messages = list(messages)
         for m in messages:
             self.down[m.metadata.dst_node_id] += payload_bytes(m.content)
+        start = time.perf_counter()
         replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        self.exchanges.append(time.perf_counter() - start)
         for r in replies:
             if not r.has_error():
                 self.up[r.metadata.src_node_id] += payload_bytes(r.content)
         return replies
 
-    def take(self) -> tuple[dict[int, int], dict[int, int]]:
-        up, down = dict(self.up), dict(self.down)
+    def take(self) -> tuple[dict[int, int], dict[int, int], list[float]]:
+        up, down, exchanges = dict(self.up), dict(self.down), list(self.exchanges)
         self.up.clear()
         self.down.clear()
-        return up, down
+        self.exchanges.clear()
+        return up, down, exchanges
 
 
 class _MergeCaches:
@@ -197,10 +203,11 @@ class PlainRoute:
             if ledger:
                 ledgers[name] = str(ledger)
         arrays, _ = self.strategy.aggregate_train(rnd, valid)
-        up, down = self.grid.take()
+        up, down, exchanges = self.grid.take()
         return RoundOutcome(rnd, phase, len(messages), silos, time.perf_counter() - start, up, down,
                             weights=None if arrays is None else OrderedDict(arrays.to_torch_state_dict()),
-                            cache=self.strategy.merged_cache if valid else None, ledgers=ledgers, failures=failures)
+                            cache=self.strategy.merged_cache if valid else None, ledgers=ledgers, failures=failures,
+                            exchanges=exchanges)
 
 
 class SecureRoute:
@@ -251,11 +258,10 @@ class SecureRoute:
             if "ledger" in metrics:
                 ledgers[name] = str(metrics.pop("ledger"))
             silos[name] = {"num-examples": float(res.num_examples), **metrics}
-        up, down = self.grid.take()
         failures = [f"node {n}: dropped out of SecAgg+" for n in self.capture.sampled
                     if n not in {p.node_id for p, _ in results}]
-        outcome = RoundOutcome(rnd, phase, len(self.capture.sampled), silos, time.perf_counter() - start, up, down,
-                               ledgers=ledgers, failures=failures)
+        outcome = RoundOutcome(rnd, phase, len(self.capture.sampled), silos, 0.0, {}, {}, ledgers=ledgers,
+                               failures=failures)
         if results:
             average = parameters_to_ndarrays(results[0][1].parameters)
             n_weights = self.n_weights if phase == "train" else 0
@@ -265,6 +271,8 @@ class SecureRoute:
                 outcome.weights = OrderedDict((k, torch.from_numpy(np.asarray(a, dtype=np.float32)))
                                               for k, a in zip(weights, mean))
             outcome.cache = cache
+        outcome.bytes_up, outcome.bytes_down, outcome.exchanges = self.grid.take()
+        outcome.seconds = time.perf_counter() - start
         return outcome
 
 
