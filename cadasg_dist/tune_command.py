@@ -108,7 +108,7 @@ def _search(job: TuneJob) -> Any:
     private = f"private, epsilon <= {cfg.privacy.epsilon:g}" if cfg.private else "NOT PRIVATE"
     print(f"tuning {job.request.trials} trials ({private}) over {', '.join(space.params)}", file=sys.stderr,
           flush=True)
-    started = init_ray()
+    started = init_ray(cfg.distributed.address)
     try:
         return run_search(job.request, job.frame, callbacks=[TrialProgress()])
     finally:

@@ -125,7 +125,7 @@ def run_search(request: SearchRequest, frame: pd.DataFrame, *, callbacks: Sequen
     CADASG(request.config).prepare(split.train)  # bad columns or undeclared categories: one clear error now
     experiment = request.out.resolve() / "ray" / EXPERIMENT
     resumed = _check_request(request, frame, experiment)
-    init_ray()
+    init_ray(request.config.distributed.address)
     settings = request.space.settings
     job = TrialJob(base=request.config, train=split.train, validation=split.validation, rounds=settings.rounds,
                    privacy_weight=settings.privacy_weight, seed=request.seed)
@@ -143,13 +143,18 @@ def run_search(request: SearchRequest, frame: pd.DataFrame, *, callbacks: Sequen
                          interrupted=interrupted, experiment=experiment, resumed=resumed)
 
 
-def init_ray() -> bool:
-    """Start a local Ray (no dashboard) unless one runs; True when this call started it."""
+def init_ray(address: str | None = None) -> bool:
+    """Connect this process to Ray unless it already is; True when this call did.
+
+    ``address`` is ``distributed.address``: "auto" joins a running cluster, "ray://HOST:PORT" a
+    remote one. None starts a new local Ray: on a shared machine ``ray.init()`` alone would join
+    whichever cluster someone else started.
+    """
     import ray
 
     if ray.is_initialized():
         return False
-    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, configure_logging=False)
     return True
 
 
@@ -197,8 +202,10 @@ def _fingerprint(request: SearchRequest, frame: pd.DataFrame) -> dict[str, Any]:
     rows = pd.util.hash_pandas_object(frame, index=False).to_numpy()
     space = request.space.to_dict()
     space["search"].pop("max_concurrent_trials")  # a resume may run more or fewer at once
+    config = request.base.to_dict()
+    config.pop("distributed")  # where Ray runs does not change the search
     return {"data_sha256": hashlib.sha256(rows.tobytes() + ",".join(map(str, frame.columns)).encode()).hexdigest(),
-            "config": request.base.to_dict(), "space": space, "trials": request.trials, "seed": request.seed}
+            "config": config, "space": space, "trials": request.trials, "seed": request.seed}
 
 
 def _check_request(request: SearchRequest, frame: pd.DataFrame, experiment: Path) -> bool:

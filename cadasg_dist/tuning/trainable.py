@@ -52,8 +52,7 @@ class TrialJob:
 
 def round_ends(epochs: int, rounds: int) -> list[int]:
     """The epochs after which a trial is scored: ``rounds`` nearly equal parts, the last at ``epochs``."""
-    ends = sorted({max(1, round(epochs * r / rounds)) for r in range(1, rounds + 1)})
-    return ends
+    return sorted({max(1, round(epochs * r / rounds)) for r in range(1, rounds + 1)})
 
 
 def scalar_score(fidelity: float, utility: float | None, epsilon: float | None, privacy_weight: float) -> float:
@@ -98,7 +97,7 @@ def run_trial(config: dict[str, Any], *, job: TrialJob) -> None:
     ends = round_ends(cfg.train.epochs, job.rounds)
     try:
         train = _train_private if cfg.private else _train_local
-        model = train(cfg, job, ends, lambda metrics: tune.report(metrics))
+        model = train(cfg, job, ends, tune.report)
     except CADASGError as err:  # e.g. a budget that cannot cover one step: a poor point, not a crash
         log.warning("trial infeasible: %s", err)
         tune.report(_infeasible(cfg, job, ends, err))
