@@ -80,17 +80,18 @@ def run_table(table: str, args: argparse.Namespace) -> list[dict]:
     train, test = split(df, seed=args.seed)
     base = CADASGConfig.from_dict({"data": {"columns": declarations(df)}, "train": {"epochs": args.epochs,
                                                                                    "seed": args.seed}})
-    out = Path(args.search_dir) / f"{table}_seed{args.seed}"
+    out = Path(args.search_dir) / f"{table}_eps{args.epsilon:g}_seed{args.seed}"
     print(f"[tune] {table}: {len(train)} train / {len(test)} test rows; {args.trials} trials -> {out}",
           file=sys.stderr, flush=True)
     outcome = tune(train, target=spec.target, context=list(spec.contexts), trials=args.trials, out=out,
-                   epsilon=args.epsilon, space=args.space, config=base, pinned={"train.epochs"}, seed=args.seed)
+                   epsilon=args.epsilon if np.isfinite(args.epsilon) else None, space=args.space, config=base,
+                   pinned={"train.epochs"}, seed=args.seed)
     write_outputs(outcome, out)
     counts = {s: sum(r.status == s for r in outcome.records) for s in ("completed", "stopped", "infeasible", "error")}
     search = {"table": table, "trials": len(outcome.records), **counts, "search_wall_s": round(outcome.wall_s, 1),
               "stopped_early_fraction": outcome.stopped_fraction(), "front_size": len(outcome.front()),
               "resumed": outcome.resumed}
-    rule = args.pick or f"utility@epsilon<={args.epsilon:g}"
+    rule = args.pick or (f"utility@epsilon<={args.epsilon:g}" if np.isfinite(args.epsilon) else "utility")
     rows = []
     for repeat in range(args.repeats):
         picked = train_picked(outcome, train, rule)
@@ -118,10 +119,16 @@ def fmt(v, digits: int = 3) -> str:
     return str(v)
 
 
-def mean_ratio(models: list[dict], table: str, name: str) -> float:
-    vals = [r["utility_ratio"] for r in models
+def ratios(models: list[dict], table: str, name: str) -> list[float]:
+    return [r["utility_ratio"] for r in models
             if r["table"] == table and r["model"] == name and r.get("utility_ratio") is not None]
-    return float(np.mean(vals)) if vals else float("nan")
+
+
+def spread(values: list[float]) -> str:
+    if not values:
+        return "-"
+    sd = f" ± {np.std(values, ddof=1):.3f} (sd, n={len(values)})" if len(values) > 1 else ""
+    return f"{np.mean(values):.3f}{sd}"
 
 
 def render(results: list[dict], args: argparse.Namespace) -> str:
@@ -140,10 +147,12 @@ def render(results: list[dict], args: argparse.Namespace) -> str:
                      f"{s['search_wall_s']:.0f} | {s['front_size']} |")
     lines.append("")
     for table in dict.fromkeys(r["table"] for r in models):
-        pick, final, full = (mean_ratio(models, table, name)
+        pick, final, full = (ratios(models, table, name)
                              for name in ("picked", "default, final rows", "default, all rows"))
-        lines.append(f"{table}: utility ratio picked {pick:.3f} vs default {final:.3f} on the same rows "
-                     f"({pick - final:+.3f}), vs default on all rows {full:.3f} ({pick - full:+.3f})")
+        gain = np.mean(pick) - np.mean(final) if pick and final else float("nan")
+        gain_all = np.mean(pick) - np.mean(full) if pick and full else float("nan")
+        lines.append(f"{table}: utility ratio picked {spread(pick)} vs default {spread(final)} on the same rows "
+                     f"({gain:+.3f}); vs default on all rows {spread(full)} ({gain_all:+.3f})")
     return "\n".join(lines)
 
 
@@ -151,7 +160,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tables", default="HI,rwm5yr")
     p.add_argument("--trials", type=int, default=16)
-    p.add_argument("--epsilon", type=float, default=3.0)
+    p.add_argument("--epsilon", type=float, default=3.0, help="privacy cap (inf: a non-private search)")
     p.add_argument("--epochs", type=int, default=10, help="every trial and final model (the default's 150 "
                    "private epochs take about 40 minutes per model on 2 cores)")
     p.add_argument("--space", default=str(ROOT / "configs" / "tune" / "quick.yaml"))
@@ -168,8 +177,9 @@ def main() -> int:
     print(text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"tune_seed{args.seed}.md").write_text(text + "\n")
-    (out / f"tune_seed{args.seed}.json").write_text(json.dumps(results, indent=1, default=str))
+    name = f"tune_eps{args.epsilon:g}_seed{args.seed}"
+    (out / f"{name}.md").write_text(text + "\n")
+    (out / f"{name}.json").write_text(json.dumps(results, indent=1, default=str))
     return 0
 
 
