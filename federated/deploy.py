@@ -136,6 +136,10 @@ class Processes:
 def home(workdir: Path, name: str) -> dict[str, str]:
     env = dict(os.environ)
     env["FLWR_HOME"] = str(workdir / "homes" / name)
+    # The SuperLink and SuperNodes start `flower-superexec` and friends by name: put this
+    # environment's scripts first on PATH, or a run from `.venv/bin/python` (not an activated
+    # venv, as in `make test`) finds none of them.
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     Path(env["FLWR_HOME"]).mkdir(parents=True, exist_ok=True)
     return env
 
