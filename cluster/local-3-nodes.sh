@@ -84,6 +84,12 @@ stop() {
             rm -f "$f"
         fi
     done
+    # `ray start --head` recorded this head as the machine's current cluster, where a plain
+    # `ray.init()` would then try to connect: forget it if it is still ours.
+    local current=/tmp/ray/ray_current_cluster
+    if [[ -f "$current" ]] && grep -q ":$PORT\$" "$current"; then
+        rm -f "$current"
+    fi
 }
 
 case "${1:-}" in
