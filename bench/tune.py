@@ -144,7 +144,8 @@ def render(results: list[dict], args: argparse.Namespace) -> str:
     for s in (r for r in results if r.get("kind") == "search"):
         lines.append(f"| {s['table']} | {s['trials']} | {s['completed']} | {s['stopped']} "
                      f"({s['stopped_early_fraction']:.0%}) | {s['infeasible']} | {s['error']} | "
-                     f"{s['search_wall_s']:.0f} | {s['front_size']} |")
+                     f"{s['search_wall_s']:.0f}{' (resumed: this run only)' if s['resumed'] else ''} | "
+                     f"{s['front_size']} |")
     lines.append("")
     for table in dict.fromkeys(r["table"] for r in models):
         pick, final, full = (ratios(models, table, name)

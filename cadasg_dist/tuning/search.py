@@ -22,7 +22,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,11 +86,10 @@ class SearchOutcome:
     request: SearchRequest
     records: list[TrialRecord]
     split: dict[str, int]
-    wall_s: float
+    wall_s: float  # this call only: a resumed search counts from the resume
     interrupted: bool
     experiment: Path
     resumed: bool = False
-    notes: list[str] = field(default_factory=list)
 
     @property
     def objectives(self) -> dict[str, str]:
