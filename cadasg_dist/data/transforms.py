@@ -9,9 +9,10 @@ raw values for continuous spans and logits for softmax spans; ``decode`` samples
 Continuous encoding. The default is a *Gaussian quantile map*: the empirical CDF at ``n_quantiles``
 levels, with ties spread uniformly over their probability mass (so a point mass such as the 40%
 zeros of a medical-expense column decodes back to exactly zero), then the standard normal inverse
-CDF. It was chosen over affine standardisation by measurement (``bench/encodings.py``): on
-heavy-tailed and zero-inflated columns standardisation leaves most mass in a sliver of the range
-and a generator with a Gaussian latent struggles to reproduce the tail. It is also cheaper and
+CDF. It was chosen over affine standardisation by measurement (``bench/encodings.py --tables
+MedExp --epochs 60``, all else equal: column shape 0.963 vs 0.909, pair trend 0.942 vs 0.888,
+utility ratio 0.640 vs 0.274): on heavy-tailed and zero-inflated columns standardisation leaves
+most mass in a sliver of the range and a generator with a Gaussian latent cannot reproduce the tail. It is also cheaper and
 easier to privatise than CTGAN's mode-specific normalisation, whose per-column Bayesian Gaussian
 mixture is fit on raw rows: a quantile grid is a small set of private quantiles, which the privacy
 layer can release with a DP quantile mechanism or replace with declared public bounds.
