@@ -128,7 +128,9 @@ def _infer_column(s: pd.Series, name: str, override: ColumnOverride, max_categor
             dtype = "Int64" if has_missing else "int64"
     elif kind in ("categorical", "boolean"):
         if override.categories is not None:
-            cats = tuple(override.categories)
+            # config values arrive as text: a numeric column's declared categories are numbers
+            numeric = pd.api.types.is_numeric_dtype(present) and not pd.api.types.is_bool_dtype(present)
+            cats = tuple(_as_number(c) if numeric else c for c in override.categories)
             sources["categories"] = "declared"
         else:
             cats = tuple(_sorted_values(present.unique()))
@@ -211,6 +213,14 @@ def _sorted_values(values: Any) -> list[Any]:
         return sorted(out)
     except TypeError:
         return sorted(out, key=str)
+
+
+def _as_number(v: Any) -> Any:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return v
+    return int(x) if x.is_integer() else x
 
 
 def _plain_scalar(v: Any) -> Any:

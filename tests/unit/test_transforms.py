@@ -118,3 +118,11 @@ def test_missing_dates_are_missing_not_year_1677():
     assert schema["when"].has_missing and schema["when"].min > 1.5e9
     assert back["when"].isna().sum() == when.isna().sum()
     assert back["when"].dropna().dt.year.isin([2020, 2021]).all()
+
+
+def test_declared_categories_of_a_numeric_column_match_its_values():
+    df = pd.DataFrame({"level": [1, 2, 3, 4] * 10, "x": np.random.default_rng(0).normal(size=40)})
+    schema = infer_schema(df, DataConfig(columns={"level": ColumnOverride(categories=("1", "2", "3", "4"))}))
+    assert schema["level"].categories == (1, 2, 3, 4)
+    tr = DataTransformer(schema).fit(df)
+    assert tr.decode(tr.encode(df), np.random.default_rng(0))["level"].tolist() == df["level"].tolist()
