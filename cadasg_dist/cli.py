@@ -31,7 +31,8 @@ def _csv_list(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-def _epsilon(value: str) -> float:
+def parse_epsilon(value: str) -> float:
+    """argparse type for --epsilon: a positive number, or inf for explicitly non-private."""
     try:
         eps = float(value)
     except ValueError:
@@ -44,7 +45,7 @@ def _epsilon(value: str) -> float:
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML run config (see configs/); flags override it")
     p.add_argument("--epochs", type=int, help="training epochs")
-    p.add_argument("--epsilon", type=_epsilon, help="privacy budget ε (inf = explicitly non-private)")
+    p.add_argument("--epsilon", type=parse_epsilon, help="privacy budget ε (inf = explicitly non-private)")
     p.add_argument("--delta", type=float, help="privacy δ (default 1/n² capped at 1e-5)")
     p.add_argument("--privacy-unit", help="column whose value identifies a person (e.g. a patient id)")
     p.add_argument("--seed", type=int, help="random seed (same seed and data give the same model)")

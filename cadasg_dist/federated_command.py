@@ -18,19 +18,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cadasg_dist.cli import parse_epsilon
 from cadasg_dist.errors import CADASGError
 
 EXIT_USAGE = 2
-
-
-def _epsilon(value: str) -> float:
-    try:
-        eps = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--epsilon must be a number or inf, got {value!r}") from None
-    if not eps > 0:
-        raise argparse.ArgumentTypeError(f"--epsilon must be > 0 (inf for non-private), got {value!r}")
-    return eps
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -52,7 +43,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-secagg", dest="secagg", action="store_false", help="Flower SecAgg+ off")
     p.add_argument("--min-clients", type=int, help="fewest silos a round is aggregated from")
     p.add_argument("--round-timeout", type=float, help="seconds to wait for the silos each round")
-    p.add_argument("--epsilon", type=_epsilon, help="privacy budget per silo (inf = explicitly non-private)")
+    p.add_argument("--epsilon", type=parse_epsilon, help="privacy budget per silo (inf = explicitly non-private)")
     p.add_argument("--delta", type=float, help="privacy delta")
     p.add_argument("--privacy-unit", help="column identifying a person within a silo")
     p.add_argument("--seed", type=int, help="random seed")
