@@ -101,6 +101,8 @@ def main() -> None:
     ap.add_argument("--no-quality", action="store_true")
     ap.add_argument("--batch-size", type=int, help="global batch (default: the engine's, 500)")
     ap.add_argument("--hidden", help="width of generator and critic blocks, e.g. 128,128")
+    ap.add_argument("--overhead-only", action="store_true",
+                    help="only in-process vs 1 Ray worker, end to end (Ray start-up included): the 5-minute goal")
     ap.add_argument("--storage", default=str(ROOT / "bench" / ".cache" / "ray_results"))
     args = ap.parse_args()
     if args.batch_size:
@@ -112,6 +114,9 @@ def main() -> None:
 
     df, spec = load_table(args.table)
     train, test = split(df, seed=args.seed)
+    if args.overhead_only:
+        overhead(train, spec, args)
+        return
     load0 = os.getloadavg()
     # In-process before and after the Ray runs: on a shared machine the load drifts during a run.
     runs = {"inproc": run_inproc(train, spec, args.epochs, args.seed)}
@@ -171,9 +176,42 @@ def main() -> None:
     text = render(summary)
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    tag = f"{args.table}_b{args.batch_size}" if args.batch_size else args.table
+    tag = args.table + (f"_b{args.batch_size}" if args.batch_size else "") + (
+        f"_h{args.hidden.replace(',', 'x')}" if args.hidden else "")
     (RESULTS / f"scaling_{tag}.md").write_text(text + "\n")
     (RESULTS / f"scaling_{tag}.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
+
+
+def overhead(train, spec, args) -> None:
+    """Wall seconds end to end of the in-process fit and of a 1-worker Ray run of the same epochs,
+    the Ray run including ``ray.init`` and ``ray.shutdown`` (what ``cadasg train --num-workers 1``
+    adds); in-process runs before and after, to read the Ray run against their mean."""
+    import ray
+
+    load0 = os.getloadavg()
+    walls = {"inproc": run_inproc(train, spec, args.epochs, args.seed)["wall_s"]}
+    t0 = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray1 = run_ray(train, spec, args.epochs, args.seed, 1, args.storage)
+    ray.shutdown()
+    walls["ray1"] = time.perf_counter() - t0
+    walls["inproc_again"] = run_inproc(train, spec, args.epochs, args.seed)["wall_s"]
+    base = (walls["inproc"] + walls["inproc_again"]) / 2
+    out = {"table": args.table, "rows": len(train), "epochs": args.epochs, "settings": dict(SETTINGS),
+           "loadavg_before": load0, "loadavg_after": os.getloadavg(), "wall_s": walls,
+           "ray1_train_s": ray1["train_s"], "ray1_overhead": walls["ray1"] / base - 1}
+    text = "\n".join([
+        f"## Ray overhead on {args.table} ({len(train)} rows, {args.epochs} epochs, "
+        f"{', '.join(f'{k}={v}' for k, v in SETTINGS.items()) or 'engine defaults'}; load average "
+        f"{load0[0]:.1f} before, {out['loadavg_after'][0]:.1f} after)", "",
+        "| run | wall s (end to end) |", "|---|---|",
+        *(f"| {k} | {v:.1f} |" for k, v in walls.items()), "",
+        f"- 1 Ray worker vs the mean in-process fit: {100 * out['ray1_overhead']:+.1f}% wall "
+        f"(Ray start-up and shutdown included; its training loop took {ray1['train_s']:.1f} s)"])
+    print(text)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"scaling_{args.table}_overhead.md").write_text(text + "\n")
+    (RESULTS / f"scaling_{args.table}_overhead.json").write_text(json.dumps(out, indent=1, default=float) + "\n")
 
 
 def render(s: dict) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +35,12 @@ from cadasg_dist.synthesizer import CADASG, fit_config
 from cadasg_dist.train.fit import EpochReport, ProgressFn
 
 log = logging.getLogger(__name__)
+
+# How often Ray Train's controller polls the workers (Ray's default: 2 s). It takes one queued
+# report per worker and poll, so with epochs shorter than the interval the reports back up and the
+# final one waits for the backlog. Ray passes this variable from the driver to its controller; a
+# value the user set wins.
+POLL_ENV, POLL_INTERVAL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25"
 
 
 def fit_distributed(model: CADASG, data: str | Path | pd.DataFrame, *, context: list[str] | None = None,
@@ -129,6 +136,7 @@ def make_trainer(wc: WorkerConfig, ds: Any, local_mode: bool) -> Any:
     if d.use_gpu:
         log.warning("use_gpu: Ray reserves a GPU per worker, but the engine's train_step runs on CPU tensors, "
                     "so training itself stays on CPU (see cadasg_dist/distributed/README in cluster/README.md)")
+    os.environ.setdefault(POLL_ENV, POLL_INTERVAL_S)
     storage = d.storage_path
     if storage is not None and "://" not in storage:  # a local or shared (NFS) path; URIs go as they are
         storage = str(Path(storage).expanduser().resolve())

@@ -249,13 +249,16 @@ class WorkerRun:
         payload = self.payload(epoch)  # every rank takes part in gathering the RNG states
         payload["final"] = final
         out = {**metrics, "epoch": epoch, "final": final}
+        # Every rank reports in the background during training, the final report before returning.
+        # Ray Train queues one report per worker until the controller's next poll: a blocking
+        # report on any rank stalls the others at their next all-reduce (measured: 2-worker epochs
+        # of 0.6 s took 2.0 s, the controller's default poll interval, until this was asynchronous).
+        mode = CheckpointUploadMode.SYNC if final else CheckpointUploadMode.ASYNC
         if self.rank != 0:
-            ray.train.report(out)
+            ray.train.report(out, checkpoint_upload_mode=mode)
         else:
             path = Path(tempfile.mkdtemp(prefix="cadasg-ckpt-"))
             torch.save(payload, path / STATE_FILE)
-            # Epoch checkpoints upload in the background (training goes on); the final one before returning.
-            mode = CheckpointUploadMode.SYNC if final else CheckpointUploadMode.ASYNC
             ray.train.report(out, checkpoint=Checkpoint.from_directory(str(path)),
                              checkpoint_dir_name=f"{'final' if final else 'epoch'}_{epoch:05d}",
                              checkpoint_upload_mode=mode, delete_local_checkpoint_after_upload=True)
