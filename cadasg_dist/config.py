@@ -159,6 +159,12 @@ class PrivacyConfig:
     noise_multiplier: float | None = None
     # Cells of the DP histograms that give quantiles (continuous columns, wide integer ranges).
     histogram_bins: int = 64
+    # "flat": one clip norm over a network's whole per-example gradient. "per_layer": a threshold
+    # per tensor that tracks clip_quantile of that tensor's per-example norms, estimated from noisy
+    # counts inside each step's budget (docs/privacy_accounting.md section 7). Local fits only.
+    clipping: Literal["flat", "per_layer"] = "flat"
+    clip_quantile: float = 0.5
+    clip_learning_rate: float = 0.2
 
     def __post_init__(self) -> None:
         shares = self.preprocessing_share + self.final_cache_share
@@ -172,6 +178,11 @@ class PrivacyConfig:
             (self.noise_multiplier is None or self.noise_multiplier > 0,
              f"privacy.noise_multiplier must be > 0 (or null to calibrate it), got {self.noise_multiplier}"),
             (self.histogram_bins >= 2, f"privacy.histogram_bins must be >= 2, got {self.histogram_bins}"),
+            (self.clipping in ("flat", "per_layer"),
+             f"privacy.clipping must be 'flat' or 'per_layer', got {self.clipping!r}"),
+            (0 < self.clip_quantile < 1 and self.clip_learning_rate > 0,
+             "privacy.clip_quantile must be in (0, 1) and privacy.clip_learning_rate > 0, got "
+             f"{self.clip_quantile} and {self.clip_learning_rate}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -284,6 +295,9 @@ def validate(cfg: CADASGConfig) -> None:
         (cfg.privacy.max_grad_norm > 0, f"privacy.max_grad_norm must be > 0, got {cfg.privacy.max_grad_norm}"),
         (cfg.distributed.num_workers >= 1, f"distributed.num_workers must be >= 1, got {cfg.distributed.num_workers}"),
         (cfg.distributed.merge_every >= 1, f"distributed.merge_every must be >= 1, got {cfg.distributed.merge_every}"),
+        (cfg.privacy.clipping == "flat" or cfg.distributed.num_workers == 1,
+         "privacy.clipping='per_layer' is for a local fit; Ray Train workers use flat clipping "
+         "(set privacy.clipping=flat or distributed.num_workers=1)"),
         (cfg.distributed.max_failures >= -1,
          f"distributed.max_failures must be >= -1 (-1 = unlimited), got {cfg.distributed.max_failures}"),
         (cfg.data.continuous_encoding in ("quantile", "standard"),

@@ -10,7 +10,9 @@ z = (σ_g⁻² + (2σ_b)⁻²)^(-1/2); :func:`gradient_noise_for_adaptive_clippi
 ledger keeps recording the calibrated z (not σ_g) for the step and nothing else. Do not also record
 the count as a separate mechanism, and do not use the noiseless update (σ_b = 0) in a private run.
 
-Flat clipping only (one C for all parameters).
+:class:`PerLayerAdaptiveClipper` does the same per tensor: each tensor's threshold follows the
+target quantile of that tensor's per-example norms, and the L counts join the step's gradient
+release in the same way (see its docstring).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch import Tensor
 
 from cadasg_dist.errors import ConfigError
 from cadasg_dist.privacy import _checks
+from cadasg_dist.privacy.per_sample import per_layer_clip_and_noise, per_layer_noise_stds
 
 
 def per_example_norms(grads: Mapping[str, Tensor]) -> Tensor:
@@ -84,3 +87,59 @@ def adaptive_clip_update(
         centred += count_std * float(torch.randn((), generator=generator, device=device, dtype=torch.float64))
     fraction_below = centred / divisor + 0.5
     return clip * math.exp(-rate * (fraction_below - float(target_quantile)))
+
+
+class PerLayerAdaptiveClipper:
+    """Per-layer clipping whose thresholds track a quantile of each tensor's per-example norms.
+
+    Privacy caveats first: one call of :meth:`release` is two releases from the same Poisson batch,
+    (a) the gradient sum with tensor l of each example clipped to C_l and noise N(0, (σ_g·√L·C_l)²)
+    on it, and (b) for each of the L tensors the noisy centred count Σ_i (1[‖g_il‖ ≤ C_l] − ½) +
+    N(0, σ_b²), from which the next C_l is computed. By the whitening argument of
+    docs/privacy_accounting.md §6, (a) alone is one Gaussian mechanism with multiplier σ_g; (b) is a
+    vector whose L2 sensitivity is √L/2 with noise σ_b per coordinate. Together they are one
+    Gaussian mechanism with multiplier z, 1/z² = 1/σ_g² + L/(2σ_b)², so the ledger records the
+    step's z and nothing else; :meth:`gradient_noise` inverts it. Thresholds start at C/√L each
+    (the flat clip's sensitivity C) and are a function of released values only.
+    """
+
+    def __init__(self, names: list[str], *, clip: float, target_quantile: float, learning_rate: float,
+                 count_noise_std: float) -> None:
+        if not names:
+            raise ConfigError("per-layer clipping needs at least one tensor")
+        clip = _checks.check_positive(clip, name="clip")
+        self.thresholds = {n: clip / math.sqrt(len(names)) for n in names}
+        self.target_quantile, self.learning_rate = float(target_quantile), float(learning_rate)
+        self.count_noise_std = _checks.check_noise_multiplier(count_noise_std, name="count_noise_std")
+        self.last_stds: dict[str, float] = {}  # noise sd per tensor of the last release, before the update
+
+    def gradient_noise(self, noise_multiplier: float) -> float:
+        """σ_g such that (gradients, L counts) together have multiplier ``noise_multiplier``."""
+        z = _checks.check_noise_multiplier(noise_multiplier)
+        rest = z**-2 - len(self.thresholds) * (2 * self.count_noise_std) ** -2
+        if rest <= 0:
+            raise ConfigError(
+                f"count_noise_std={self.count_noise_std:.4g} is too small for noise_multiplier={z:.4g} with "
+                f"{len(self.thresholds)} tensors: the counts alone would spend the step; use a larger batch")
+        return rest**-0.5
+
+    def release(self, grads: Mapping[str, Tensor], *, noise_multiplier: float, generator: torch.Generator | None,
+                expected_batch_size: float) -> dict[str, Tensor]:
+        """The step's noisy gradient ``{name: shape}``; then every threshold moves (see the class docstring)."""
+        sigma_g = self.gradient_noise(noise_multiplier)
+        self.last_stds = per_layer_noise_stds(self.thresholds, noise_multiplier=sigma_g)
+        out = per_layer_clip_and_noise(grads, thresholds=self.thresholds, noise_multiplier=sigma_g,
+                                       generator=generator, expected_batch_size=expected_batch_size)
+        for name, g in grads.items():
+            norms = g.reshape(g.shape[0], -1).norm(dim=1)
+            self.thresholds[name] = adaptive_clip_update(
+                norms, clip=self.thresholds[name], target_quantile=self.target_quantile,
+                learning_rate=self.learning_rate, count_noise_std=self.count_noise_std, generator=generator,
+                expected_batch_size=expected_batch_size)
+        return out
+
+    def state_dict(self) -> dict[str, float]:
+        return dict(self.thresholds)
+
+    def load_state_dict(self, state: Mapping[str, float]) -> None:
+        self.thresholds = {n: float(state[n]) for n in self.thresholds}

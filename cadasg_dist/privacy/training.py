@@ -47,6 +47,7 @@ from cadasg_dist.data.schema import Schema
 from cadasg_dist.errors import ConfigError, InvalidDataError, PrivacyBudgetError
 from cadasg_dist.model.losses import utility_loss
 from cadasg_dist.model.networks import CADASGNetworks, ModelDims
+from cadasg_dist.privacy.adaptive import PerLayerAdaptiveClipper
 from cadasg_dist.privacy.analysis import DEFAULT_RDP_ORDERS, compose_rdp, epsilon_from_history, rdp_to_epsilon
 from cadasg_dist.privacy.calibrate import calibrate_noise
 from cadasg_dist.privacy.ledger import Mechanism, PrivacyLedger
@@ -223,6 +224,9 @@ class DPState:
         self._vae: dict[str, Tensor] = {}
         self._pair: nn.ModuleDict | None = None
         self._final = plan.full_pass.get(FINAL_CACHE)
+        self._per_layer = cfg.privacy.clipping == "per_layer"
+        self._clippers: dict[str, PerLayerAdaptiveClipper] = {}  # per part, with privacy.clipping = per_layer
+        self._quantile, self._clip_rate = cfg.privacy.clip_quantile, cfg.privacy.clip_learning_rate
 
     # --- the hooks train_step calls --------------------------------------------------------------
     def privatize_critic(self, nets: CADASGNetworks, batch: Batch, fake: Tensor, onehot: Tensor, alpha: Tensor,
@@ -270,8 +274,9 @@ class DPState:
 
         self._vae = self._release(_per_example(pair, example_loss, batch.x, onehot, eps), batch, "dpsgd/vae")
         names = {id(p): n for n, p in pair.named_parameters()}
-        noise_var = (self.plan.parts["dpsgd/vae"] * self.clip / self.expected_units) ** 2
-        square = sum(float(self._vae[names[id(p)]].pow(2).sum()) - p.numel() * noise_var for p in shared)
+        square = sum(float(self._vae[names[id(p)]].pow(2).sum())
+                     - p.numel() * (self._noise_std("dpsgd/vae", names[id(p)]) / self.expected_units) ** 2
+                     for p in shared)
         return math.sqrt(max(square, 0.0))
 
     def scale_private_grads(self, nets: CADASGNetworks, weight: float) -> None:
@@ -320,6 +325,9 @@ class DPState:
             "steps_planned": p.steps, "steps_taken": self.steps_taken, "stopped_early": self.stop_reason is not None,
             "stop_reason": self.stop_reason, "max_grad_norm": self.clip, "renyi_order": p.order,
             "noise_multipliers": {"train_step": p.step_sigma, **p.parts, **p.full_pass},
+            "clipping": "per_layer" if self._per_layer else "flat",
+            **({"final_thresholds": {part: c.state_dict() for part, c in self._clippers.items()}}
+               if self._per_layer else {}),
         }
 
     # --- helpers --------------------------------------------------------------------------------
@@ -327,8 +335,22 @@ class DPState:
         units = getattr(batch, "units", None)
         if units is not None:
             grads = _per_unit(grads, units)
+        if self._per_layer:
+            if part not in self._clippers:
+                # Andrew et al.'s count noise: about a twentieth of the expected batch
+                self._clippers[part] = PerLayerAdaptiveClipper(
+                    list(grads), clip=self.clip, target_quantile=self._quantile, learning_rate=self._clip_rate,
+                    count_noise_std=max(self.expected_units / 20, 1.0))
+            return self._clippers[part].release(grads, noise_multiplier=self.plan.parts[part], generator=self.noise,
+                                                expected_batch_size=self.expected_units)
         return clip_and_noise(grads, max_grad_norm=self.clip, noise_multiplier=self.plan.parts[part],
                               generator=self.noise, expected_batch_size=self.expected_units)
+
+    def _noise_std(self, part: str, name: str) -> float:
+        """Standard deviation of the noise the last release of ``part`` added to tensor ``name``."""
+        if self._per_layer:
+            return self._clippers[part].last_stds[name]
+        return self.plan.parts[part] * self.clip
 
     def _encoder_decoder(self, nets: CADASGNetworks) -> nn.ModuleDict:
         if self._pair is None:

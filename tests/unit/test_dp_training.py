@@ -272,3 +272,11 @@ def test_frame_with_missing_unit_is_refused(mixed_table, private_config):
         np.arange(len(mixed_table)) != 5))
     with pytest.raises(InvalidDataError, match="missing values"):
         CADASG(private_config.replace(**{"privacy.unit": "person"})).fit(df)
+
+
+def test_private_fit_with_per_layer_clipping_keeps_the_budget(mixed_table, private_config):
+    model = CADASG(private_config.replace(**{"privacy.clipping": "per_layer"})).fit(mixed_table)
+    report = model.meta["privacy"]
+    assert report["clipping"] == "per_layer" and model.ledger.epsilon() <= 4.0
+    thresholds = report["final_thresholds"]["dpsgd/critic"]
+    assert len({round(v, 6) for v in thresholds.values()}) > 1  # the tensors' thresholds moved apart

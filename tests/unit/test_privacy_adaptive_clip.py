@@ -62,3 +62,40 @@ def test_update_rejects_bad_values(kwargs: dict, match: str) -> None:
             "expected_batch_size": 10, **kwargs}
     with pytest.raises(ConfigError, match=match):
         adaptive_clip_update(torch.ones(3), **args)
+
+
+# --- per-layer adaptive clipping -----------------------------------------------------------------
+def _clipper(names=("w", "b"), clip=1.0, count_std=5.0, rate=0.2):
+    from cadasg_dist.privacy.adaptive import PerLayerAdaptiveClipper
+
+    return PerLayerAdaptiveClipper(list(names), clip=clip, target_quantile=0.5, learning_rate=rate,
+                                   count_noise_std=count_std)
+
+
+def test_per_layer_counts_and_gradients_compose_to_the_calibrated_multiplier() -> None:
+    clipper = _clipper(names=("a", "b", "c"))
+    z = 1.3
+    sigma_g = clipper.gradient_noise(z)
+    # whitened sensitivity: gradient part 1/σ_g, three counts of sensitivity 1/2 with noise σ_b each
+    assert math.sqrt(sigma_g**-2 + 3 * 0.25 / 5.0**2) == pytest.approx(1 / z, rel=1e-12)
+    assert clipper.thresholds == pytest.approx({"a": 1 / math.sqrt(3), "b": 1 / math.sqrt(3), "c": 1 / math.sqrt(3)})
+
+
+def test_per_layer_thresholds_track_each_tensors_median_norm() -> None:
+    gen = torch.Generator().manual_seed(0)
+    clipper = _clipper(count_std=1.0, rate=0.3)
+    for _ in range(200):
+        # per-example norms: "w" around 4, "b" around 0.05 (a bias much smaller than its weight)
+        grads = {"w": 4.0 * torch.rand(200, 3, 3, generator=gen) * 2 / 3, "b": 0.05 * torch.rand(200, 2, generator=gen)}
+        clipper.release(grads, noise_multiplier=1.0, generator=gen, expected_batch_size=200)
+    med_w = float(grads["w"].reshape(200, -1).norm(dim=1).median())
+    med_b = float(grads["b"].norm(dim=1).median())
+    assert clipper.thresholds["w"] == pytest.approx(med_w, rel=0.15)
+    assert clipper.thresholds["b"] == pytest.approx(med_b, rel=0.15)
+    # the noise of the last release scales with each tensor's own threshold
+    assert clipper.last_stds["w"] / clipper.last_stds["b"] == pytest.approx(med_w / med_b, rel=0.4)
+
+
+def test_per_layer_clipping_is_refused_on_ray_workers(tiny_config) -> None:
+    with pytest.raises(ConfigError, match="per_layer"):
+        tiny_config.replace(**{"privacy.clipping": "per_layer", "distributed.num_workers": 2})
