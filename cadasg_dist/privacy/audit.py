@@ -168,14 +168,15 @@ def shadow_attack(fit_sample: Callable[[np.ndarray, int], np.ndarray], *, popula
                   shadows: int, shadow_rows: int, rng: np.random.Generator) -> ShadowAttack:
     """AUC of a membership classifier trained on ``shadows`` shadow generators.
 
-    ``fit_sample(rows, seed)`` trains the target's algorithm (same config, same ε) on encoded
-    ``rows`` and returns encoded synthetic rows; ``population`` is the attacker's own sample of
+    ``fit_sample(indices, seed)`` trains the target's algorithm (same config, same ε) on the
+    ``population`` rows at ``indices`` and returns encoded synthetic rows; ``population`` is the attacker's own sample of
     the population (disjoint from ``members`` and ``non_members``): a third is its reference for
     the features, and each shadow trains on ``shadow_rows`` of the rest, with as many other rows
     of the rest as its non-members. The classifier is then
     scored on the target: ``members`` (its training rows) vs ``non_members`` (a holdout).
     """
-    reference, pool = population[: len(population) // 3], population[len(population) // 3:]
+    cut = len(population) // 3
+    reference, pool = population[:cut], population[cut:]
     if shadows < 2 or shadow_rows * 2 > len(pool):
         raise ConfigError(f"need >= 2 shadows and a population of at least 3 x {shadow_rows} rows, got "
                           f"{shadows} shadows and {len(population)} rows")
@@ -183,7 +184,7 @@ def shadow_attack(fit_sample: Callable[[np.ndarray, int], np.ndarray], *, popula
     for s in range(shadows):
         perm = rng.permutation(len(pool))
         inside, outside = pool[perm[:shadow_rows]], pool[perm[shadow_rows:2 * shadow_rows]]
-        synthetic = fit_sample(inside, int(rng.integers(2**31)))
+        synthetic = fit_sample(cut + perm[:shadow_rows], int(rng.integers(2**31)))
         probe = min(len(inside), 1000)
         cand = np.vstack([inside[:probe], outside[:probe]])
         feats.append(neighbourhood_features(synthetic, cand, reference))

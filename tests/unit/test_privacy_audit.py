@@ -85,11 +85,15 @@ def _population(seed: int, n: int = 3000) -> np.ndarray:
 def test_shadow_attack_catches_a_copying_generator() -> None:
     rng = np.random.default_rng(1)
 
-    def copier(rows: np.ndarray, seed: int) -> np.ndarray:  # releases its training rows, slightly blurred
+    def blur(rows: np.ndarray, seed: int) -> np.ndarray:
         return rows + 0.01 * np.random.default_rng(seed).normal(size=rows.shape)
 
     population, train, holdout = _population(2), _population(3, 600), _population(4, 600)
-    result = shadow_attack(copier, population=population, target_synthetic=copier(train, 9), members=train,
+
+    def copier(indices: np.ndarray, seed: int) -> np.ndarray:  # releases its training rows, slightly blurred
+        return blur(population[indices], seed)
+
+    result = shadow_attack(copier, population=population, target_synthetic=blur(train, 9), members=train,
                            non_members=holdout, shadows=3, shadow_rows=600, rng=rng)
     assert result.auc > 0.9 and result.shadow_auc > 0.9
 
@@ -97,8 +101,8 @@ def test_shadow_attack_catches_a_copying_generator() -> None:
 def test_shadow_attack_is_a_coin_against_a_generator_that_ignores_its_data() -> None:
     rng = np.random.default_rng(1)
 
-    def oblivious(rows: np.ndarray, seed: int) -> np.ndarray:  # draws from the population law, whatever it saw
-        return np.random.default_rng(seed).normal(size=rows.shape)
+    def oblivious(indices: np.ndarray, seed: int) -> np.ndarray:  # draws from the population law, whatever it saw
+        return np.random.default_rng(seed).normal(size=(len(indices), 4))
 
     population, train, holdout = _population(2), _population(3, 600), _population(4, 600)
     result = shadow_attack(oblivious, population=population, target_synthetic=oblivious(train, 9), members=train,

@@ -1,0 +1,241 @@
+"""DP benchmark: CA-DASG at ε ∈ {1, 3, 8, ∞} beside DP baselines at the same ε, with attacks.
+
+    .venv/bin/python bench/privacy.py --tables HI --epsilons 1,3,8,inf
+    .venv/bin/python bench/privacy.py --tables HI --epsilons 3,inf --audit --shadow   # + attacks
+
+One table per run is the intended use (a private fit takes minutes here). On the 80/20 split of
+``bench/splits.py``, δ = min(1e-5, 1/n²) with n the training rows. For every ε:
+
+* CA-DASG: ``privacy.epsilon = ε`` with the engine's defaults (bounds and categories DP releases,
+  DP-SGD on every network, the DP cache; ``--epochs`` caps the epochs). The ε it reports is the
+  ledger's.
+* baselines, in the same run and the same split: smartnoise-synth's MST and AIM
+  (``bench/dp_baselines.py`` in ``.venv-bench``) and a DP-SGD GAN (``bench/dpgan.py``), cached
+  under ``bench/.cache/{table}/{name}_eps{ε}/`` like the SDV baselines.
+* scores from ``cadasg_dist.evaluate`` on the holdout: utility ratio, the worst context's
+  fidelity, exact-match rate, DCR share and the distance attack's AUC (members = training rows,
+  non-members = holdout rows).
+
+``--audit``: a second CA-DASG run per finite ε with canaries: 200 of the holdout's least typical
+rows, each added to the training rows with probability 1/2; the attacker scores each canary by
+minus its distance to the closest synthetic row and the one-run audit (Steinke et al. 2023,
+``cadasg_dist.privacy.audit``) turns its guesses into an ε lower bound at 95% confidence.
+``--shadow``: the shadow-model attack with 3 shadow CA-DASG models at the same ε, each trained on
+2,000 rows of the holdout's first half (the attacker's population sample), scored on 1,000
+training rows vs 1,000 rows of the holdout's second half.
+
+Prints markdown and writes it with the raw numbers to bench/results/privacy_{table}.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.engine import BENCH_PY, CACHE, cached, scoring_view  # noqa: E402
+from bench.splits import load_table, split  # noqa: E402
+from cadasg_dist.config import CADASGConfig, ContextConfig, TrainConfig  # noqa: E402
+from cadasg_dist.data.schema import infer_schema  # noqa: E402
+from cadasg_dist.evaluate import evaluate  # noqa: E402
+from cadasg_dist.evaluate.features import encode, fit_encoder, widened_schema  # noqa: E402
+from cadasg_dist.privacy.audit import make_canaries, nearest_distance, one_run_audit, shadow_attack  # noqa: E402
+from cadasg_dist.synthesizer import CADASG  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+BASELINES = {
+    "mst": f"{BENCH_PY} {ROOT / 'bench' / 'dp_baselines.py'} --synth mst --epsilon {{eps}} --delta {{delta}} "
+           "--seed {seed} {train} {out}",
+    "aim": f"{BENCH_PY} {ROOT / 'bench' / 'dp_baselines.py'} --synth aim --epsilon {{eps}} --delta {{delta}} "
+           "--seed {seed} {train} {out}",
+    "dpgan": f"{sys.executable} {ROOT / 'bench' / 'dpgan.py'} --epsilon {{eps}} --delta {{delta}} --seed {{seed}} "
+             "{train} {out}",
+}
+CANARIES = 200
+# Finite ε: the settings of configs/private.yaml (fewer, larger steps, a smaller latent space and
+# utility head, tighter cache clips); ε = ∞ keeps the engine's defaults. --set overrides both.
+PRIVATE_PROFILE = {"model.latent_dim": 16, "model.utility_hidden": [64], "cache.clip_x": 5.0, "cache.clip_z": 5.0,
+                   "cache.ema_alpha": 0.99, "train.epochs": 30, "train.batch_size": 1000}
+OVERRIDES: dict = {}  # --set KEY=VALUE
+
+
+def log(msg: str) -> None:
+    print(f"[privacy {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def config(spec, eps: float, delta: float, seed: int, epochs: int | None) -> CADASGConfig:
+    cfg = CADASGConfig(target=spec.target, context=ContextConfig(columns=tuple(spec.contexts)),
+                       train=TrainConfig(seed=seed))
+    over = {**(PRIVATE_PROFILE if math.isfinite(eps) else {}), **OVERRIDES,
+            "privacy.epsilon": eps, "privacy.delta": delta if math.isfinite(eps) else None}
+    if epochs:
+        over["train.epochs"] = epochs
+    return cfg.replace(**over)
+
+
+def score(name: str, eps: float, synthetic: pd.DataFrame, train: pd.DataFrame, test: pd.DataFrame, spec,
+          seed: int) -> dict:
+    res = evaluate(scoring_view(test, spec), scoring_view(synthetic[train.columns], spec), target=spec.target,
+                   context=list(spec.contexts), train=scoring_view(train, spec), seed=seed)
+    return {"model": name, "epsilon": eps, "utility_ratio": res.utility.ratio if res.utility else None,
+            "column_shape": res.fidelity.column_shape, "pair_trend": res.fidelity.pair_trend,
+            "context_min": res.per_context.min, "exact_match": res.privacy.exact_match_rate,
+            "dcr_share": res.privacy.dcr_share, "mia_auc": res.privacy.mia_auc}
+
+
+def fit_ours(train: pd.DataFrame, spec, eps: float, delta: float, seed: int, epochs: int | None) -> tuple[CADASG, float]:
+    t0 = time.perf_counter()
+    model = CADASG(config(spec, eps, delta, seed, epochs)).fit(train)
+    return model, time.perf_counter() - t0
+
+
+def spent(model: CADASG) -> float:
+    return float(model.ledger.epsilon()) if model.ledger.private else math.inf
+
+
+def run_baseline(table: str, name: str, eps: float, delta: float, seed: int, timeout: float) -> pd.DataFrame | None:
+    from bench.baselines import run_command
+
+    key = f"{name}_eps{eps:g}"
+    hit = cached(table, key, seed)
+    if hit is None:
+        template = BASELINES[name].replace("{eps}", f"{eps:g}").replace("{delta}", f"{delta:g}")
+        log(f"{table}/{key}: fitting")
+        meta = run_command(table, key, template, seed, CACHE, threads=1, timeout=timeout)
+        if meta.get("status") != "ok":
+            log(f"{table}/{key}: {meta.get('error', 'failed')}")
+            return None
+        hit = cached(table, key, seed)
+    return hit[0] if hit else None
+
+
+def features(train: pd.DataFrame, test: pd.DataFrame, *others: pd.DataFrame):
+    """An auditor's encoder (fitted on the holdout, never released) and the encode function."""
+    schema = widened_schema(infer_schema(test), [train, test, *others])
+    enc = fit_encoder(schema, test)
+    return lambda df: encode(enc, df[train.columns])
+
+
+def canary_audit(train, test, spec, eps, delta, seed, epochs) -> dict:
+    rng = np.random.default_rng(seed + 17)
+    enc = features(train, test)
+    picks = make_canaries(enc(test), CANARIES, rng)
+    canaries = test.iloc[picks]
+    included = rng.random(CANARIES) < 0.5
+    audited = pd.concat([train, canaries[included]], ignore_index=True)
+    model, _ = fit_ours(audited, spec, eps, delta, seed, epochs)
+    synthetic = model.sample(len(audited), seed=seed)
+    enc = features(audited, test, synthetic)
+    scores = -nearest_distance(enc(synthetic), enc(canaries))[:, 0]
+    result = one_run_audit(scores, included, delta=delta)
+    return {**result.to_dict(), "epsilon_claimed": spent(model)}
+
+
+def shadow(train, test, spec, eps, delta, seed, epochs, target_synthetic) -> dict:
+    rng = np.random.default_rng(seed + 29)
+    half = len(test) // 2
+    population_df, holdout_df = test.iloc[:half], test.iloc[half:]
+    enc = features(train, test, target_synthetic)
+
+    def fit_sample(indices: np.ndarray, s: int) -> np.ndarray:
+        picked = population_df.iloc[indices]
+        model, _ = fit_ours(picked, spec, eps, delta, s, epochs)
+        return enc(model.sample(len(picked), seed=s))
+
+    pop = enc(population_df)
+    result = shadow_attack(fit_sample, population=pop, target_synthetic=enc(target_synthetic),
+                           members=enc(train.sample(frac=1.0, random_state=seed)), non_members=enc(holdout_df),
+                           shadows=3, shadow_rows=min(2000, len(pop) // 3), rng=rng)
+    return dict(result.__dict__)
+
+
+def render(table: str, rows: list[dict], audits: dict, shadows: dict, n: int, delta: float) -> str:
+    cols = ["epsilon", "model", "epsilon_spent", "utility_ratio", "context_min", "column_shape", "pair_trend",
+            "exact_match", "dcr_share", "mia_auc", "fit_s"]
+    lines = [f"## DP benchmark on {table} ({n} training rows, δ = {delta:g})", "",
+             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+
+    def fmt(v):
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return "inf" if math.isinf(v) else f"{v:.3f}"
+        return str(v)
+
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    if audits:
+        lines += ["", "| ε (ledger) | one-run audit ε lower bound (95%) | canaries | guesses | right |", "|---|---|---|---|---|"]
+        lines += [f"| {fmt(a['epsilon_claimed'])} | {a['epsilon_lower']:.3f} | {a['canaries']} | {a['guesses']} | "
+                  f"{a['correct']} |" for a in audits.values()]
+    if shadows:
+        lines += ["", "| ε | shadow-model attack AUC (target) | AUC on a held-out shadow |", "|---|---|---|"]
+        lines += [f"| {k} | {s['auc']:.3f} | {s['shadow_auc']:.3f} |" for k, s in shadows.items()]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tables", default="HI")
+    ap.add_argument("--epsilons", default="1,3,8,inf")
+    ap.add_argument("--baselines", default="mst,aim,dpgan")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--epochs", type=int, help="cap CA-DASG's epochs (default: the engine's)")
+    ap.add_argument("--timeout", type=float, default=1200, help="seconds per baseline fit")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="CA-DASG config override")
+    ap.add_argument("--tag", default="", help="suffix of the results files")
+    ap.add_argument("--audit", action="store_true")
+    ap.add_argument("--shadow", action="store_true")
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    import yaml
+
+    OVERRIDES.update({k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)})
+    epsilons = [float(e) for e in args.epsilons.split(",")]
+    for table in args.tables.split(","):
+        df, spec = load_table(table)
+        train, test = split(df, seed=args.seed)
+        delta = min(1e-5, 1.0 / len(train) ** 2)
+        rows, audits, shadows = [], {}, {}
+        for eps in epsilons:
+            log(f"{table}: CA-DASG at epsilon={eps:g}")
+            model, fit_s = fit_ours(train, spec, eps, delta, args.seed, args.epochs)
+            synthetic = model.sample(len(train), seed=args.seed)
+            rows.append({**score("CA-DASG", eps, synthetic, train, test, spec, args.seed),
+                         "epsilon_spent": spent(model), "fit_s": fit_s, "epochs": model.config.train.epochs})
+            log(f"{table}: CA-DASG eps={eps:g}: utility {rows[-1]['utility_ratio']}")
+            for name in filter(None, args.baselines.split(",")):
+                if not math.isfinite(eps) and name in ("mst", "aim"):
+                    continue  # no non-private mode; the SDV baselines of bench/engine.py are the ε = ∞ reference
+                syn = run_baseline(table, name, eps, delta, args.seed, args.timeout)
+                if syn is not None:
+                    rows.append(score(name, eps, syn, train, test, spec, args.seed))
+            if args.audit:
+                log(f"{table}: canary audit at epsilon={eps:g}")
+                audits[f"{eps:g}"] = canary_audit(train, test, spec, eps, delta, args.seed, args.epochs)
+            if args.shadow:
+                log(f"{table}: shadow attack at epsilon={eps:g}")
+                shadows[f"{eps:g}"] = shadow(train, test, spec, eps, delta, args.seed, args.epochs, synthetic)
+        text = render(table, rows, audits, shadows, len(train), delta)
+        print(text, flush=True)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / f"privacy_{table}{args.tag}.md").write_text(text + "\n")
+        (RESULTS / f"privacy_{table}{args.tag}.json").write_text(json.dumps(
+            {"rows": rows, "audits": audits, "shadows": shadows, "delta": delta, "overrides": OVERRIDES,
+             "private_profile": PRIVATE_PROFILE}, indent=1, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    raise SystemExit(main())
