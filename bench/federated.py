@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.engine import scoring_view  # noqa: E402
-from bench.splits import load_table, split  # noqa: E402
+from bench.splits import DECLARED, load_table, split  # noqa: E402
 from cadasg_dist.config import CADASGConfig  # noqa: E402
 from cadasg_dist.evaluate import evaluate  # noqa: E402
 from cadasg_dist.federation.config import FederatedConfig  # noqa: E402
@@ -50,21 +50,6 @@ from cadasg_dist.federation.server import assemble_model  # noqa: E402
 from cadasg_dist.synthesizer import CADASG  # noqa: E402
 
 SILO_COLUMN = {"HI": "region", "rwm5yr": "year"}
-YES_NO = ["no", "yes"]
-DECLARED = {
-    "HI": {"hhi": {"categories": YES_NO}, "whi": {"categories": YES_NO}, "hhi2": {"categories": YES_NO},
-           "hispanic": {"categories": YES_NO}, "race": {"categories": ["black", "other", "white"]},
-           "region": {"categories": ["northcentral", "other", "south", "west"]},
-           "education": {"categories": ["<9years", "9-11years", "12years", "13-15years", "16years", ">16years"]}},
-    # (bench/splits.py drops rwm5yr's person id: rows are the privacy unit here)
-    "rwm5yr": {"year": {"kind": "categorical", "categories": [1984, 1985, 1986, 1987, 1988]},
-               "female": {"kind": "categorical", "categories": [0, 1]},
-               "edlevel": {"kind": "categorical", "categories": [1, 2, 3, 4]},
-               **{c: {"kind": "categorical", "categories": [0, 1]}
-                  for c in ("outwork", "married", "kids", "self", "edlevel1", "edlevel2", "edlevel3", "edlevel4")}},
-}
-
-
 def configs(table: str, spec, args: argparse.Namespace) -> tuple[CADASGConfig, FederatedConfig]:
     cfg = CADASGConfig.from_dict({
         "target": spec.target, "context": {"columns": list(spec.contexts)},

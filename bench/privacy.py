@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.engine import BENCH_PY, CACHE, cached, scoring_view  # noqa: E402
-from bench.splits import load_table, split  # noqa: E402
+from bench.splits import DECLARED, load_table, split  # noqa: E402
 from cadasg_dist.config import CADASGConfig, ContextConfig, TrainConfig  # noqa: E402
 from cadasg_dist.data.schema import infer_schema  # noqa: E402
 from cadasg_dist.evaluate import evaluate  # noqa: E402
@@ -75,7 +75,8 @@ def log(msg: str) -> None:
 def config(spec, eps: float, delta: float, seed: int, epochs: int | None) -> CADASGConfig:
     cfg = CADASGConfig(target=spec.target, context=ContextConfig(columns=tuple(spec.contexts)),
                        train=TrainConfig(seed=seed))
-    over = {**(PRIVATE_PROFILE if math.isfinite(eps) else {}), **OVERRIDES,
+    private = {**PRIVATE_PROFILE, "data.columns": DECLARED.get(spec.name, {})} if math.isfinite(eps) else {}
+    over = {**private, **OVERRIDES,
             "privacy.epsilon": eps, "privacy.delta": delta if math.isfinite(eps) else None}
     if epochs:
         over["train.epochs"] = epochs

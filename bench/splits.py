@@ -133,6 +133,26 @@ TABLES: dict[str, TableSpec] = {
 
 TABLE_ORDER: tuple[str, ...] = tuple(TABLES)
 
+YES_NO = ["no", "yes"]
+# Public domains (category sets) a private run needs declared, as a data owner would copy them from
+# the tables' codebooks; bounds of numeric columns are left to the engine's DP releases.
+DECLARED: dict[str, dict] = {
+    "HI": {"hhi": {"categories": YES_NO}, "whi": {"categories": YES_NO}, "hhi2": {"categories": YES_NO},
+           "hispanic": {"categories": YES_NO}, "race": {"categories": ["black", "other", "white"]},
+           "region": {"categories": ["northcentral", "other", "south", "west"]},
+           "education": {"categories": ["<9years", "9-11years", "12years", "13-15years", "16years", ">16years"]}},
+    # (the person id is dropped above: rows are the privacy unit in the benchmarks)
+    "rwm5yr": {"year": {"kind": "categorical", "categories": [1984, 1985, 1986, 1987, 1988]},
+               "female": {"kind": "categorical", "categories": [0, 1]},
+               "edlevel": {"kind": "categorical", "categories": [1, 2, 3, 4]},
+               **{c: {"kind": "categorical", "categories": [0, 1]}
+                  for c in ("outwork", "married", "kids", "self", "edlevel1", "edlevel2", "edlevel3", "edlevel4")}},
+    "SLID": {"sex": {"categories": ["Female", "Male"]}, "language": {"categories": ["English", "French", "Other"]}},
+    "diamonds": {"cut": {"categories": ["Fair", "Good", "Very Good", "Premium", "Ideal"]},
+                 "color": {"categories": list("DEFGHIJ")},
+                 "clarity": {"categories": ["I1", "SI2", "SI1", "VS2", "VS1", "VVS2", "VVS1", "IF"]}},
+}
+
 
 def datasets_dir() -> Path:
     """Directory holding the CSVs.
