@@ -124,7 +124,10 @@ class TrainConfig:
     critic_steps: int = 1
     weight_decay: float = 1e-6
     seed: int = 0
-    device: str = "auto"
+    # Where the networks train: "cpu", "cuda", "cuda:N", or "auto" (the GPU when torch sees one).
+    # Random draws and the context cache stay on the CPU, so a seed gives the same run on either.
+    # Ray Train workers ignore it and take Ray's device (--use-gpu).
+    device: str = "cpu"
     # Intra-op threads for torch on CPU (0 = torch's default). One by default: these MLPs gain little
     # from more, and with more busy processes than cores OpenMP spinning made training 8x slower
     # here (3 epochs of rwm5yr: 87 s with 2 threads vs 10 s with 1, other jobs running).

@@ -124,7 +124,7 @@ class CADASG:
 
     def _finish(self, nets: CADASGNetworks, cache: ContextCache, history: list[dict[str, float]],
                 seconds: float, rows: int) -> None:
-        self.nets, self.cache, self.history = nets.eval(), cache, history
+        self.nets, self.cache, self.history = nets.cpu().eval(), cache, history  # sampling runs on the CPU
         self._priors = None
         self.meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "cadasg_version": __version__,
                      "torch_version": torch.__version__, "created": datetime.now(UTC).isoformat(),

@@ -133,9 +133,6 @@ def make_trainer(wc: WorkerConfig, ds: Any, local_mode: bool) -> Any:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     d = wc.cfg.distributed
-    if d.use_gpu:
-        log.warning("use_gpu: Ray reserves a GPU per worker, but the engine's train_step runs on CPU tensors, "
-                    "so training itself stays on CPU (see cadasg_dist/distributed/README in cluster/README.md)")
     os.environ.setdefault(POLL_ENV, POLL_INTERVAL_S)
     storage = d.storage_path
     if storage is not None and "://" not in storage:  # a local or shared (NFS) path; URIs go as they are
@@ -143,7 +140,8 @@ def make_trainer(wc: WorkerConfig, ds: Any, local_mode: bool) -> Any:
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=wc.to_dict(),
-        # gloo: the engine's tensors live on CPU; NCCL would need them on the GPU.
+        # gloo on both: the cache's float64 sums and the balancer's norms stay on the CPU, and gloo
+        # all-reduces CUDA tensors too (the gradients of GPU workers).
         torch_config=TorchConfig(backend="gloo"),
         scaling_config=ScalingConfig(num_workers=0 if local_mode else d.num_workers, use_gpu=d.use_gpu),
         run_config=RunConfig(name=f"cadasg-{time.strftime('%Y%m%d-%H%M%S')}-{np.random.randint(1 << 30):08x}",

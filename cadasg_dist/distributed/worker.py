@@ -112,6 +112,15 @@ def encode_shard(wc: WorkerConfig, df: pd.DataFrame, rank: int) -> tuple[torch.T
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(ids.astype(np.int64))
 
 
+def worker_device(use_gpu: bool) -> torch.device:
+    """The GPU Ray gave this worker (``--use-gpu``), else the CPU."""
+    if not use_gpu:
+        return torch.device("cpu")
+    import ray.train.torch
+
+    return ray.train.torch.get_device()
+
+
 def worker_seed(seed: int, rank: int) -> int:
     """Rank 0 keeps the run's seed (one worker trains like ``fit_local``); others get distinct streams
     so that their noise shares are independent."""
@@ -140,7 +149,7 @@ class WorkerRun:
             self.check_shard(local_rows)
         self.cfg = cfg
         # Identical networks on every worker (same seed), then per-worker sampling and noise streams.
-        self.state = TrainState.create(wc.dims, cfg)
+        self.state = TrainState.create(wc.dims, cfg, device=worker_device(cfg.distributed.use_gpu))
         self.state.generator.manual_seed(secrets.randbits(63) if seed is None else seed)
         self.epochs = self.privacy.epochs if self.privacy is not None else cfg.train.epochs
         self.state.dp = self.privacy.dp if self.privacy is not None else None
@@ -297,7 +306,7 @@ class WorkerRun:
 
 
 def load_payload(path: Path) -> dict[str, Any]:
-    return torch.load(path / STATE_FILE, weights_only=True)
+    return torch.load(path / STATE_FILE, weights_only=True, map_location="cpu")  # a GPU worker's tensors too
 
 
 def inject_failure(wc: WorkerConfig, epoch: int, rank: int) -> None:

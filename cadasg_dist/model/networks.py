@@ -50,7 +50,7 @@ class ModelDims:
             stratum = x[:, s.start:s.stop].argmax(dim=1) * self.target_bins
         if self.bin_span is not None and self.target_bins > 1:
             edges = torch.distributions.Normal(0.0, 1.0).icdf(
-                torch.arange(1, self.target_bins, dtype=x.dtype) / self.target_bins)
+                torch.arange(1, self.target_bins, dtype=x.dtype, device=x.device) / self.target_bins)
             stratum = stratum + torch.bucketize(x[:, self.bin_span.start].contiguous(), edges)
         return context * self.strata + stratum
 
@@ -176,7 +176,7 @@ def activate(raw: torch.Tensor, spans: tuple[SpanInfo, ...], *, tau: float | Non
         elif tau is None:
             parts.append(torch.softmax(block, dim=1))
         else:
-            u = torch.rand(block.shape, generator=generator, dtype=block.dtype).clamp(1e-10, 1 - 1e-10)
+            u = torch.rand(block.shape, generator=generator, dtype=block.dtype).to(block.device).clamp(1e-10, 1 - 1e-10)
             gumbel = -torch.log(-torch.log(u))
             parts.append(torch.softmax((block + gumbel) / tau, dim=1))
     return torch.cat(parts, dim=1)

@@ -287,12 +287,9 @@ def _example_norms(g: Tensor) -> Tensor:
 def _gaussian_like(t: Tensor, *, std: float, generator: torch.Generator | None) -> Tensor:
     if std == 0:
         return torch.zeros_like(t)
-    if generator is not None and generator.device.type != t.device.type:
-        raise ConfigError(
-            f"the noise generator is on {generator.device} but the gradients are on {t.device}; "
-            f"create torch.Generator(device={str(t.device)!r})."
-        )
-    return torch.randn(t.shape, generator=generator, device=t.device, dtype=t.dtype) * std
+    # drawn on the generator's device (the CPU in training), then moved to the gradients' device
+    device = generator.device if generator is not None else t.device
+    return torch.randn(t.shape, generator=generator, device=device, dtype=t.dtype).to(t.device) * std
 
 
 def _describe(value: Any) -> str:

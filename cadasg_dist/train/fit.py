@@ -80,11 +80,12 @@ def final_cache_pass(cfg: CADASGConfig, state: TrainState, cache: ContextCache, 
     nets = state.nets
     nets.eval()
     total = CacheStats.zeros(cache.n_cells, xs.shape[1], cfg.model.latent_dim)
+    device = state.device
     for i in range(0, len(xs), chunk):
-        x, c = xs[i:i + chunk], cs[i:i + chunk]
+        x, c = xs[i:i + chunk].to(device), cs[i:i + chunk].to(device)
         mean, logvar = nets.encoder(x, nets.one_hot(c))
-        total = total + CacheStats.from_batch(x, mean, logvar.exp(), nets.dims.cells(x, c), cache.n_cells,
-                                              cfg.cache.clip_x, cfg.cache.clip_z)
+        total = total + CacheStats.from_batch(x.cpu(), mean.cpu(), logvar.exp().cpu(), nets.dims.cells(x, c).cpu(),
+                                              cache.n_cells, cfg.cache.clip_x, cfg.cache.clip_z)
     cache.reset()
     cache.update(total, state.generator, alpha=1.0, share=share)
     return total

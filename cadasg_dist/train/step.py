@@ -59,10 +59,12 @@ class TrainState:
     history: list[dict[str, float]] = field(default_factory=list)
 
     @classmethod
-    def create(cls, dims: ModelDims, cfg: CADASGConfig, seed: int | None = None) -> TrainState:
+    def create(cls, dims: ModelDims, cfg: CADASGConfig, seed: int | None = None,
+               device: torch.device | str | None = None) -> TrainState:
+        """Fresh networks on ``device`` (default: ``cfg.train.device``) and their optimizers."""
         seed = cfg.train.seed if seed is None else seed
         torch.manual_seed(seed)
-        nets = CADASGNetworks(dims, cfg.model)
+        nets = CADASGNetworks(dims, cfg.model).to(resolve_device(cfg.train.device if device is None else device))
         t = cfg.train
         betas = (0.5, 0.9)
         gen_params = list(nets.encoder.parameters()) + list(nets.decoder.parameters())
@@ -73,8 +75,12 @@ class TrainState:
                                         weight_decay=t.weight_decay),
             opt_utility=torch.optim.Adam(nets.utility.parameters(), lr=t.lr_critic, weight_decay=t.weight_decay),
             balancer=LossBalancer(cfg.loss),
-            generator=torch.Generator().manual_seed(seed),
+            generator=torch.Generator().manual_seed(seed),  # on the CPU whatever the device: see config
         )
+
+    @property
+    def device(self) -> torch.device:
+        return self.nets.decoder.head.weight.device
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -106,17 +112,21 @@ class Priors:
     feature_cov: torch.Tensor  # (C, D, D)
 
     @classmethod
-    def from_cache(cls, cache: ContextCache, latent_dim: int) -> Priors:
+    def from_cache(cls, cache: ContextCache, latent_dim: int, device: torch.device | None = None) -> Priors:
+        """The cache's priors (computed on the CPU in float64) as float32 tensors on ``device``."""
         if float(cache.stats.n.sum()) <= 0:  # empty cache: the VAE's N(0, I) prior
             k, c, d = cache.n_cells, cache.n_contexts, cache.stats.sx.shape[1]
             eye = torch.eye(latent_dim).expand(k, latent_dim, latent_dim)
-            return cls(torch.zeros(k, latent_dim), eye.clone(), torch.zeros(c, d, d))
-        mean, cov = cache.latent_prior()
-        _, fcov = cache.feature_moments()
-        return cls(mean.float(), torch.linalg.cholesky(cov).float(), fcov.float())
+            priors = (torch.zeros(k, latent_dim), eye.clone(), torch.zeros(c, d, d))
+        else:
+            mean, cov = cache.latent_prior()
+            _, fcov = cache.feature_moments()
+            priors = (mean.float(), torch.linalg.cholesky(cov).float(), fcov.float())
+        return cls(*(t.to(device) for t in priors))
 
     def sample(self, cell: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        eps = torch.randn(len(cell), self.latent_mean.shape[1], generator=generator)  # (B, L)
+        # drawn by the CPU generator, then moved: the same numbers on any device
+        eps = torch.randn(len(cell), self.latent_mean.shape[1], generator=generator).to(self.latent_mean.device)
         z = torch.empty_like(eps)
         # One matmul per cell: gathering a (B, L, L) factor per row costs B·L² memory traffic.
         for k in torch.unique(cell).tolist():
@@ -148,7 +158,7 @@ def critic_step(cfg: CADASGConfig, state: TrainState, batch: Batch, onehot: torc
     nets, g = state.nets, state.generator
     with torch.no_grad():
         fake = generate(nets, priors, batch.cell, onehot, g, cfg.model.gumbel_tau)
-    alpha = torch.rand(len(batch.x), generator=g)
+    alpha = torch.rand(len(batch.x), generator=g).to(batch.x.device)
     state.opt_critic.zero_grad(set_to_none=True)
     fake_term = nets.critic(fake, onehot).mean()  # reads no real row
     real_terms = critic_real_loss(nets.critic, batch.x, fake, onehot, alpha, cfg.loss.gradient_penalty)  # (B,)
@@ -188,7 +198,8 @@ def _grad_norm(loss: torch.Tensor, params: list[torch.Tensor]) -> float:
     if not loss.requires_grad:
         return 0.0
     grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-    return float(torch.sqrt(sum((gr.pow(2).sum() for gr in grads if gr is not None), torch.tensor(0.0))))
+    zero = torch.zeros((), device=params[0].device)
+    return float(torch.sqrt(sum((gr.pow(2).sum() for gr in grads if gr is not None), zero)))
 
 
 def public_terms(nets: CADASGNetworks, priors: Priors, cell: torch.Tensor, onehot: torch.Tensor,
@@ -215,7 +226,7 @@ def generator_step(cfg: CADASGConfig, state: TrainState, batch: Batch, onehot: t
                    ) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
     nets, g = state.nets, state.generator
     state.opt_generator.zero_grad(set_to_none=True)
-    eps = torch.randn(len(batch.x), cfg.model.latent_dim, generator=g)
+    eps = torch.randn(len(batch.x), cfg.model.latent_dim, generator=g).to(batch.x.device)
     vae, mean, logvar = vae_terms(nets, batch.x, onehot, eps, cfg.loss.kl_beta)
     shared = [nets.decoder.head.weight]  # the layer every term reaches: where the norms are compared
     if state.dp is None:
@@ -244,18 +255,34 @@ def generator_step(cfg: CADASGConfig, state: TrainState, batch: Batch, onehot: t
 
 def cache_update(cfg: CADASGConfig, cache: ContextCache, batch: Batch, mean: torch.Tensor, logvar: torch.Tensor,
                  generator: torch.Generator, share: float = 1.0) -> None:
-    stats = CacheStats.from_batch(batch.x, mean, logvar.exp(), batch.cell, cache.n_cells,
+    # the cache lives on the CPU (float64 sums): .cpu() is a no-op for CPU tensors
+    stats = CacheStats.from_batch(batch.x.cpu(), mean.cpu(), logvar.exp().cpu(), batch.cell.cpu(), cache.n_cells,
                                   cfg.cache.clip_x, cfg.cache.clip_z)
     cache.update(stats, generator, share=share)
+
+
+def resolve_device(name: torch.device | str) -> torch.device:
+    """``"auto"``: the GPU when torch sees one, else the CPU; any other name as torch reads it."""
+    if str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def to_device(batch: Batch, device: torch.device) -> None:
+    """Move the batch's tensors (rows, contexts, privacy units) to ``device`` in place."""
+    for name, value in vars(batch).items():
+        if isinstance(value, torch.Tensor) and value.device != device:
+            setattr(batch, name, value.to(device))
 
 
 def train_step(cfg: CADASGConfig, state: TrainState, batch: Batch, cache: ContextCache) -> dict[str, float]:
     """One full step; returns the step's metrics (losses, λ's, gradient norms)."""
     nets = state.nets
     nets.train()
+    to_device(batch, state.device)
     onehot = nets.one_hot(batch.context)
     batch.cell = nets.dims.cells(batch.x, batch.context)
-    priors = Priors.from_cache(cache, cfg.model.latent_dim)
+    priors = Priors.from_cache(cache, cfg.model.latent_dim, state.device)
     critic = [critic_step(cfg, state, batch, onehot, priors) for _ in range(cfg.train.critic_steps)]
     util = utility_step(cfg, state, batch, onehot)
     metrics, mean, logvar = generator_step(cfg, state, batch, onehot, priors)
