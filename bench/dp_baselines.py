@@ -11,7 +11,9 @@ Preprocessing, as smartnoise does it by default, and its privacy: continuous col
 of categorical columns are read from the data *without* a DP mechanism (smartnoise's behaviour:
 this favours the baselines, since their ε does not cover it). Integer columns with at most
 ``--max-categories`` distinct values are treated as categories, other numbers as continuous.
-Binned values come back as uniform draws inside their bin.
+Binned values come back as uniform draws inside their bin. AIM runs ``--rounds-per-column`` x
+columns rounds (2 by default, against smartnoise's 16: with 16 one fit ran past 20 minutes on this
+2-core machine); fewer rounds give each round more of the budget, the total stays ε.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ def main() -> int:
     ap.add_argument("--max-categories", type=int, default=30)
     ap.add_argument("--preprocessor-share", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rounds-per-column", type=int, default=2,
+                    help="AIM's rounds = this x columns (smartnoise's default is 16: over 20 minutes a fit here)")
     ap.add_argument("train")
     ap.add_argument("out")
     args = ap.parse_args()
@@ -65,7 +69,8 @@ def main() -> int:
     transforms = [LabelTransformer(nullable=False) if c in categorical else BinTransformer(bins=args.bins, nullable=True)
                   for c in data.columns]
     transformer = TableTransformer(transforms)
-    synth = Synthesizer.create(args.synth, epsilon=args.epsilon - pre_eps, delta=args.delta, verbose=False)
+    extra = {"rounds": args.rounds_per_column * len(data.columns)} if args.synth == "aim" else {}
+    synth = Synthesizer.create(args.synth, epsilon=args.epsilon - pre_eps, delta=args.delta, verbose=False, **extra)
     t0 = time.perf_counter()
     synth.fit(data, transformer=transformer, preprocessor_eps=pre_eps)
     fit_s = time.perf_counter() - t0
