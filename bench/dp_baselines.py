@@ -7,11 +7,11 @@ Runs in the baseline environment (``.venv-bench``, see bench/requirements-bench.
 
 Preprocessing, as smartnoise does it by default, and its privacy: continuous columns are cut into
 ``--bins`` equal-width bins between bounds that smartnoise estimates with ``preprocessor_eps``
-(10% of ε here, taken out of the ε given to the synthesizer, so the total is ε); the category sets
+(10% of ε here; smartnoise takes it out of the ε it is given, so the total is ε); the category sets
 of categorical columns are read from the data *without* a DP mechanism (smartnoise's behaviour:
 this favours the baselines, since their ε does not cover it). Integer columns with at most
 ``--max-categories`` distinct values are treated as categories, other numbers as continuous.
-Binned values come back as uniform draws inside their bin. AIM runs ``--rounds-per-column`` x
+Binned values come back as their bin's midpoint. AIM runs ``--rounds-per-column`` x
 columns rounds (2 by default, against smartnoise's 16: with 16 one fit ran past 20 minutes on this
 2-core machine); fewer rounds give each round more of the budget, the total stays ε.
 """
@@ -65,12 +65,13 @@ def main() -> int:
     data = df.copy()
     for col in categorical:  # one label space per column; missing is its own label
         data[col] = data[col].astype(object).where(data[col].notna(), "__missing__").astype(str)
-    pre_eps = args.preprocessor_share * args.epsilon
-    transforms = [LabelTransformer(nullable=False) if c in categorical else BinTransformer(bins=args.bins, nullable=True)
+    pre_eps = args.preprocessor_share * args.epsilon  # of the total ε
+    transforms = [LabelTransformer(nullable=False) if c in categorical else BinTransformer(bins=args.bins, nullable=bool(data[c].isna().any()))
                   for c in data.columns]
     transformer = TableTransformer(transforms)
     extra = {"rounds": args.rounds_per_column * len(data.columns)} if args.synth == "aim" else {}
-    synth = Synthesizer.create(args.synth, epsilon=args.epsilon - pre_eps, delta=args.delta, verbose=False, **extra)
+    # smartnoise takes preprocessor_eps out of epsilon itself: the total is args.epsilon
+    synth = Synthesizer.create(args.synth, epsilon=args.epsilon, delta=args.delta, verbose=False, **extra)
     t0 = time.perf_counter()
     synth.fit(data, transformer=transformer, preprocessor_eps=pre_eps)
     fit_s = time.perf_counter() - t0
