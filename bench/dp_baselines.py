@@ -66,8 +66,8 @@ def main() -> int:
     for col in categorical:  # one label space per column; missing is its own label
         data[col] = data[col].astype(object).where(data[col].notna(), "__missing__").astype(str)
     pre_eps = args.preprocessor_share * args.epsilon  # of the total ε
-    transforms = [LabelTransformer(nullable=False) if c in categorical else BinTransformer(bins=args.bins, nullable=bool(data[c].isna().any()))
-                  for c in data.columns]
+    transforms = [LabelTransformer(nullable=False) if c in categorical
+                  else BinTransformer(bins=args.bins, nullable=bool(data[c].isna().any())) for c in data.columns]
     transformer = TableTransformer(transforms)
     extra = {"rounds": args.rounds_per_column * len(data.columns)} if args.synth == "aim" else {}
     # smartnoise takes preprocessor_eps out of epsilon itself: the total is args.epsilon

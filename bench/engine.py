@@ -76,6 +76,7 @@ def score(name: str, synthetic: pd.DataFrame, train: pd.DataFrame, test: pd.Data
         "target_rate_max_rel_err": worst_rate,
         "exact_match": res.privacy.exact_match_rate,
         "dcr_share": res.privacy.dcr_share,
+        "mia_auc": res.privacy.mia_auc,
     }
 
 

@@ -30,6 +30,7 @@ Prints markdown and writes it with the raw numbers to bench/results/privacy_{tab
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -42,11 +43,11 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.engine import BENCH_PY, CACHE, cached, scoring_view  # noqa: E402
+from bench.engine import BENCH_PY, CACHE, cached  # noqa: E402
+from bench.engine import score as engine_score  # noqa: E402
 from bench.splits import DECLARED, load_table, split  # noqa: E402
 from cadasg_dist.config import CADASGConfig, ContextConfig, TrainConfig  # noqa: E402
 from cadasg_dist.data.schema import infer_schema  # noqa: E402
-from cadasg_dist.evaluate import evaluate  # noqa: E402
 from cadasg_dist.evaluate.features import encode, fit_encoder, widened_schema  # noqa: E402
 from cadasg_dist.privacy.audit import make_canaries, nearest_distance, one_run_audit, shadow_attack  # noqa: E402
 from cadasg_dist.synthesizer import CADASG  # noqa: E402
@@ -85,15 +86,11 @@ def config(spec, eps: float, delta: float, seed: int, epochs: int | None) -> CAD
 
 def score(name: str, eps: float, synthetic: pd.DataFrame, train: pd.DataFrame, test: pd.DataFrame, spec,
           seed: int) -> dict:
-    res = evaluate(scoring_view(test, spec), scoring_view(synthetic[train.columns], spec), target=spec.target,
-                   context=list(spec.contexts), train=scoring_view(train, spec), seed=seed)
-    return {"model": name, "epsilon": eps, "utility_ratio": res.utility.ratio if res.utility else None,
-            "column_shape": res.fidelity.column_shape, "pair_trend": res.fidelity.pair_trend,
-            "context_min": res.per_context.min, "exact_match": res.privacy.exact_match_rate,
-            "dcr_share": res.privacy.dcr_share, "mia_auc": res.privacy.mia_auc}
+    return {**engine_score(name, synthetic, train, test, spec, seed), "epsilon": eps}
 
 
-def fit_ours(train: pd.DataFrame, spec, eps: float, delta: float, seed: int, epochs: int | None) -> tuple[CADASG, float]:
+def fit_ours(train: pd.DataFrame, spec, eps: float, delta: float, seed: int, epochs: int | None
+             ) -> tuple[CADASG, float]:
     t0 = time.perf_counter()
     model = CADASG(config(spec, eps, delta, seed, epochs)).fit(train)
     return model, time.perf_counter() - t0
@@ -106,7 +103,8 @@ def ours_cached(train: pd.DataFrame, spec, eps: float, delta: float, seed: int, 
     import hashlib
 
     cfg = config(spec, eps, delta, seed, epochs)
-    key = hashlib.sha256((json.dumps(cfg.to_dict(), sort_keys=True, default=str) + str(len(train))).encode()).hexdigest()[:12]
+    text = json.dumps(cfg.to_dict(), sort_keys=True, default=str) + str(len(train))
+    key = hashlib.sha256(text.encode()).hexdigest()[:12]
     d = CACHE / spec.name / f"cadasg_eps{eps:g}" / f"seed{seed}_{key}"
     if (d / "meta.json").exists():
         return pd.read_parquet(d / "synthetic.parquet"), json.loads((d / "meta.json").read_text())
@@ -179,7 +177,7 @@ def shadow(train, test, spec, eps, delta, seed, epochs, target_synthetic) -> dic
     result = shadow_attack(fit_sample, population=pop, target_synthetic=enc(target_synthetic),
                            members=enc(train.sample(frac=1.0, random_state=seed)), non_members=enc(holdout_df),
                            shadows=3, shadow_rows=min(2000, len(pop) // 3), rng=rng)
-    return dict(result.__dict__)
+    return dataclasses.asdict(result)
 
 
 def render(table: str, rows: list[dict], audits: dict, shadows: dict, n: int, delta: float) -> str:

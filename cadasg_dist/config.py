@@ -187,9 +187,7 @@ class PrivacyConfig:
              "privacy.clip_quantile must be in (0, 1) and privacy.clip_learning_rate > 0, got "
              f"{self.clip_quantile} and {self.clip_learning_rate}"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        require(checks)
 
 
 @dataclass(frozen=True)
@@ -317,6 +315,11 @@ def validate(cfg: CADASGConfig) -> None:
     for band_col, edges in cfg.context.bands.items():
         ok = len(edges) >= 2 and all(a < b for a, b in zip(edges, edges[1:]))
         checks.append((ok, f"context.bands[{band_col!r}] must be >= 2 increasing edges, got {list(edges)}"))
+    require(checks)
+
+
+def require(checks: list[tuple[bool, str]]) -> None:
+    """Raise ``ConfigError`` with the message of the first failed ``(ok, message)`` check."""
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
-from sklearn.neighbors import NearestNeighbors
 
 from cadasg_dist.evaluate.distribution import subsample
 from cadasg_dist.evaluate.prepare import NUMERIC_KINDS, category_keys, numeric_values
+from cadasg_dist.privacy.audit import nearest_distance
 
 NN_ROWS = 5000  # rows per side for DCR and the membership-inference queries
 
@@ -37,11 +37,6 @@ def exact_match_rate(train: pd.DataFrame, synthetic: pd.DataFrame, kinds: dict[s
     return float(np.isin(row_hashes(synthetic, kinds), row_hashes(train, kinds)).mean())
 
 
-def _nearest_distance(reference: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    dist, _ = NearestNeighbors(n_neighbors=1).fit(reference).kneighbors(queries)
-    return dist[:, 0]
-
-
 def dcr_share(train: np.ndarray, holdout: np.ndarray, synthetic: np.ndarray,
               rng: np.random.Generator, n: int = NN_ROWS) -> tuple[float, int]:
     """Share of synthetic rows whose closest record is a train row rather than a holdout row.
@@ -52,7 +47,7 @@ def dcr_share(train: np.ndarray, holdout: np.ndarray, synthetic: np.ndarray,
     m = min(len(train), len(holdout), n)
     t, h = subsample(train, m, rng), subsample(holdout, m, rng)
     s = subsample(synthetic, n, rng)
-    d_train, d_hold = _nearest_distance(t, s), _nearest_distance(h, s)
+    d_train, d_hold = nearest_distance(t, s)[:, 0], nearest_distance(h, s)[:, 0]
     share = float(np.mean(d_train < d_hold) + 0.5 * np.mean(d_train == d_hold))
     return share, m
 
@@ -67,6 +62,6 @@ def mia_auc(train: np.ndarray, holdout: np.ndarray, synthetic: np.ndarray,
     """
     m = min(len(train), len(holdout), n)
     members, others = subsample(train, m, rng), subsample(holdout, m, rng)
-    d = _nearest_distance(synthetic, np.vstack([members, others]))
+    d = nearest_distance(synthetic, np.vstack([members, others]))[:, 0]
     labels = np.r_[np.ones(m), np.zeros(m)]
     return float(roc_auc_score(labels, -d)), m

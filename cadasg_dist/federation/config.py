@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from cadasg_dist.config import CADASGConfig, _build, _plain
+from cadasg_dist.config import CADASGConfig, _build, _plain, require
 from cadasg_dist.errors import ConfigError
 
 # SecAgg+ maps each masked float to an integer in [0, 2^22); the client and the server must agree.
@@ -66,9 +66,7 @@ class FederatedConfig:
             (self.schema_epsilon > 0 and math.isfinite(self.schema_epsilon),
              f"federated.schema_epsilon must be a finite number > 0, got {self.schema_epsilon}"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        require(checks)
         if self.inject_failure is not None:
             parse_failure(self.inject_failure)
 

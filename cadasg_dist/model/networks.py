@@ -160,6 +160,11 @@ class CADASGNetworks(nn.Module):
         self.critic = Critic(dims, cfg)
         self.utility = UtilityPredictor(dims, cfg)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the networks' parameters live (``train.device`` or a Ray worker's GPU)."""
+        return self.decoder.head.weight.device
+
     def one_hot(self, context: torch.Tensor) -> torch.Tensor:
         return F.one_hot(context, self.dims.contexts).to(self.decoder.head.weight.dtype)  # (B, C)
 

@@ -140,6 +140,3 @@ class PerLayerAdaptiveClipper:
 
     def state_dict(self) -> dict[str, float]:
         return dict(self.thresholds)
-
-    def load_state_dict(self, state: Mapping[str, float]) -> None:
-        self.thresholds = {n: float(state[n]) for n in self.thresholds}

@@ -27,6 +27,7 @@ the released synthetic table.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -89,7 +90,7 @@ class AuditResult:
     tried: int
 
     def to_dict(self) -> dict[str, float | int]:
-        return dict(self.__dict__)
+        return dataclasses.asdict(self)
 
 
 def one_run_audit(scores: np.ndarray, included: np.ndarray, *, delta: float, beta: float = 0.05,
@@ -131,7 +132,7 @@ def make_canaries(pool: np.ndarray, m: int, rng: np.random.Generator) -> np.ndar
     k = min(11, len(pool))
     dist, _ = NearestNeighbors(n_neighbors=k).fit(pool).kneighbors(pool)
     typicality = dist[:, 1:].mean(axis=1)
-    candidates = np.argsort(-typicality)[: min(len(pool), 4 * m)]  # the most distinctive quarter
+    candidates = np.argsort(-typicality)[: min(len(pool), 4 * m)]  # drawn from the 4m most distinctive
     return rng.choice(candidates, size=m, replace=False)
 
 
@@ -169,11 +170,11 @@ def shadow_attack(fit_sample: Callable[[np.ndarray, int], np.ndarray], *, popula
     """AUC of a membership classifier trained on ``shadows`` shadow generators.
 
     ``fit_sample(indices, seed)`` trains the target's algorithm (same config, same ε) on the
-    ``population`` rows at ``indices`` and returns encoded synthetic rows; ``population`` is the attacker's own sample of
-    the population (disjoint from ``members`` and ``non_members``): a third is its reference for
-    the features, and each shadow trains on ``shadow_rows`` of the rest, with as many other rows
-    of the rest as its non-members. The classifier is then
-    scored on the target: ``members`` (its training rows) vs ``non_members`` (a holdout).
+    ``population`` rows at ``indices`` and returns encoded synthetic rows. ``population`` is the
+    attacker's own sample of the population (disjoint from ``members`` and ``non_members``): a
+    third is its reference for the features, and each shadow trains on ``shadow_rows`` of the rest,
+    with as many other rows of the rest as its non-members. The classifier is then scored on the
+    target: ``members`` (its training rows) vs ``non_members`` (a holdout).
     """
     cut = len(population) // 3
     reference, pool = population[:cut], population[cut:]

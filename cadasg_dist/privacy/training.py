@@ -289,7 +289,7 @@ class DPState:
         The same terms as the local step (``step.public_terms``); only the cells differ.
         """
         cells = torch.multinomial(self._cell_weights, self.public_rows, replacement=True, generator=generator)
-        cells = cells.to(nets.decoder.head.weight.device)
+        cells = cells.to(nets.device)
         return public_terms(nets, priors, cells, nets.one_hot(cells // self._strata), generator, cfg)
 
     def account_step(self, cache: ContextCache) -> None:

@@ -80,7 +80,7 @@ def final_cache_pass(cfg: CADASGConfig, state: TrainState, cache: ContextCache, 
     nets = state.nets
     nets.eval()
     total = CacheStats.zeros(cache.n_cells, xs.shape[1], cfg.model.latent_dim)
-    device = nets.decoder.head.weight.device
+    device = nets.device
     for i in range(0, len(xs), chunk):
         x, c = xs[i:i + chunk].to(device), cs[i:i + chunk].to(device)
         mean, logvar = nets.encoder(x, nets.one_hot(c))

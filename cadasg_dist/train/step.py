@@ -80,7 +80,7 @@ class TrainState:
 
     @property
     def device(self) -> torch.device:
-        return self.nets.decoder.head.weight.device
+        return self.nets.device
 
     def state_dict(self) -> dict[str, Any]:
         return {
