@@ -19,7 +19,6 @@ import json
 import logging
 import math
 import os
-import secrets
 import tempfile
 import time
 from collections.abc import Iterator
@@ -40,6 +39,7 @@ from cadasg_dist.distributed.plan import ShardPlan
 from cadasg_dist.distributed.sync import Collectives, GradientSync, ShardCache, SyncedBalancer, sync_metrics
 from cadasg_dist.errors import ConfigError
 from cadasg_dist.model.networks import ModelDims
+from cadasg_dist.privacy import entropy
 from cadasg_dist.train.fit import final_cache_pass
 from cadasg_dist.train.step import Batch, TrainState, train_step
 
@@ -106,7 +106,7 @@ def encode_shard(wc: WorkerConfig, df: pd.DataFrame, rank: int) -> tuple[torch.T
     transformer = DataTransformer.from_dict(wc.schema, wc.transformer)
     extractor = RuleContextExtractor.from_dict(wc.context, wc.schema)
     # Tie spreading is noise too: secret in a private run, as in the engine's private fit.
-    seed = secrets.randbits(63) if wc.cfg.private else wc.cfg.train.seed + rank
+    seed = entropy.secret_seed() if wc.cfg.private else wc.cfg.train.seed + rank
     x = transformer.encode(df, seed=seed)
     ids = extractor.ids(df)
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(ids.astype(np.int64))
@@ -150,7 +150,7 @@ class WorkerRun:
         self.cfg = cfg
         # Identical networks on every worker (same seed), then per-worker sampling and noise streams.
         self.state = TrainState.create(wc.dims, cfg, device=worker_device(cfg.distributed.use_gpu))
-        self.state.generator.manual_seed(secrets.randbits(63) if seed is None else seed)
+        self.state.generator.manual_seed(entropy.secret_seed() if seed is None else seed)
         self.epochs = self.privacy.epochs if self.privacy is not None else cfg.train.epochs
         self.state.dp = self.privacy.dp if self.privacy is not None else None
         if world > 1:  # one worker has nothing to synchronise: it trains exactly like fit_local

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from cadasg_dist.federation.config import FederatedConfig, parse_failure
 from cadasg_dist.federation.plan import FederationPlan, SiloData, encode_silo
 from cadasg_dist.federation.records import cache_record, secagg_pack
 from cadasg_dist.federation.silo import SiloTrainer
+from cadasg_dist.privacy import entropy
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def encode_seed(job: RoundJob, context: Context) -> int:
     saved = context.state.config_records.get(STATE_KEY)
     if saved is not None:
         return int(saved["encode-seed"])
-    return secrets.randbits(62) if job.plan.config.private else job.plan.config.train.seed
+    return entropy.secret_seed(62) if job.plan.config.private else job.plan.config.train.seed
 
 
 def silo_data(job: RoundJob, source: dict[str, Any], seed: int) -> SiloData:

@@ -155,11 +155,12 @@ def encode_silo(plan: FederationPlan, df: pd.DataFrame, seed: int | None = None)
     secret (the client draws it from the OS once and keeps it in its state, so that every round
     sees the same rows); None draws fresh OS entropy, and a non-private run uses ``train.seed``.
     """
+    from cadasg_dist.privacy import entropy
     from cadasg_dist.privacy.preprocessing import cap_units
 
     cfg = plan.config
-    if seed is None and not cfg.private:
-        seed = cfg.train.seed
+    if seed is None:
+        seed = entropy.secret_seed() if cfg.private else cfg.train.seed
     rng = np.random.default_rng(seed)
     frame, units = cap_units(df, cfg, rng)
     frame, keep = conform(frame, plan.schema)

@@ -26,7 +26,6 @@ import dataclasses
 import io
 import logging
 import math
-import secrets
 import time
 from typing import Any
 
@@ -38,6 +37,7 @@ from cadasg_dist.errors import PrivacyBudgetError
 from cadasg_dist.federation.config import FederatedConfig
 from cadasg_dist.federation.plan import FederationPlan, SiloData
 from cadasg_dist.federation.records import load_model_arrays, model_arrays
+from cadasg_dist.privacy import entropy
 from cadasg_dist.privacy.ledger import PrivacyLedger
 from cadasg_dist.train.fit import batches, final_cache_pass
 from cadasg_dist.train.step import Batch, TrainState, train_step
@@ -94,7 +94,7 @@ class SiloTrainer:
         run_cfg = dataclasses.replace(cfg, cache=cache_noise(cfg.cache, self.budget.parts["cache/ema"],
                                                              self.rows_per_unit))
         self.state = TrainState.create(dims, run_cfg, seed=self.seed)
-        self.state.generator.manual_seed(secrets.randbits(63))  # it draws the cache's noise: secret
+        self.state.generator.manual_seed(entropy.secret_seed())  # it draws the cache's noise: secret
         n_cells = dims.contexts * dims.strata
         # No seed: the DP noise and the Poisson batches come from the OS's entropy, as in fit_private.
         self.dp = DPState(run_cfg, self.budget, self.ledger, n_units=self.data.n_units,

@@ -50,6 +50,7 @@ from cadasg_dist.data.schema import (
 )
 from cadasg_dist.data.transforms import ContinuousTransform, DataTransformer
 from cadasg_dist.errors import ConfigError, InvalidDataError, PrivacyBudgetError
+from cadasg_dist.privacy import entropy
 from cadasg_dist.privacy.ledger import PrivacyLedger
 from cadasg_dist.privacy.training import plan_budget
 
@@ -103,7 +104,7 @@ def prepare_private(df: pd.DataFrame, cfg: CADASGConfig, *, rng: np.random.Gener
     ``ConfigError`` listing the columns to declare, ``PrivacyBudgetError`` when a bound cannot be
     found under the noise, and ``InvalidDataError`` for bad columns.
     """
-    rng = np.random.default_rng() if rng is None else rng
+    rng = entropy.secret_generator() if rng is None else rng
     frame, units = cap_units(df, cfg, rng)
     data_cfg = _data_config(cfg)
     columns, dropped = _columns(frame, data_cfg, cfg)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from cadasg_dist.data.schema import Schema
 from cadasg_dist.errors import ConfigError, InvalidDataError, PrivacyBudgetError
 from cadasg_dist.model.losses import utility_loss
 from cadasg_dist.model.networks import CADASGNetworks, ModelDims
+from cadasg_dist.privacy import entropy
 from cadasg_dist.privacy.adaptive import PerLayerAdaptiveClipper
 from cadasg_dist.privacy.analysis import DEFAULT_RDP_ORDERS, compose_rdp, epsilon_from_history, rdp_to_epsilon
 from cadasg_dist.privacy.calibrate import calibrate_noise
@@ -366,7 +366,7 @@ def _per_example(module: nn.Module, loss: Any, *batch: Tensor) -> dict[str, Tens
 
 
 def _generator(seed: int | None, offset: int) -> torch.Generator:
-    return torch.Generator().manual_seed(secrets.randbits(63) if seed is None else seed + offset)
+    return torch.Generator().manual_seed(entropy.secret_seed() if seed is None else seed + offset)
 
 
 def _per_unit(grads: dict[str, Tensor], units: Tensor) -> dict[str, Tensor]:
@@ -444,7 +444,7 @@ def fit_private(config: CADASGConfig, x: np.ndarray, context: np.ndarray, dims: 
     cache = ContextCache(dims.contexts, dims.features, cfg.model.latent_dim, run_cfg.cache, dims.strata)
     dp = DPState(run_cfg, plan, ledger, n_units=n_units, has_utility=has_utility, strata=dims.strata,
                  n_cells=cache.n_cells)
-    state.generator.manual_seed(secrets.randbits(63))  # it draws the cache's noise
+    state.generator.manual_seed(entropy.secret_seed())  # it draws the cache's noise
     state.dp = dp
     if not dp.next_step_fits():
         raise PrivacyBudgetError(f"epsilon={cfg.privacy.epsilon} does not cover a single training step at noise "
@@ -487,6 +487,7 @@ def _train(cfg: CADASGConfig, state: TrainState, cache: ContextCache, dp: DPStat
             means = {k: v / done for k, v in sums.items()}
             state.history.append({"epoch": epoch + 1, **means})
             if progress is not None:
-                progress(EpochReport(epoch + 1, epochs, time.perf_counter() - start, means, dp.epsilon()))
+                progress(EpochReport(epoch + 1, epochs, time.perf_counter() - start, means, dp.epsilon(),
+                                     state=state, cache=cache))
         if dp.stop_reason is not None:
             break

@@ -39,7 +39,10 @@ BOUNDED = {**DECLARED, "count": {"min": 0, "max": 20}, "amount": {"min": 0, "max
 
 @pytest.fixture(scope="module")
 def private_config(tiny_config):
-    return tiny_config.replace(**{"privacy.epsilon": 4.0, "data.columns": DECLARED})
+    # score's rows spread over many magnitude bins: its bounds release fails about once in a
+    # thousand draws at this budget, so it is declared; the other numeric bounds are released
+    return tiny_config.replace(**{"privacy.epsilon": 4.0,
+                                  "data.columns": {**DECLARED, "score": BOUNDED["score"]}})
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +83,9 @@ def test_history_holds_no_metric_computed_on_real_rows(private_model):
 
 
 def test_training_stops_before_the_budget(mixed_table, private_config, caplog):
-    cfg = private_config.replace(**{"privacy.epsilon": 3.0, "privacy.noise_multiplier": 2.0, "train.epochs": 20})
+    # declared bounds: this budget leaves the bounds release too little to be sure of finding them
+    cfg = private_config.replace(**{"privacy.epsilon": 3.0, "privacy.noise_multiplier": 2.0, "train.epochs": 20,
+                                    "data.columns": BOUNDED})
     model = CADASG(cfg).fit(mixed_table)
     report = model.meta["privacy"]
     assert report["stopped_early"] and "would exceed" in report["stop_reason"]
