@@ -10,7 +10,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -27,11 +27,20 @@ ProgressFn = Callable[["EpochReport"], None]
 
 @dataclass(frozen=True)
 class EpochReport:
+    """What a training loop tells its progress callback after each epoch.
+
+    ``state`` and ``cache`` are the live networks and cache (not copies): a callback may sample
+    from them (``tuning.rounds.snapshot_of``) but must not train or change them. In a private run
+    both are DP releases, so sampling from them is post-processing and spends nothing; ``metrics``
+    then holds only the step metrics computed from already-privatised quantities."""
+
     epoch: int
     epochs: int
     seconds: float
     metrics: dict[str, float]
     epsilon: float | None = None
+    state: TrainState | None = field(default=None, repr=False, compare=False)
+    cache: ContextCache | None = field(default=None, repr=False, compare=False)
 
 
 def batches(n_rows: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -60,7 +69,8 @@ def fit_local(cfg: CADASGConfig, x: np.ndarray, context: np.ndarray, dims: Model
         means = {k: v / len(parts) for k, v in sums.items()}
         state.history.append({"epoch": epoch + 1, **means})
         if progress is not None:
-            progress(EpochReport(epoch + 1, cfg.train.epochs, time.perf_counter() - start, means))
+            progress(EpochReport(epoch + 1, cfg.train.epochs, time.perf_counter() - start, means,
+                                 state=state, cache=cache))
         if not all(math.isfinite(v) for v in means.values()):
             log.warning("non-finite loss at epoch %d: %s", epoch + 1, means)
     if cfg.cache.final_pass:

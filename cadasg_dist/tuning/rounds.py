@@ -8,8 +8,8 @@ gives, so the two loops cannot drift apart unnoticed.
 
 Private training is not cut here: ``privacy.training.fit_private`` owns its noise, sampling and
 accounting, and a copy of that loop would be a second place to get privacy wrong. Private trials
-call ``CADASG.fit`` and are scored by ``snapshot_of`` from its progress callback (see
-``tuning.trainable``).
+call ``CADASG.fit`` and are scored by ``snapshot_of`` on the networks and cache its progress
+callback hands out (``EpochReport.state`` / ``.cache``; see ``tuning.trainable``).
 """
 
 from __future__ import annotations
@@ -80,7 +80,8 @@ class RoundTrainer:
             means = {k: v / len(parts) for k, v in sums.items()}
             self.epoch += 1
             self.state.history.append({"epoch": self.epoch, **means})
-            reports.append(EpochReport(self.epoch, self.epochs, time.perf_counter() - self.started, means))
+            reports.append(EpochReport(self.epoch, self.epochs, time.perf_counter() - self.started, means,
+                                       state=self.state, cache=self.cache))
         return reports
 
     def snapshot(self) -> CADASG:

@@ -123,18 +123,17 @@ def _train_local(cfg: CADASGConfig, job: TrialJob, ends: list[int], report: Repo
 def _train_private(cfg: CADASGConfig, job: TrialJob, ends: list[int], report: Report) -> CADASG:
     """``CADASG.fit`` itself, so the privacy layer keeps sole charge of noise and accounting.
 
-    Scoring between rounds needs the networks and cache in training. ``EpochReport`` does not carry
-    them yet (a ``state``/``cache`` field is requested in train/fit.py); until it does, a private
-    trial reports once, at the end, and ASHA cannot stop it early.
+    Between rounds the trial samples the networks and the EMA cache that the progress callback
+    hands out: both are DP releases, so the snapshot costs no budget, and the score (like every
+    score here) reads only the tuning rows. ASHA may then stop the trial at a rung.
     """
     model = CADASG(cfg)
     scored = {end: i for i, end in enumerate(ends[:-1], start=1)}
 
     def on_epoch(epoch: EpochReport) -> None:
-        state, cache = getattr(epoch, "state", None), getattr(epoch, "cache", None)
-        if epoch.epoch in scored and state is not None and cache is not None:
-            report({**score(snapshot_of(model, state.nets, cache, epoch.epoch), job, epoch.epsilon),
-                    "round": scored[epoch.epoch], "epochs": epoch.epoch})
+        if epoch.epoch in scored:
+            view = snapshot_of(model, epoch.state.nets, epoch.cache, epoch.epoch)
+            report({**score(view, job, epoch.epsilon), "round": scored[epoch.epoch], "epochs": epoch.epoch})
 
     return model.fit(job.train, progress=on_epoch)
 

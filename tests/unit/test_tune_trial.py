@@ -10,7 +10,7 @@ import pytest
 from cadasg_dist import tune_command
 from cadasg_dist.errors import CADASGError, ConfigError
 from cadasg_dist.tuning.front import PickError
-from cadasg_dist.tuning.trainable import TrialJob, _train_local, round_ends, scalar_score
+from cadasg_dist.tuning.trainable import TrialJob, _train_local, _train_private, round_ends, scalar_score
 
 
 @pytest.mark.parametrize("epochs, rounds, expected", [(10, 3, [3, 7, 10]), (2, 3, [1, 2]), (1, 2, [1]),
@@ -39,6 +39,29 @@ def test_a_local_trial_is_scored_after_every_round(mixed_table, tiny_config):
     assert [(r["round"], r["epochs"]) for r in reports] == [(1, 1), (2, 2)]
     assert all(0 <= r["fidelity"] <= 1 and r["utility"] >= 0 and "epsilon" not in r for r in reports)
     assert len(model.history) == 3
+
+
+def test_a_private_trial_is_scored_after_every_round_with_the_epsilon_spent_so_far(mixed_table, tiny_config):
+    # Prepare: declared domains so the trial spends its budget on training only
+    declared = {"group": {"categories": ["a", "b", "rare"]}, "label": {"categories": ["no", "yes"]},
+                "count": {"min": 0, "max": 20}, "amount": {"min": 0, "max": 5000}, "score": {"min": -10, "max": 10},
+                "level": {"min": 1, "max": 3}, "when": {"min": 1.5e9, "max": 1.7e9}}
+    cfg = tiny_config.replace(**{"train.epochs": 3, "privacy.epsilon": 4.0, "data.columns": declared})
+    job = TrialJob(base=cfg, train=mixed_table.iloc[:400], validation=mixed_table.iloc[400:], rounds=3,
+                   privacy_weight=0.05)
+    reports = []
+
+    # Execute
+    model = _train_private(cfg, job, round_ends(3, 3), reports.append)
+
+    # Assert: ASHA sees rounds 1 and 2, each charged the epsilon spent by then, below the final spend
+    assert [(r["round"], r["epochs"]) for r in reports] == [(1, 1), (2, 2)]
+    assert all(0 <= r["fidelity"] <= 1 and r["utility"] >= 0 for r in reports)
+    spent = [r["epsilon"] for r in reports] + [model.ledger.epsilon()]
+    assert spent == sorted(spent) and spent[0] < spent[-1] <= 4.0
+    assert reports[0]["score"] == pytest.approx(scalar_score(reports[0]["fidelity"], reports[0]["utility"],
+                                                             reports[0]["epsilon"], 0.05))
+    assert len(model.history) == 3 and model.meta["private"] is True
 
 
 def parse(*argv: str) -> argparse.Namespace:
