@@ -50,11 +50,14 @@ from cadasg_dist.federation.server import assemble_model  # noqa: E402
 from cadasg_dist.synthesizer import CADASG  # noqa: E402
 
 SILO_COLUMN = {"HI": "region", "rwm5yr": "year"}
+
+
 def configs(table: str, spec, args: argparse.Namespace) -> tuple[CADASGConfig, FederatedConfig]:
     cfg = CADASGConfig.from_dict({
         "target": spec.target, "context": {"columns": list(spec.contexts)},
         "data": {"columns": DECLARED[table]}, "privacy": {"epsilon": args.epsilon},
-        "train": {"epochs": args.rounds * args.local_epochs, "seed": args.seed},
+        "train": {"epochs": args.rounds * args.local_epochs, "seed": args.seed,
+                  **({"batch_size": args.batch_size} if args.batch_size else {})},
     })
     fed = FederatedConfig(rounds=args.rounds, local_epochs=args.local_epochs, round_timeout=3600,
                           secagg_max_weight=20_000)
@@ -191,6 +194,7 @@ def main() -> int:
     p.add_argument("--epsilon", type=float, default=math.inf)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--local-epochs", type=int, default=4)
+    p.add_argument("--batch-size", type=int, help="every model's batch (per silo when federated); default the engine's")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-engine", action="store_true", help="skip the central (engine) row")
     p.add_argument("--routes", default="secagg,plain", help="federated runs: secagg, plain or both")
@@ -202,7 +206,8 @@ def main() -> int:
     print(text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tag = f"eps{args.epsilon:g}_r{args.rounds}x{args.local_epochs}_seed{args.seed}"
+    tag = f"eps{args.epsilon:g}_r{args.rounds}x{args.local_epochs}{f'_b{args.batch_size}' if args.batch_size else ''}" \
+          f"_seed{args.seed}"
     (out / f"federated_{tag}.md").write_text(text + "\n")
     (out / f"federated_{tag}.json").write_text(json.dumps(rows, indent=1, default=str))
     return 0

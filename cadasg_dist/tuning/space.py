@@ -62,7 +62,7 @@ class SearchSettings:
 
     sampler: Literal["nsga2", "tpe"] = "nsga2"
     # Scores per trial: the epochs are cut into this many rounds, each ending in a validation score
-    # (the rungs of ASHA). Private trials are scored once until training reports its state.
+    # (the rungs of ASHA), private trials included.
     rounds: int = 3
     grace_rounds: int = 1  # ASHA stops nothing before this round
     reduction_factor: int = 2  # ASHA keeps the best 1/reduction_factor of the trials at each rung
