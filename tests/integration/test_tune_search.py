@@ -79,7 +79,8 @@ def tuned(ray_session, tmp_path_factory, mixed_table):
 
 def test_interrupted_search_resumes_where_it_stopped(tuned):
     assert tuned.first.interrupted
-    done_first = {r.trial_id: r.metrics for r in tuned.first.records if r.status == "completed"}
+    # finished before the interrupt: trained to the end, or stopped by ASHA (private trials too)
+    done_first = {r.trial_id: r.metrics for r in tuned.first.records if r.status in ("completed", "stopped")}
     assert len(done_first) >= 2
     assert tuned.code == 0
     trials = {t["trial_id"]: t for t in tuned.front["trials"]}
