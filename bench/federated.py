@@ -93,14 +93,15 @@ def central_with_plan(plan: FederationPlan, rows: pd.DataFrame) -> CADASG:
 
 
 def federated(train: pd.DataFrame, table: str, args: argparse.Namespace, plan_path: Path, secagg: bool,
-              work: Path) -> tuple[CADASG, float]:
+              work: Path, server_lr: float = 1.0) -> tuple[CADASG, float]:
     data = work / f"{table}-train.parquet"
     train.to_parquet(data)
-    out = work / f"{table}-fed-{'secagg' if secagg else 'plain'}"
+    out = work / f"{table}-fed-{'secagg' if secagg else 'plain'}-lr{server_lr:g}"
     cmd = [sys.executable, "-m", "cadasg_dist.federated_command", str(data), "--silo-column", SILO_COLUMN[table],
            "--plan", str(plan_path), "--rounds", str(args.rounds), "--local-epochs", str(args.local_epochs),
-           "--secagg" if secagg else "--no-secagg", "--set", "federated.round_timeout=3600",
-           "--set", "federated.secagg_max_weight=20000", "--num-cpus", "2", "--out", str(out)]
+           "--server-lr", f"{server_lr:g}", "--secagg" if secagg else "--no-secagg",
+           "--set", "federated.round_timeout=3600", "--set", "federated.secagg_max_weight=20000",
+           "--num-cpus", "2", "--out", str(out)]
     t0 = time.perf_counter()
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if run.returncode != 0:
@@ -144,15 +145,20 @@ def run_table(table: str, args: argparse.Namespace, work: Path) -> list[dict]:
         engine_cfg = cfg if cfg.private else cfg.replace(**{"data.columns": {}})
         t0 = time.perf_counter()
         add("central (engine)", CADASG(engine_cfg).fit(train), time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    add("central (plan)", central_with_plan(plan, train), time.perf_counter() - t0)
-    for secagg in [route == "secagg" for route in args.routes.split(",")]:
-        model, seconds = federated(train, table, args, plan_path, secagg, work)
-        add("federated + SecAgg+" if secagg else "federated", model, seconds, **round_costs(model))
-    largest = train[silo_col].astype(str).value_counts().index[0]
-    t0 = time.perf_counter()
-    add(f"one silo ({largest})", central_with_plan(plan, train[train[silo_col].astype(str) == largest]),
-        time.perf_counter() - t0)
+    for repeat in range(args.repeats):
+        t0 = time.perf_counter()
+        add("central (plan)", central_with_plan(plan, train), time.perf_counter() - t0, repeat=repeat)
+        for server_lr in [float(v) for v in str(args.server_lr).split(",")]:
+            for secagg in [route == "secagg" for route in args.routes.split(",")]:
+                model, seconds = federated(train, table, args, plan_path, secagg, work, server_lr)
+                name = ("federated + SecAgg+" if secagg else "federated") + \
+                    (f", server lr {server_lr:g}" if server_lr != 1.0 else "")
+                add(name, model, seconds, repeat=repeat, **round_costs(model))
+    if not args.skip_one_silo:
+        largest = train[silo_col].astype(str).value_counts().index[0]
+        t0 = time.perf_counter()
+        add(f"one silo ({largest})", central_with_plan(plan, train[train[silo_col].astype(str) == largest]),
+            time.perf_counter() - t0)
     return rows
 
 
@@ -165,27 +171,38 @@ def fmt(v, digits=3) -> str:
 
 
 def render(rows: list[dict]) -> str:
-    cols = ["table", "model", "epsilon", "utility_ratio", "context_fidelity", "context_min", "column_shape", "fit_s",
-            "round1_s", "round_s", "protocol_s", "bytes_per_client_round"]
+    cols = ["table", "model", "repeat", "epsilon", "utility_ratio", "context_fidelity", "context_min", "column_shape",
+            "fit_s", "round1_s", "round_s", "protocol_s", "bytes_per_client_round"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
     notes = []
     for table in dict.fromkeys(r["table"] for r in rows):
-        base = next(r for r in rows if r["table"] == table and r["model"] == "central (plan)")
-        for r in rows:
-            if r["table"] == table and r["model"].startswith("federated"):
-                gaps = {k: (base[k] - r[k]) / base[k] for k in ("utility_ratio", "context_fidelity")
-                        if base.get(k) and r.get(k) is not None}
-                notes.append(f"{table} {r['model']}: utility-ratio gap {gaps.get('utility_ratio', math.nan):+.1%}, "
-                             f"per-context fidelity gap {gaps.get('context_fidelity', math.nan):+.1%} "
-                             "vs central (plan) (goal <= 3%)")
-        sec = {r["model"]: r for r in rows if r["table"] == table and r["model"].startswith("federated")}
+        mine = [r for r in rows if r["table"] == table]
+        for name in dict.fromkeys(r["model"] for r in mine if r["model"].startswith("federated")):
+            # Each federated run against the central run of its own repeat; mean and sd over repeats.
+            gaps: dict[str, list[float]] = {"utility_ratio": [], "context_fidelity": []}
+            for r in (r for r in mine if r["model"] == name):
+                base = next(b for b in mine if b["model"] == "central (plan)" and b.get("repeat") == r.get("repeat"))
+                for k in gaps:
+                    if base.get(k) and r.get(k) is not None:
+                        gaps[k].append((base[k] - r[k]) / base[k])
+            notes.append(f"{table} {name}: utility-ratio gap {spread(gaps['utility_ratio'])}, per-context "
+                         f"fidelity gap {spread(gaps['context_fidelity'])} vs central (plan) (goal <= 3%)")
+        sec = {r["model"]: r for r in mine if r["model"] in ("federated + SecAgg+", "federated")}
         if len(sec) == 2:
             s, p = sec["federated + SecAgg+"], sec["federated"]
             notes.append(f"{table} SecAgg+ cost: {s['round_s']:.2f}s vs {p['round_s']:.2f}s per round (protocol alone "
                          f"{s['protocol_s']:.2f}s vs {p['protocol_s']:.2f}s), {s['bytes_per_client_round']:,.0f} vs "
                          f"{p['bytes_per_client_round']:,.0f} bytes per client per round")
     return "\n".join(lines + [""] + notes)
+
+
+def spread(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:+.1%}"
+    return f"{statistics.mean(values):+.1%} ± {statistics.stdev(values):.1%} (n={len(values)})"
 
 
 def main() -> int:
@@ -196,6 +213,11 @@ def main() -> int:
     p.add_argument("--local-epochs", type=int, default=4)
     p.add_argument("--batch-size", type=int, help="every model's batch (per silo when federated); default the engine's")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--server-lr", default="1", help="federated.server_lr; a comma list runs each against the "
+                   "same central model")
+    p.add_argument("--repeats", type=int, default=1, help="repeat the central and federated fits (a private "
+                   "fit's noise is secret, so they differ); gaps are reported as mean ± sd")
+    p.add_argument("--skip-one-silo", action="store_true", help="skip the one-silo-alone row")
     p.add_argument("--skip-engine", action="store_true", help="skip the central (engine) row")
     p.add_argument("--routes", default="secagg,plain", help="federated runs: secagg, plain or both")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
@@ -207,7 +229,7 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = f"eps{args.epsilon:g}_r{args.rounds}x{args.local_epochs}{f'_b{args.batch_size}' if args.batch_size else ''}" \
-          f"_seed{args.seed}"
+          f"_lr{args.server_lr.replace(',', '-')}_x{args.repeats}_seed{args.seed}"
     (out / f"federated_{tag}.md").write_text(text + "\n")
     (out / f"federated_{tag}.json").write_text(json.dumps(rows, indent=1, default=str))
     return 0

@@ -30,6 +30,11 @@ class FederatedConfig:
     # "fedprox" adds mu/2 * ||w - w_global||^2 to every local update (non-IID silos).
     strategy: Literal["fedavg", "fedprox"] = "fedavg"
     proximal_mu: float = 0.01
+    # Server learning rate (FedAvg with a server step, Reddi et al. 2021): the global model moves by
+    # server_lr times the silos' weighted mean update. 1.0 is plain FedAvg. Under DP-SGD each silo's
+    # update is a quarter-size step in a noisier direction; a server step near the number of silos
+    # restores the central run's progress per epoch (docs/federated.md, "Numbers").
+    server_lr: float = 1.0
     # Flower SecAgg+ (legacy workflow API): the server only sees sums of the silos' updates.
     secagg: bool = True
     # Shares per silo and reconstruction threshold, as fractions of the silos sampled in a round.
@@ -56,6 +61,8 @@ class FederatedConfig:
             (self.rounds >= 1, f"federated.rounds must be >= 1, got {self.rounds}"),
             (self.local_epochs >= 1, f"federated.local_epochs must be >= 1, got {self.local_epochs}"),
             (self.proximal_mu >= 0, f"federated.proximal_mu must be >= 0, got {self.proximal_mu}"),
+            (self.server_lr > 0 and math.isfinite(self.server_lr),
+             f"federated.server_lr must be a finite number > 0, got {self.server_lr}"),
             (self.min_clients >= 1, f"federated.min_clients must be >= 1, got {self.min_clients}"),
             (self.round_timeout > 0, f"federated.round_timeout must be > 0 seconds, got {self.round_timeout}"),
             (0 < self.secagg_shares <= 1, f"federated.secagg_shares must be in (0, 1], got {self.secagg_shares}"),

@@ -316,6 +316,16 @@ def wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
     return sorted(nodes)
 
 
+def server_step(weights: OrderedDict[str, torch.Tensor], mean: OrderedDict[str, torch.Tensor], lr: float
+                ) -> OrderedDict[str, torch.Tensor]:
+    """The global model after a round: ``weights + lr * (mean - weights)``, where ``mean`` is the
+    silos' weighted mean model (FedAvg's aggregate; ``lr = 1`` returns it). Post-processing of what
+    the silos sent, so it spends no privacy."""
+    if lr == 1.0:
+        return mean
+    return OrderedDict((k, w + lr * (mean[k] - w)) for k, w in weights.items())
+
+
 def initial_weights(plan: FederationPlan) -> OrderedDict[str, torch.Tensor]:
     return model_arrays(TrainState.create(plan.dims, plan.config).nets)
 
@@ -334,7 +344,7 @@ def run_server(grid: Grid, context: Context, settings: ServerSettings) -> dict[s
         outcome = route.round(rnd, "train", weights, base)
         ok = outcome.replied >= fed.min_clients and outcome.weights is not None
         if ok:
-            weights, last_cache = outcome.weights, outcome.cache
+            weights, last_cache = server_step(weights, outcome.weights, fed.server_lr), outcome.cache
         _log_round(outcome, ok, fed)
         rounds.append(outcome.summary(ok))
     final = route.round(fed.rounds + 1, "final-cache", weights, base)

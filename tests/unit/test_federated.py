@@ -34,7 +34,7 @@ from cadasg_dist.federation.records import (
     secagg_unpack,
     secagg_weight,
 )
-from cadasg_dist.federation.server import FedAvgWithCache, ServerSettings, initial_weights, run_server
+from cadasg_dist.federation.server import FedAvgWithCache, ServerSettings, initial_weights, run_server, server_step
 from cadasg_dist.federation.silo import add_proximal_term
 from cadasg_dist.model.networks import CADASGNetworks
 from cadasg_dist.train.step import TrainState
@@ -114,6 +114,8 @@ def test_federated_config_validates_and_parses(tmp_path):
         FederatedConfig.from_dict({"round": 3})
     with pytest.raises(ConfigError, match="SILO:ROUND"):
         FederatedConfig(inject_failure="1:raise")
+    with pytest.raises(ConfigError, match="federated.server_lr must be a finite number > 0, got 0"):
+        FederatedConfig(server_lr=0)
     assert parse_failure("2:3:hang") == (2, 3, "hang")
     path = tmp_path / "c.yaml"
     path.write_text("target: label\nfederated: {rounds: 3, strategy: fedprox, secagg: false}\n")
@@ -337,6 +339,26 @@ def test_secagg_route_matches_plain_route(plan, table_path, tmp_path):
     torch.testing.assert_close(secure.cache.stats.sxx, clear.cache.stats.sxx, atol=0.5, rtol=1e-4)
     assert set(summary["silo_ledgers"]) == set(SILOS)
     assert summary["rounds"][0]["bytes_up_per_client"] > plain["rounds"][0]["bytes_up_per_client"]
+
+
+def test_server_step_moves_the_global_model_by_server_lr_times_the_mean_update():
+    old = OrderedDict(w=torch.tensor([1.0, -2.0]))
+    mean = OrderedDict(w=torch.tensor([2.0, 0.0]))
+    assert server_step(old, mean, 1.0) is mean  # plain FedAvg
+    np.testing.assert_allclose(server_step(old, mean, 3.0)["w"].numpy(), [4.0, 4.0])  # old + 3 * (mean - old)
+
+
+def test_a_run_applies_the_server_step(plan, table_path, tmp_path):
+    """Non-private (seeded) one-round runs: the silos return the same mean, the server steps 2x as far."""
+    from cadasg_dist.synthesizer import CADASG
+
+    fed = FED.replace(rounds=1, secagg=False)
+    _, plain_out = _run(plan, fed, table_path, tmp_path / "plain")
+    _, stepped_out = _run(plan, fed.replace(server_lr=2.0), table_path, tmp_path / "stepped")
+    start = initial_weights(plan)
+    plain, stepped = model_arrays(CADASG.load(plain_out).nets), model_arrays(CADASG.load(stepped_out).nets)
+    for name, w0 in start.items():
+        torch.testing.assert_close(stepped[name], w0 + 2.0 * (plain[name] - w0), atol=1e-5, rtol=1e-5, msg=name)
 
 
 def test_plain_route_ignores_a_silo_that_never_answers(plan, table_path, tmp_path):
