@@ -73,6 +73,9 @@ class ModelConfig:
     target_bins: int = 5
     # Gumbel-softmax temperature for categorical blocks seen by the critic.
     gumbel_tau: float = 0.2
+    # Sampling moves each column's generated marginal onto the released one (the preprocessing
+    # histograms; cadasg_dist/model/calibration.py). Post-processing: no budget.
+    calibrate_marginals: bool = True
 
 
 @dataclass(frozen=True)

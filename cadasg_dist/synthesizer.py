@@ -35,6 +35,7 @@ from cadasg_dist.data.io import read_table
 from cadasg_dist.data.schema import Schema, infer_schema
 from cadasg_dist.data.transforms import DataTransformer
 from cadasg_dist.errors import ArtifactError, ContextError, InvalidDataError
+from cadasg_dist.model.calibration import MarginalCalibration, reference_probs
 from cadasg_dist.model.networks import CADASGNetworks, ModelDims, activate, bin_span_for, strata_span_for
 from cadasg_dist.privacy.ledger import PrivacyLedger
 from cadasg_dist.train.fit import ProgressFn, fit_local
@@ -55,6 +56,7 @@ class CADASG:
         self.history: list[dict[str, float]] = []
         self.meta: dict[str, Any] = {}
         self._priors: Priors | None = None
+        self._calibration: MarginalCalibration | None = None
 
     # --- fitting ---------------------------------------------------------------------------
     def prepare(self, data: pd.DataFrame | str | Path, *, context: list[str] | tuple[str, ...] | None = None,
@@ -125,7 +127,7 @@ class CADASG:
     def _finish(self, nets: CADASGNetworks, cache: ContextCache, history: list[dict[str, float]],
                 seconds: float, rows: int) -> None:
         self.nets, self.cache, self.history = nets.cpu().eval(), cache, history  # sampling runs on the CPU
-        self._priors = None
+        self._priors = self._calibration = None
         self.meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "cadasg_version": __version__,
                      "torch_version": torch.__version__, "created": datetime.now(UTC).isoformat(),
                      "fit_seconds": round(seconds, 3), "training_rows": rows,
@@ -158,20 +160,36 @@ class CADASG:
             raise InvalidDataError(f"n must be a positive integer, got {n!r}")
         rng = np.random.default_rng(seed)
         g = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        if self._priors is None:
-            self._priors = Priors.from_cache(self.cache, self.config.model.latent_dim)
         cells = self.cell_allocation(int(n), context, rng)
         frames = []
         for i in range(0, len(cells), chunk):
             cell = torch.from_numpy(cells[i:i + chunk])
-            ctx = cell // self.cache.strata
-            z = self._priors.sample(cell, g)
-            probs = activate(self.nets.decoder(z, self.nets.one_hot(ctx)), self.nets.dims.spans, tau=None)
-            probs = pin_stratum(probs, cell, self.nets.dims)
+            probs = self.feature_probs(cell, g)
             frame = self.transformer.decode(probs.numpy(), rng)
-            frames.append(self.extractor.fill(frame, ctx.numpy()))
+            frames.append(self.extractor.fill(frame, (cell // self.cache.strata).numpy()))
         out = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
         return out[[c for c in self.schema.names if c in out.columns]]
+
+    @torch.inference_mode()
+    def feature_probs(self, cell: torch.Tensor, generator: torch.Generator, *, calibrated: bool = True
+                      ) -> torch.Tensor:
+        """(N, D) decoder output for rows of the given cells, activated (softmax spans as
+        probabilities), the target pinned to each cell's class and, unless ``calibrated`` is False
+        or ``model.calibrate_marginals`` is off, the marginal calibration applied. Draws the latent
+        codes from ``generator``; ``sample`` decodes the result."""
+        if self._priors is None:
+            self._priors = Priors.from_cache(self.cache, self.config.model.latent_dim)
+        ctx = cell // self.cache.strata
+        z = self._priors.sample(cell, generator)
+        probs = activate(self.nets.decoder(z, self.nets.one_hot(ctx)), self.nets.dims.spans, tau=None)
+        probs = pin_stratum(probs, cell, self.nets.dims)
+        if not calibrated or not self.config.model.calibrate_marginals:
+            return probs
+        if self._calibration is None:
+            pinned = self.nets.dims.strata_span
+            self._calibration = MarginalCalibration.fit(reference_probs(self), self.transformer.spans,
+                                                        self.transformer, None if pinned is None else pinned.start)
+        return self._calibration.apply(probs)
 
     @property
     def contexts(self) -> list[dict[str, Any]]:

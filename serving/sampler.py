@@ -30,9 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cadasg_dist.model.networks import activate
 from cadasg_dist.synthesizer import CADASG
-from cadasg_dist.train.step import Priors, pin_stratum
 
 
 @dataclass(frozen=True)
@@ -75,13 +73,6 @@ class _StackedRandom:
         raise _Unbatchable(f"decode used Generator.{name}")
 
 
-def _priors(model: CADASG) -> Priors:
-    # CADASG.sample caches this on first use; build it the same way so both paths agree.
-    if model._priors is None:
-        model._priors = Priors.from_cache(model.cache, model.config.model.latent_dim)
-    return model._priors
-
-
 @torch.inference_mode()
 def _probabilities(job: SampleJob) -> tuple[np.random.Generator, np.ndarray, np.ndarray]:
     """``CADASG.sample`` up to the decoder, for one job: (its rng, context id per row, probabilities)."""
@@ -89,11 +80,8 @@ def _probabilities(job: SampleJob) -> tuple[np.random.Generator, np.ndarray, np.
     rng = np.random.default_rng(job.seed)
     g = torch.Generator().manual_seed(int(rng.integers(2**62)))
     cell = torch.from_numpy(model.cell_allocation(int(job.n), job.context or None, rng))
-    ctx = cell // model.cache.strata
-    z = _priors(model).sample(cell, g)  # (n, L)
-    probs = activate(model.nets.decoder(z, model.nets.one_hot(ctx)), model.nets.dims.spans, tau=None)  # (n, D)
-    probs = pin_stratum(probs, cell, model.nets.dims)
-    return rng, ctx.numpy(), probs.numpy()
+    probs = model.feature_probs(cell, g)  # (n, D)
+    return rng, (cell // model.cache.strata).numpy(), probs.numpy()
 
 
 def _merged(model: CADASG, jobs: list[SampleJob]) -> list[pd.DataFrame]:

@@ -12,7 +12,8 @@ zeros of a medical-expense column decodes back to exactly zero), then the standa
 CDF. It was chosen over affine standardisation by measurement (``bench/encodings.py --tables
 MedExp --epochs 60``, all else equal: column shape 0.963 vs 0.909, pair trend 0.942 vs 0.888,
 utility ratio 0.640 vs 0.274): on heavy-tailed and zero-inflated columns standardisation leaves
-most mass in a sliver of the range and a generator with a Gaussian latent cannot reproduce the tail. It is also cheaper and
+most mass in a sliver of the range and a generator with a Gaussian latent cannot reproduce the tail.
+It is also cheaper and
 easier to privatise than CTGAN's mode-specific normalisation, whose per-column Bayesian Gaussian
 mixture is fit on raw rows: a quantile grid is a small set of private quantiles, which the privacy
 layer can release with a DP quantile mechanism or replace with declared public bounds.
@@ -165,13 +166,23 @@ class CategoricalTransform:
     def __init__(self, schema: ColumnSchema) -> None:
         self.schema = schema
         self.categories = list(schema.categories or ())
+        # Share of each code (the categories, then the missing slot if any), for the sampler's
+        # marginal calibration (cadasg_dist/model/calibration.py). Non-private: counted by ``fit``;
+        # private: the noisy histogram of the ``preprocess/histograms`` release. None: not known.
+        self.frequencies: list[float] | None = None
 
     @property
     def width(self) -> int:
         return len(self.categories) + int(self.schema.has_missing)
 
-    def fit(self, s: pd.Series) -> None:  # categories come from the schema (declared or inferred)
-        return None
+    def fit(self, s: pd.Series) -> None:
+        """Categories come from the schema (declared or inferred); the code shares are counted
+        (a raw statistic: the private path sets ``frequencies`` from its DP release instead)."""
+        try:
+            codes = self.codes(s)
+        except InvalidDataError:  # a value outside the declared set: encoding will say so
+            return
+        self.frequencies = (np.bincount(codes, minlength=self.width) / max(len(codes), 1)).tolist()
 
     def codes(self, s: pd.Series) -> np.ndarray:
         """Index of each value in the category list; the missing slot for NaN. Unknown values raise."""
@@ -201,10 +212,12 @@ class CategoricalTransform:
         return _restore_dtype(pd.Series(values), self.schema)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"categories": list(self.categories)}
+        return {"categories": list(self.categories), "frequencies": self.frequencies}
 
     def load_dict(self, d: dict[str, Any]) -> None:
         self.categories = list(d["categories"])
+        freq = d.get("frequencies")
+        self.frequencies = None if freq is None or len(freq) != self.width else [float(v) for v in freq]
 
 
 def _key(v: Any) -> Any:

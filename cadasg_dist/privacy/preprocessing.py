@@ -94,6 +94,7 @@ class _Column:
     mode: Any = None  # most common category (noisy), the fill for a missing value without a slot
     coded: bool = False  # categorical whose categories are the integers within its bounds
     fitted: dict[str, Any] = field(default_factory=dict)  # ContinuousTransform fields
+    histogram: np.ndarray | None = None  # noisy [missing, per category] counts of a categorical column
 
 
 def prepare_private(df: pd.DataFrame, cfg: CADASGConfig, *, rng: np.random.Generator | None = None
@@ -130,7 +131,9 @@ def prepare_private(df: pd.DataFrame, cfg: CADASGConfig, *, rng: np.random.Gener
                        n_quantiles=cfg.data.n_quantiles, atom_share=cfg.data.atom_share, rng=rng)
     ledger.record(name="preprocess/histograms", noise_multiplier=sigma, sample_rate=1.0,
                   sensitivity=k * math.sqrt(len(columns)))
-    released["preprocess/histograms"] = [f"{c.name}.{s}" for c in columns for s in ("missing", *c.fitted)]
+    released["preprocess/histograms"] = [f"{c.name}.{s}" for c in columns
+                                         for s in ("missing", *c.fitted, *(["frequencies"] if c.histogram is not None
+                                                                          else []))]
     schema = Schema(columns=tuple(_schema_column(c) for c in columns), dropped=tuple(dropped))
     extractor = private_extractor(cfg, schema, {c.name: c for c in columns})
     if cfg.target is not None and cfg.target in extractor.categorical_columns:
@@ -138,9 +141,12 @@ def prepare_private(df: pd.DataFrame, cfg: CADASGConfig, *, rng: np.random.Gener
     transformer = DataTransformer(schema, cfg.data.continuous_encoding, cfg.data.n_quantiles,
                                   exclude=extractor.categorical_columns, atom_share=cfg.data.atom_share)
     for name, t in transformer.transforms.items():
+        col = next(c for c in columns if c.name == name)
         if isinstance(t, ContinuousTransform):
-            for key, value in next(c for c in columns if c.name == name).fitted.items():
+            for key, value in col.fitted.items():
                 setattr(t, key, value)
+        elif col.histogram is not None:
+            t.frequencies = released_frequencies(col.histogram, col.has_missing)
     transformer.spans = transformer._layout()  # atoms add spans
     frame = conform(frame, columns, transformer)
     return PrivatePreparation(schema, extractor, transformer, frame, units, int(rng.integers(2**62)), ledger,
@@ -368,6 +374,7 @@ def release_histograms(df: pd.DataFrame, columns: list[_Column], *, sigma: float
             counts = np.bincount(codes[codes >= 0], minlength=len(col.categories)).astype(float)
             noisy = np.r_[missing.sum(), counts] + rng.normal(0.0, std, len(counts) + 1)
             col.mode = col.categories[int(np.argmax(noisy[1:]))]
+            col.histogram = noisy
         else:
             x = np.clip(_numeric_values(s, col.kind)[~missing], col.lo, col.hi)
             points, starts, ends = _cells(col, bins)
@@ -381,6 +388,14 @@ def release_histograms(df: pd.DataFrame, columns: list[_Column], *, sigma: float
                                       n_quantiles=n_quantiles, atom_share=atom_share)
         col.has_missing = bool(noisy[0] > MISSING_SDS * std)
         col.sources["missing"] = "dp"
+
+
+def released_frequencies(noisy: np.ndarray, has_missing: bool) -> list[float]:
+    """Code shares of a categorical column from its noisy [missing, categories...] histogram, in the
+    transform's code order (categories, then the missing slot); post-processing of the release."""
+    counts = np.clip(np.r_[noisy[1:], noisy[:1]] if has_missing else noisy[1:], 0.0, None)
+    total = counts.sum()
+    return (counts / total if total > 0 else np.full(len(counts), 1.0 / len(counts))).tolist()
 
 
 def _fit_numeric(col: _Column, points: np.ndarray, starts: np.ndarray, ends: np.ndarray, counts: np.ndarray,
