@@ -73,9 +73,10 @@ class ModelConfig:
     target_bins: int = 5
     # Gumbel-softmax temperature for categorical blocks seen by the critic.
     gumbel_tau: float = 0.2
-    # Sampling moves each column's generated marginal onto the released one (the preprocessing
-    # histograms; cadasg_dist/model/calibration.py). Post-processing: no budget.
-    calibrate_marginals: bool = True
+    # Sampling moves generated one-column marginals onto the released ones (the preprocessing
+    # histograms; cadasg_dist/model/calibration.py): categorical columns, continuous columns, both,
+    # or none. Post-processing: no budget.
+    calibrate_marginals: Literal["both", "categorical", "continuous", "off"] = "both"
 
 
 @dataclass(frozen=True)

@@ -175,7 +175,7 @@ class CADASG:
                       ) -> torch.Tensor:
         """(N, D) decoder output for rows of the given cells, activated (softmax spans as
         probabilities), the target pinned to each cell's class and, unless ``calibrated`` is False
-        or ``model.calibrate_marginals`` is off, the marginal calibration applied. Draws the latent
+        or ``model.calibrate_marginals`` is "off", the marginal calibration applied. Draws the latent
         codes from ``generator``; ``sample`` decodes the result."""
         if self._priors is None:
             self._priors = Priors.from_cache(self.cache, self.config.model.latent_dim)
@@ -183,12 +183,14 @@ class CADASG:
         z = self._priors.sample(cell, generator)
         probs = activate(self.nets.decoder(z, self.nets.one_hot(ctx)), self.nets.dims.spans, tau=None)
         probs = pin_stratum(probs, cell, self.nets.dims)
-        if not calibrated or not self.config.model.calibrate_marginals:
+        kinds = self.config.model.calibrate_marginals
+        if not calibrated or kinds == "off":
             return probs
         if self._calibration is None:
             pinned = self.nets.dims.strata_span
             self._calibration = MarginalCalibration.fit(reference_probs(self), self.transformer.spans,
-                                                        self.transformer, None if pinned is None else pinned.start)
+                                                        self.transformer, None if pinned is None else pinned.start,
+                                                        kinds)
         return self._calibration.apply(probs)
 
     @property

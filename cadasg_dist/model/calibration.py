@@ -46,19 +46,21 @@ class MarginalCalibration:
 
     @classmethod
     def fit(cls, probs: torch.Tensor, spans: tuple[SpanInfo, ...], transformer: DataTransformer,
-            pinned: int | None = None) -> MarginalCalibration:
+            pinned: int | None = None, kinds: str = "both") -> MarginalCalibration:
         """Fit on ``probs`` (N, D), the activated decoder output of a reference draw; the span that
-        starts at ``pinned`` (the target's, set per cell) is left alone."""
+        starts at ``pinned`` (the target's, set per cell) is left alone. ``kinds``: "both",
+        "categorical", "continuous" or "off" (``model.calibrate_marginals``)."""
         out = cls()
         weights = _value_weights(probs, spans)
+        categorical, continuous = kinds in ("both", "categorical"), kinds in ("both", "continuous")
         for span in spans:
             if span.start == pinned or span.role != "value":
                 continue
             t = transformer.transforms[span.column]
             block = probs[:, span.start:span.stop].double()
-            if isinstance(t, CategoricalTransform) and t.frequencies is not None:
+            if isinstance(t, CategoricalTransform) and t.frequencies is not None and categorical:
                 out.factors[span.start] = prior_shift(block, torch.as_tensor(t.frequencies, dtype=torch.float64))
-            elif isinstance(t, ContinuousTransform) and t.encoding == "quantile":
+            elif isinstance(t, ContinuousTransform) and t.encoding == "quantile" and continuous:
                 out.maps[span.start] = normal_score_map(block[:, 0].numpy(), weights.get(span.column))
         return out
 

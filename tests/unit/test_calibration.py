@@ -76,7 +76,7 @@ def test_private_preprocessing_releases_category_frequencies(mixed_table, tiny_c
 def test_calibrated_sampling_matches_released_marginals_and_stays_deterministic(mixed_table, tiny_config, tmp_path):
     model = CADASG(tiny_config.replace(**{"target": None})).fit(mixed_table)
     raw_model = CADASG.load(model.save(tmp_path / "m"))
-    raw_model.config = raw_model.config.replace(**{"model.calibrate_marginals": False})
+    raw_model.config = raw_model.config.replace(**{"model.calibrate_marginals": "off"})
     calibrated, raw = model.sample(4000, seed=3), raw_model.sample(4000, seed=3)
     real = mixed_table["label"].value_counts(normalize=True)
     err = {name: (rows["label"].value_counts(normalize=True) - real).abs().max()
