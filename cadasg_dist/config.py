@@ -127,6 +127,10 @@ class TrainConfig:
     lr_critic: float = 1e-3
     critic_steps: int = 1
     weight_decay: float = 1e-6
+    # Private training keeps an exponential moving average of the networks' weights with this decay
+    # and releases the average instead of the last iterate (0 = the last iterate): it averages out
+    # part of DP-SGD's noise and is post-processing of the noisy iterates (no budget).
+    weight_averaging: float = 0.0
     seed: int = 0
     # Where the networks train: "cpu", "cuda", "cuda:N", or "auto" (the GPU when torch sees one).
     # Random draws and the context cache stay on the CPU, so a seed gives the same run on either.
@@ -290,6 +294,8 @@ def validate(cfg: CADASGConfig) -> None:
         (1 <= cfg.train.min_epochs <= cfg.train.max_epochs,
          f"train.min_epochs must be in [1, max_epochs], got {cfg.train.min_epochs}"),
         (cfg.train.batch_size >= 2, f"train.batch_size must be >= 2, got {cfg.train.batch_size}"),
+        (0 <= cfg.train.weight_averaging < 1,
+         f"train.weight_averaging must be in [0, 1) (0 = off), got {cfg.train.weight_averaging}"),
         (0.9 <= cfg.cache.ema_alpha <= 0.99 or cfg.cache.ema_alpha == 1.0,
          f"cache.ema_alpha must be in [0.9, 0.99] (or 1.0 for plain sums), got {cfg.cache.ema_alpha}"),
         (cfg.model.latent_dim >= 1, f"model.latent_dim must be >= 1, got {cfg.model.latent_dim}"),

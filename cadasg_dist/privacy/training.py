@@ -467,6 +467,7 @@ def _train(cfg: CADASGConfig, state: TrainState, cache: ContextCache, dp: DPStat
            sampler: UnitSampler, by_unit: bool, progress: ProgressFn | None) -> None:
     plan, start = dp.plan, time.perf_counter()
     epochs = plan.steps // plan.steps_per_epoch
+    average = WeightAverage(state.nets, cfg.train.weight_averaging)
     for epoch in range(epochs):
         sums: dict[str, float] = {}
         done = 0
@@ -479,6 +480,7 @@ def _train(cfg: CADASGConfig, state: TrainState, cache: ContextCache, dp: DPStat
             rows, local = sampler.sample()
             batch = PrivateBatch(xs[rows], cs[rows], units=local if by_unit else None)
             metrics = train_step(cfg, state, batch, cache)
+            average.update()
             done += 1
             for k, v in metrics.items():
                 if k not in REAL_ROW_METRICS:
@@ -491,3 +493,25 @@ def _train(cfg: CADASGConfig, state: TrainState, cache: ContextCache, dp: DPStat
                                      state=state, cache=cache))
         if dp.stop_reason is not None:
             break
+    average.load_into()
+
+
+class WeightAverage:
+    """EMA of a module's parameters over the training steps (Polyak averaging), loaded into the
+    module at the end. Each iterate is already a DP release, so their average is post-processing."""
+
+    def __init__(self, module: torch.nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.params = [p for p in module.parameters()]
+        self.average = [p.detach().clone() for p in self.params] if decay > 0 else []
+
+    @torch.no_grad()
+    def update(self) -> None:
+        if self.average:
+            torch._foreach_mul_(self.average, self.decay)
+            torch._foreach_add_(self.average, [p.detach() for p in self.params], alpha=1.0 - self.decay)
+
+    @torch.no_grad()
+    def load_into(self) -> None:
+        for p, a in zip(self.params, self.average):
+            p.copy_(a)

@@ -285,3 +285,22 @@ def test_private_fit_with_per_layer_clipping_keeps_the_budget(mixed_table, priva
     assert report["clipping"] == "per_layer" and model.ledger.epsilon() <= 4.0
     thresholds = report["final_thresholds"]["dpsgd/critic"]
     assert len({round(v, 6) for v in thresholds.values()}) > 1  # the tensors' thresholds moved apart
+
+
+def test_weight_average_is_an_ema_of_the_iterates_loaded_at_the_end():
+    from cadasg_dist.privacy.training import WeightAverage
+
+    layer = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.fill_(0.0)
+    average = WeightAverage(layer, decay=0.5)
+    for value in (4.0, 8.0):
+        with torch.no_grad():
+            layer.weight.fill_(value)
+        average.update()
+    average.load_into()
+    assert float(layer.weight) == pytest.approx(0.25 * 0 + 0.25 * 4 + 0.5 * 8)  # EMA from the initial weights
+    off = WeightAverage(layer, decay=0.0)
+    off.update()
+    off.load_into()
+    assert float(layer.weight) == pytest.approx(5.0)  # decay 0: the last iterate stays
