@@ -95,7 +95,8 @@ def central_with_plan(plan: FederationPlan, rows: pd.DataFrame) -> CADASG:
 def federated(train: pd.DataFrame, table: str, args: argparse.Namespace, plan_path: Path, secagg: bool,
               work: Path, server_lr: float = 1.0) -> tuple[CADASG, float]:
     data = work / f"{table}-train.parquet"
-    train.to_parquet(data)
+    if not data.exists():  # the same rows for every federated run of the table
+        train.to_parquet(data)
     out = work / f"{table}-fed-{'secagg' if secagg else 'plain'}-lr{server_lr:g}"
     cmd = [sys.executable, "-m", "cadasg_dist.federated_command", str(data), "--silo-column", SILO_COLUMN[table],
            "--plan", str(plan_path), "--rounds", str(args.rounds), "--local-epochs", str(args.local_epochs),

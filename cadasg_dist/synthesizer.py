@@ -188,9 +188,8 @@ class CADASG:
             return probs
         if self._calibration is None:
             pinned = self.nets.dims.strata_span
-            self._calibration = MarginalCalibration.fit(reference_probs(self), self.transformer.spans,
-                                                        self.transformer, None if pinned is None else pinned.start,
-                                                        kinds)
+            self._calibration = MarginalCalibration.fit(reference_probs(self), self.transformer,
+                                                        None if pinned is None else pinned.start, kinds)
         return self._calibration.apply(probs)
 
     @property

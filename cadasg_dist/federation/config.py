@@ -31,9 +31,8 @@ class FederatedConfig:
     strategy: Literal["fedavg", "fedprox"] = "fedavg"
     proximal_mu: float = 0.01
     # Server learning rate (FedAvg with a server step, Reddi et al. 2021): the global model moves by
-    # server_lr times the silos' weighted mean update. 1.0 is plain FedAvg. Under DP-SGD each silo's
-    # update is a quarter-size step in a noisier direction; a server step near the number of silos
-    # restores the central run's progress per epoch (docs/federated.md, "Numbers").
+    # server_lr times the silos' weighted mean update. 1.0 is plain FedAvg. Tried under DP to restore
+    # the central run's progress per epoch: 2.0 made HI worse (docs/federated.md, "Numbers").
     server_lr: float = 1.0
     # Flower SecAgg+ (legacy workflow API): the server only sees sums of the silos' updates.
     secagg: bool = True

@@ -45,12 +45,12 @@ class MarginalCalibration:
     maps: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # span start -> (x, y) knots
 
     @classmethod
-    def fit(cls, probs: torch.Tensor, spans: tuple[SpanInfo, ...], transformer: DataTransformer,
-            pinned: int | None = None, kinds: str = "both") -> MarginalCalibration:
+    def fit(cls, probs: torch.Tensor, transformer: DataTransformer, pinned: int | None = None,
+            kinds: str = "both") -> MarginalCalibration:
         """Fit on ``probs`` (N, D), the activated decoder output of a reference draw; the span that
         starts at ``pinned`` (the target's, set per cell) is left alone. ``kinds``: "both",
         "categorical", "continuous" or "off" (``model.calibrate_marginals``)."""
-        out = cls()
+        out, spans = cls(), transformer.spans
         weights = _value_weights(probs, spans)
         categorical, continuous = kinds in ("both", "categorical"), kinds in ("both", "continuous")
         for span in spans:

@@ -132,16 +132,17 @@ def prepare_private(df: pd.DataFrame, cfg: CADASGConfig, *, rng: np.random.Gener
     ledger.record(name="preprocess/histograms", noise_multiplier=sigma, sample_rate=1.0,
                   sensitivity=k * math.sqrt(len(columns)))
     released["preprocess/histograms"] = [f"{c.name}.{s}" for c in columns
-                                         for s in ("missing", *c.fitted, *(["frequencies"] if c.histogram is not None
-                                                                          else []))]
+                                         for s in ("missing", *c.fitted, *(("frequencies",) if c.histogram is not None
+                                                                          else ()))]
     schema = Schema(columns=tuple(_schema_column(c) for c in columns), dropped=tuple(dropped))
-    extractor = private_extractor(cfg, schema, {c.name: c for c in columns})
+    by_name = {c.name: c for c in columns}
+    extractor = private_extractor(cfg, schema, by_name)
     if cfg.target is not None and cfg.target in extractor.categorical_columns:
         raise InvalidDataError(f"target column {cfg.target!r} cannot also be a context column")
     transformer = DataTransformer(schema, cfg.data.continuous_encoding, cfg.data.n_quantiles,
                                   exclude=extractor.categorical_columns, atom_share=cfg.data.atom_share)
     for name, t in transformer.transforms.items():
-        col = next(c for c in columns if c.name == name)
+        col = by_name[name]
         if isinstance(t, ContinuousTransform):
             for key, value in col.fitted.items():
                 setattr(t, key, value)
