@@ -13,13 +13,16 @@ and a request count. Settings:
   in-process ``sample()`` rows/s with the same single torch thread a replica has (goal >= 50%);
 * soak: the small setting for ``--soak`` seconds on 2 replicas: errors must be zero;
 * autoscale: min 1, max 2 replicas under the small load, replica count polled each second, then
-  the load stops and we wait for the scale-down.
+  the load stops and we wait for the scale-down;
+* noop: the small setting against a bare Serve deployment (FastAPI ingress, one route that reads
+  the body and returns the bytes of a real 100-row answer, no auth, no batching, no model): what
+  Ray Serve's own request path costs on this host, so the small setting reads as a ratio to it;
+* uvicorn: the same no-op route on plain uvicorn + FastAPI in one process, without Ray: shows
+  whether the load generator itself limits the small setting.
 
 Numbers from a shared 2-core machine vary with whatever else runs there: the JSON records the
 load average before and after each setting.
 """
-
-from __future__ import annotations
 
 import argparse
 import asyncio
@@ -28,6 +31,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -124,6 +128,67 @@ def _deploy(model: str, replicas: tuple[int, int], **extra: Any) -> None:
     _wait_replicas(replicas[0], timeout=120)
 
 
+def _noop_app(answer: bytes):
+    """A Serve app that does no work: the floor under any sampling endpoint on this host. (This
+    module has no ``from __future__ import annotations``: FastAPI must see ``Request`` itself.)"""
+    from fastapi import FastAPI, Request, Response
+    from ray import serve
+
+    api = FastAPI()
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0.5})
+    @serve.ingress(api)
+    class Noop:
+        @api.post("/v1/sample")
+        async def sample(self, request: Request) -> Response:
+            await request.body()
+            return Response(answer, media_type="application/json", headers={"X-Rows": "100"})
+
+    return Noop
+
+
+def _deploy_noop(model: str, replicas: int) -> None:
+    from ray import serve
+
+    from cadasg_dist.synthesizer import CADASG
+
+    answer = CADASG.load(model).sample(100, seed=0).to_json(orient="records").encode()
+    serve.run(_noop_app(answer).options(num_replicas=replicas).bind(), name="bench", route_prefix="/")
+
+
+UVICORN_NOOP = """
+import sys, uvicorn
+from fastapi import FastAPI, Request, Response
+answer = open(sys.argv[2], "rb").read()
+app = FastAPI()
+
+@app.post("/v1/sample")
+async def sample(request: Request) -> Response:
+    await request.body()
+    return Response(answer, media_type="application/json", headers={"X-Rows": "100"})
+
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+"""
+
+
+def _uvicorn_noop(model: str, tmp: Path) -> tuple[subprocess.Popen, str]:
+    from cadasg_dist.synthesizer import CADASG
+
+    answer = tmp / "answer.json"
+    answer.write_text(CADASG.load(model).sample(100, seed=0).to_json(orient="records"))
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-c", UVICORN_NOOP, str(port), str(answer)])
+    import httpx
+
+    for _ in range(100):
+        try:
+            httpx.post(f"http://127.0.0.1:{port}/v1/sample", content=b"{}")
+            break
+        except httpx.TransportError:
+            time.sleep(0.1)
+    return proc, f"http://127.0.0.1:{port}"
+
+
 def _replica_states() -> dict[str, int]:
     from ray import serve
 
@@ -188,10 +253,10 @@ def run_main(args: argparse.Namespace) -> int:
                                "throughput_optimized": args.throughput_optimized, "small": {}, "large": {}}
     only = set(args.only.split(","))
 
-    def setting(name: str, proc_args: dict[str, Any]) -> dict[str, Any]:
+    def setting(name: str, proc_args: dict[str, Any], at: str = url) -> dict[str, Any]:
         before = _load_avg()
-        _client(url, n=100, fmt="json", concurrency=8, duration=3).communicate(timeout=120)  # warm-up
-        res = _finish(_client(url, **proc_args))
+        _client(at, n=100, fmt="json", concurrency=8, duration=3).communicate(timeout=120)  # warm-up
+        res = _finish(_client(at, **proc_args))
         res.update(load_avg_before=before, load_avg_after=_load_avg())
         print(f"{name}: {json.dumps(res)}", file=sys.stderr, flush=True)
         return res
@@ -219,6 +284,19 @@ def run_main(args: argparse.Namespace) -> int:
             large["in_process_rows_per_s_just_before"] = round(here)
             large["share_of_in_process"] = round(large["rows_per_s"] / here, 3)
             results["large"][str(r)] = large
+    for r in (int(x) for x in args.replicas.split(",")) if "noop" in only else ():
+        _deploy_noop(args.model, r)
+        results.setdefault("noop", {})[str(r)] = setting(f"noop r={r}", {
+            "n": 100, "fmt": "json", "concurrency": 32, "duration": args.duration})
+    if "uvicorn" in only:
+        with tempfile.TemporaryDirectory() as tmp:
+            proc, at = _uvicorn_noop(args.model, Path(tmp))
+            try:
+                results["uvicorn"] = setting("uvicorn", {"n": 100, "fmt": "json", "concurrency": 32,
+                                                         "duration": args.duration}, at=at)
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
     if args.soak:
         _deploy(args.model, (2, 2))
         results["soak"] = setting("soak r=2", {"n": 100, "fmt": "json", "concurrency": 32, "duration": args.soak})
@@ -273,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--soak", type=float, default=0.0, help="seconds of the zero-error run (0: skip)")
     r.add_argument("--out", help="JSON results file")
     r.add_argument("--replicas", default="1,2", help="fixed replica counts for small/large")
-    r.add_argument("--only", default="floor,small,large,autoscale", help="settings to run (soak: see --soak)")
+    r.add_argument("--only", default="floor,small,noop,uvicorn,large,autoscale",
+                   help="settings to run (soak: see --soak)")
     r.add_argument("--throughput-optimized", action="store_true",
                    help="set RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (Serve's fast path) before Ray starts")
     c = sub.add_parser("client", help="the load generator (run by `run` in a second process)")
