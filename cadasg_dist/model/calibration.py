@@ -103,8 +103,11 @@ def normal_score_map(values: np.ndarray, weights: np.ndarray | None) -> tuple[np
         return np.array([0.0, 1.0]), np.array([0.0, 1.0])
     levels = np.arange(1, LEVELS + 1) / (LEVELS + 1)
     x = np.interp(levels * cdf[-1], cdf - w / 2, v)
-    keep = np.r_[True, np.diff(x) > 1e-9]  # a tie in the generated values is one knot
-    return x[keep], ndtri(levels[keep])
+    # A tie in the generated values (a run of equal knots) is one knot at the mean of its levels'
+    # normal scores: the tied mass lands at the centre of its share, and the mapped mean stays 0.
+    group = np.cumsum(np.r_[True, np.diff(x) > 1e-9]) - 1
+    counts = np.bincount(group)
+    return x[np.r_[0, np.cumsum(counts)[:-1]]], np.bincount(group, weights=ndtri(levels)) / counts
 
 
 def _interp_linear_ends(v: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:

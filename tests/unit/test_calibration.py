@@ -4,6 +4,7 @@ frequencies the private preprocessing releases for them, and sampling with them 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import pandas as pd
 import torch
 from scipy import stats
@@ -43,6 +44,17 @@ def test_normal_score_map_sends_a_skewed_sample_to_standard_normal():
     # ranks (so the dependence with other columns) are kept, also beyond the end knots
     wide = np.r_[values, -50.0, 500.0]
     assert np.all(np.diff(_interp_linear_ends(np.sort(wide), x, y)) >= 0)
+
+
+def test_a_tie_maps_to_the_middle_of_its_share():
+    rng = np.random.default_rng(2)
+    values = np.r_[np.zeros(10_000), rng.uniform(1, 2, size=10_000)]  # half the mass on one value
+    x, y = normal_score_map(values, None)
+    assert np.all(np.diff(x) > 0) and np.all(np.diff(y) > 0)
+    # the tie sits at the mean normal score of the lower half, -2 phi(0), not at the lowest level's
+    assert _interp_linear_ends(np.zeros(1), x, y)[0] == pytest.approx(-2 * stats.norm.pdf(0), abs=0.02)
+    assert np.mean(_interp_linear_ends(values, x, y)) == pytest.approx(0.0, abs=0.02)
+    assert np.mean(_interp_linear_ends(values[10_000:], x, y) >= 0) > 0.99  # the rest sits above the median
 
 
 def test_weights_leave_out_the_values_that_will_not_be_decoded():
