@@ -91,22 +91,31 @@ class Progress:
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
 
     def __call__(self, report: Any) -> None:
+        line = self.line(report)
+        if self.tty:
+            end = "\n" if report.epoch == report.epochs else ""
+            print("\r" + line, end=end, file=self.stream, flush=True)
+        elif self.due(report):
+            print(line, file=self.stream, flush=True)
+
+    @staticmethod
+    def line(report: Any) -> str:
         m = report.metrics
         width = 24
         done = int(width * report.epoch / report.epochs)
         bar = "#" * done + "-" * (width - done)
         eps = "" if report.epsilon is None else f" ε={report.epsilon:.2f}"
-        line = (f"[{bar}] epoch {report.epoch}/{report.epochs} {report.seconds:6.1f}s"
+        return (f"[{bar}] epoch {report.epoch}/{report.epochs} {report.seconds:6.1f}s"
                 f" | critic {m.get('loss_critic', 0):+.3f} vae {m.get('loss_vae', 0):.3f}"
                 f" cov {m.get('loss_cov', 0):.3f} util {m.get('loss_utility', 0):.3f}"
                 f" | λkl {m.get('lambda_kl', 0):.2f} λcov {m.get('lambda_cov', 0):.2f}"
                 f" λu {m.get('lambda_utility', 0):.2f}{eps}")
+
+    @staticmethod
+    def due(report: Any) -> bool:
+        """Without a terminal: about ten lines a run, plus the first and the last epoch."""
         every = max(1, report.epochs // 10)
-        if self.tty:
-            end = "\n" if report.epoch == report.epochs else ""
-            print("\r" + line, end=end, file=self.stream, flush=True)
-        elif report.epoch % every == 0 or report.epoch in (1, report.epochs):
-            print(line, file=self.stream, flush=True)
+        return report.epoch % every == 0 or report.epoch in (1, report.epochs)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -118,7 +127,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.num_workers is not None:  # Ray Train: cadasg_dist/distributed/
         from cadasg_dist.distributed_command import fit_on_ray
 
-        model = fit_on_ray(cfg, args, Progress())
+        model = fit_on_ray(cfg, args)  # rank 0 prints the epochs live, through Ray's log relay
     else:
         model = CADASG(cfg).fit(args.data, progress=Progress())
     out = model.save(args.out)
@@ -181,7 +190,7 @@ def cmd_privacy(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from cadasg_dist.demo import run_demo
 
-    return run_demo(out_dir=Path(args.out), epochs=args.epochs, seed=args.seed or 0)
+    return run_demo(out_dir=Path(args.out), epochs=args.epochs, seed=args.seed or 0, num_workers=args.num_workers)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -216,6 +225,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="where the model, samples and report go")
     p.add_argument("--epochs", type=int, help="override the demo's epochs")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-workers", type=int, default=2,
+                   help="Ray Train workers on a local Ray (default 2); 0 trains in this process")
     p.set_defaults(func=cmd_demo)
 
     from cadasg_dist import federated_command, serve_command, tune_command

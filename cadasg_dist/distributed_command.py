@@ -10,7 +10,7 @@ from typing import Any
 from cadasg_dist.config import CADASGConfig
 
 
-def fit_on_ray(cfg: CADASGConfig, args: argparse.Namespace, progress: Any) -> Any:
+def fit_on_ray(cfg: CADASGConfig, args: argparse.Namespace) -> Any:
     from cadasg_dist.distributed.trainer import fit_distributed
     from cadasg_dist.synthesizer import CADASG
 
@@ -20,5 +20,5 @@ def fit_on_ray(cfg: CADASGConfig, args: argparse.Namespace, progress: Any) -> An
     if args.address is not None:
         overrides["distributed.address"] = args.address
     cfg = cfg.replace(**overrides)
-    return fit_distributed(CADASG(cfg), args.data, progress=progress,
+    return fit_distributed(CADASG(cfg), args.data,
                            on_plan=lambda text: print(text, file=sys.stderr, flush=True))

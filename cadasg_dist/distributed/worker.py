@@ -19,9 +19,10 @@ import json
 import logging
 import math
 import os
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from cadasg_dist.distributed.sync import Collectives, GradientSync, ShardCache, 
 from cadasg_dist.errors import ConfigError
 from cadasg_dist.model.networks import ModelDims
 from cadasg_dist.privacy import entropy
-from cadasg_dist.train.fit import final_cache_pass
+from cadasg_dist.train.fit import EpochReport, final_cache_pass
 from cadasg_dist.train.step import Batch, TrainState, train_step
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     wc = WorkerConfig.from_dict(config)
     import ray.train
 
+    quiet_console()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(wc.cfg.train.threads or 1)
@@ -94,11 +96,50 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     run = WorkerRun(wc, rank, world, local_rows=len(xs))
     run.timing["load_s"] = time.perf_counter() - start
     first = run.restore(ray.train.get_checkpoint())
+    progress = worker_progress(rank)
     for epoch in range(first, run.epochs):
         metrics = run.epoch(xs, cs)
         inject_failure(wc, epoch + 1, rank)
         run.report(epoch + 1, metrics)
+        progress(EpochReport(epoch + 1, run.epochs, time.perf_counter() - start, metrics))
     run.finish(xs, cs)
+
+
+def worker_progress(rank: int) -> Callable[[EpochReport], None]:
+    """Rank 0 writes the CLI's epoch lines to its stdout, which Ray relays to the driver (with
+    ``log_to_driver``, Ray's default), so a run shows its progress live. The worker's console then
+    carries those lines and warnings, not Ray Train's INFO line per report and checkpoint nor
+    Ray Data's progress bars for reading a shard (``quiet_console``; both stay in Ray's log files)."""
+    if rank != 0:
+        return lambda report: None
+    from cadasg_dist.cli import Progress
+
+    def show(report: EpochReport) -> None:
+        if Progress.due(report):  # not print(): Ray Train patches it into INFO log records
+            sys.stdout.write(Progress.line(report) + "\n")
+            sys.stdout.flush()
+
+    return show
+
+
+class _NoRayInfo(logging.Filter):
+    """Ray Train's and Ray Data's INFO records (by source path: some loggers are named by file)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        path = record.pathname.replace("\\", "/")
+        return record.levelno >= logging.WARNING or not ("/ray/train/" in path or "/ray/data/" in path)
+
+
+def quiet_console() -> None:
+    """Drop Ray Train's and Ray Data's INFO records from this worker's console (files keep them)."""
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    quiet = _NoRayInfo()
+    for logger in (logging.getLogger(), logging.getLogger("ray.train"), logging.getLogger("ray.data")):
+        for handler in logger.handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                handler.addFilter(quiet)
 
 
 def encode_shard(wc: WorkerConfig, df: pd.DataFrame, rank: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -69,3 +69,9 @@ def test_bad_config_values_are_one_line(capsys, tmp_path, table):
     cfg.write_text("train: [1, 2]\n")
     assert "must be a mapping" in _error(
         capsys, ["train", str(table), "--target", "label", "--config", str(cfg), "--out", str(out)])
+
+
+def test_demo_rejects_a_negative_worker_count(capsys, tmp_path):
+    out = tmp_path / "demo"
+    assert "--num-workers -1" in _error(capsys, ["demo", "--out", str(out), "--num-workers", "-1"])
+    assert not out.exists()
