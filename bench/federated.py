@@ -139,6 +139,10 @@ def run_table(table: str, args: argparse.Namespace, work: Path) -> list[dict]:
     plan = build_plan(train, cfg, fed)
     plan_path = work / f"{table}-plan.json"
     plan_path.write_text(plan.to_json())
+    if args.federated_set:  # the federated runs' own engine settings (e.g. the silos' learning rates)
+        fed_plan = build_plan(train, cfg.replace(**args.federated_set), fed)
+        plan_path = work / f"{table}-plan-federated.json"
+        plan_path.write_text(fed_plan.to_json())
     print(f"[federated] plan built in {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
     if not args.skip_engine:
         # Non-private, the engine infers its schema itself (its non-private path does not type declared
@@ -219,10 +223,15 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=1, help="repeat the central and federated fits (a private "
                    "fit's noise is secret, so they differ); gaps are reported as mean ± sd")
     p.add_argument("--skip-one-silo", action="store_true", help="skip the one-silo-alone row")
+    p.add_argument("--federated-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="engine config override for the federated runs only (the central runs keep the defaults)")
     p.add_argument("--skip-engine", action="store_true", help="skip the central (engine) row")
     p.add_argument("--routes", default="secagg,plain", help="federated runs: secagg, plain or both")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = p.parse_args()
+    import yaml
+
+    args.federated_set = {k.strip(): yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.federated_set)}
     with tempfile.TemporaryDirectory(prefix="cadasg-fed-bench-") as tmp:
         rows = [r for t in args.tables.split(",") for r in run_table(t.strip(), args, Path(tmp))]
     text = render(rows)
@@ -230,7 +239,8 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = f"eps{args.epsilon:g}_r{args.rounds}x{args.local_epochs}{f'_b{args.batch_size}' if args.batch_size else ''}" \
-          f"_lr{args.server_lr.replace(',', '-')}_x{args.repeats}_seed{args.seed}"
+          f"_lr{args.server_lr.replace(',', '-')}_x{args.repeats}_seed{args.seed}" + \
+          "".join(f"_{k.rsplit('.', 1)[-1]}{v}" for k, v in args.federated_set.items())
     (out / f"federated_{tag}.md").write_text(text + "\n")
     (out / f"federated_{tag}.json").write_text(json.dumps(rows, indent=1, default=str))
     return 0
