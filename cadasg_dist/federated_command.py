@@ -40,6 +40,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--strategy", choices=("fedavg", "fedprox"), help="server aggregation")
     p.add_argument("--proximal-mu", type=float, help="FedProx proximal weight")
     p.add_argument("--server-lr", type=float, help="server step on the silos' mean update (1.0: plain FedAvg)")
+    p.add_argument("--local-lr-scale", type=float, help="the silos' learning rates are the engine's times this")
     p.add_argument("--secagg", dest="secagg", action="store_true", default=None, help="Flower SecAgg+ on")
     p.add_argument("--no-secagg", dest="secagg", action="store_false", help="Flower SecAgg+ off")
     p.add_argument("--min-clients", type=int, help="fewest silos a round is aggregated from")
@@ -73,8 +74,8 @@ def build_configs(args: argparse.Namespace) -> tuple[Any, Any]:
             dotted[key] = getattr(args, flag)
     if args.context:
         dotted["context.columns"] = [c.strip() for c in args.context.split(",") if c.strip()]
-    for flag in ("rounds", "local_epochs", "strategy", "proximal_mu", "server_lr", "secagg", "min_clients",
-                 "round_timeout"):
+    for flag in ("rounds", "local_epochs", "strategy", "proximal_mu", "server_lr", "local_lr_scale", "secagg",
+                 "min_clients", "round_timeout"):
         if getattr(args, flag, None) is not None:
             fed_values[flag] = getattr(args, flag)
     for item in args.set:

@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     # build_configs reads these attributes of `cadasg federated`'s parser
     for name in ("target", "context", "epsilon", "delta", "privacy_unit", "seed", "local_epochs", "strategy",
-                 "proximal_mu", "server_lr", "min_clients", "round_timeout"):
+                 "proximal_mu", "server_lr", "local_lr_scale", "min_clients", "round_timeout"):
         setattr(args, name, None)
     args.set = [f"federated.inject_failure={args.inject_failure}"] if args.inject_failure else []
     if args.silo_column and not args.data:

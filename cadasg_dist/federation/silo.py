@@ -77,17 +77,18 @@ class SiloTrainer:
         self.ledger = ledger if ledger is not None else plan.silo_ledger()
         self.budget = self.dp = self.sampler = None
         self.rows_per_unit = 1 if data.units is None else cfg.privacy.max_rows_per_unit
+        cfg = local_config(cfg, fed)
         if cfg.private:
-            self.cfg = self._private_setup()
+            self.cfg = self._private_setup(cfg)
         else:
             self.cfg = cfg
             self.state = TrainState.create(dims, cfg, seed=self.seed)
         self.cache = ContextCache(dims.contexts, dims.features, cfg.model.latent_dim, self.cfg.cache, dims.strata)
 
-    def _private_setup(self) -> Any:
+    def _private_setup(self, cfg: Any) -> Any:
         from cadasg_dist.privacy.training import DPState, UnitSampler, cache_noise, plan_budget
 
-        cfg, dims, fed = self.plan.config, self.plan.dims, self.fed
+        dims, fed = self.plan.dims, self.fed
         total = cfg.replace(**{"train.epochs": fed.rounds * fed.local_epochs})
         self.budget = plan_budget(total, n_rows=self.data.n_rows, n_units=self.data.n_units,
                                   has_utility=bool(dims.target_spans), spent=self.plan.preprocessing)
@@ -209,6 +210,16 @@ class SiloTrainer:
             trainer.dp.noise.set_state(dp["noise"])
             trainer.sampler.generator.set_state(dp["sampler"])
         return trainer
+
+
+def local_config(cfg: Any, fed: FederatedConfig) -> Any:
+    """The engine config a silo trains with: the plan's, learning rates scaled by
+    ``federated.local_lr_scale`` (hyperparameters only: the privacy plan does not depend on them)."""
+    if fed.local_lr_scale == 1.0:
+        return cfg
+    t = cfg.train
+    return cfg.replace(**{"train.lr_generator": t.lr_generator * fed.local_lr_scale,
+                          "train.lr_critic": t.lr_critic * fed.local_lr_scale})
 
 
 def add_proximal_term(state: TrainState, mu: float) -> list[Any]:

@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 SILO_SUFFIXES = (".csv", ".parquet", ".pq")
 # Flower run-config keys (pyproject.toml [tool.flwr.app.config]) -> FederatedConfig fields.
 RUN_CONFIG_FEDERATED = {"rounds": "rounds", "local-epochs": "local_epochs", "strategy": "strategy",
-                        "proximal-mu": "proximal_mu", "server-lr": "server_lr", "secagg": "secagg",
+                        "proximal-mu": "proximal_mu", "server-lr": "server_lr",
+                        "local-lr-scale": "local_lr_scale", "secagg": "secagg",
                         "min-clients": "min_clients",
                         "round-timeout": "round_timeout", "schema-epsilon": "schema_epsilon",
                         "inject-failure": "inject_failure"}

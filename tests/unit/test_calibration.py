@@ -4,8 +4,8 @@ frequencies the private preprocessing releases for them, and sampling with them 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import pandas as pd
+import pytest
 import torch
 from scipy import stats
 

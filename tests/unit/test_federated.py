@@ -22,7 +22,7 @@ from cadasg_dist.context.cache import CacheStats
 from cadasg_dist.errors import ConfigError, InvalidDataError
 from cadasg_dist.federation.client import STATE_KEY, handle_train
 from cadasg_dist.federation.config import FederatedConfig, load_configs, parse_failure
-from cadasg_dist.federation.plan import FederationPlan, build_plan, conform
+from cadasg_dist.federation.plan import FederationPlan, build_plan, conform, encode_silo
 from cadasg_dist.federation.records import (
     CACHE_FIELDS,
     cache_record,
@@ -35,7 +35,7 @@ from cadasg_dist.federation.records import (
     secagg_weight,
 )
 from cadasg_dist.federation.server import FedAvgWithCache, ServerSettings, initial_weights, run_server, server_step
-from cadasg_dist.federation.silo import add_proximal_term
+from cadasg_dist.federation.silo import SiloTrainer, add_proximal_term
 from cadasg_dist.model.networks import CADASGNetworks
 from cadasg_dist.train.step import TrainState
 
@@ -116,6 +116,8 @@ def test_federated_config_validates_and_parses(tmp_path):
         FederatedConfig(inject_failure="1:raise")
     with pytest.raises(ConfigError, match="federated.server_lr must be a finite number > 0, got 0"):
         FederatedConfig(server_lr=0)
+    with pytest.raises(ConfigError, match="federated.local_lr_scale must be a finite number > 0, got -1"):
+        FederatedConfig(local_lr_scale=-1)
     assert parse_failure("2:3:hang") == (2, 3, "hang")
     path = tmp_path / "c.yaml"
     path.write_text("target: label\nfederated: {rounds: 3, strategy: fedprox, secagg: false}\n")
@@ -179,6 +181,18 @@ def test_silo_ledger_persists_across_rounds(private_plan, table_path):
     assert ledger["mechanisms"][-1]["name"] == "cache/final" and "arrays" not in final.content.array_records
     again = handle_train(train_message(private_plan, FED, table_path, weights, phase="final-cache", rnd=3), ctx)
     assert json.loads(again.content["silo"]["ledger"]) == ledger  # asked twice: the same release, no new cost
+
+
+def test_silos_train_at_the_scaled_learning_rates(plan, private_plan, silo_table):
+    fed = FED.replace(local_lr_scale=3.0)
+    for p in (plan, private_plan):
+        trainer = SiloTrainer(p, fed, encode_silo(p, silo_table), index=0)
+        t = p.config.train
+        assert trainer.state.opt_generator.param_groups[0]["lr"] == pytest.approx(3 * t.lr_generator)
+        assert trainer.state.opt_critic.param_groups[0]["lr"] == pytest.approx(3 * t.lr_critic)
+    plain = SiloTrainer(private_plan, FED.replace(local_lr_scale=1.0), encode_silo(private_plan, silo_table), index=0)
+    scaled = SiloTrainer(private_plan, fed, encode_silo(private_plan, silo_table), index=0)
+    assert scaled.budget == plain.budget  # the privacy plan does not depend on the learning rates
 
 
 # --- aggregation and cache merge ------------------------------------------------------------------
