@@ -112,9 +112,10 @@ def run_demo(out_dir: Path, epochs: int | None = None, seed: int = 0, num_worker
 
 
 def fit_on_local_ray(cfg: CADASGConfig, train: pd.DataFrame) -> CADASG:
-    """Start a local Ray, train with Ray Train (rank 0's epoch lines come through Ray's log relay),
-    stop the Ray this call started."""
+    """Train with Ray Train on a local Ray (``fit_distributed`` starts it; rank 0's epoch lines come
+    through Ray's log relay), and stop the Ray it started."""
     import ray
+    import ray.data
 
     from cadasg_dist.distributed.trainer import fit_distributed
 
@@ -123,12 +124,8 @@ def fit_on_local_ray(cfg: CADASGConfig, train: pd.DataFrame) -> CADASG:
         print("starting a local Ray ...", flush=True)
         # the demo asks for no GPU: take Ray's coming default and skip its warning about it
         os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-        # with its dashboard: Ray Train's placement-group cleaner polls the state API it serves
-        ray.init(configure_logging=False)
     # Ray Data's progress bars and notes for a 16,000-row table put in the object store say nothing
     # here; Ray Train's own lines are filtered in the workers (distributed/worker.py).
-    import ray.data
-
     ray.data.DataContext.get_current().enable_progress_bars = False
     data_log = logging.getLogger("ray.data")
     level = data_log.level

@@ -502,7 +502,7 @@ class WeightAverage:
 
     def __init__(self, module: torch.nn.Module, decay: float) -> None:
         self.decay = decay
-        self.params = [p for p in module.parameters()]
+        self.params = list(module.parameters())
         self.average = [p.detach().clone() for p in self.params] if decay > 0 else []
 
     @torch.no_grad()
