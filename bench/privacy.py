@@ -111,7 +111,9 @@ def ours_cached(train: pd.DataFrame, spec, eps: float, delta: float, seed: int, 
     model, fit_s = fit_ours(train, spec, eps, delta, seed, epochs)
     synthetic = model.sample(len(train), seed=seed)
     meta = {"epsilon_spent": spent(model), "fit_s": fit_s, "epochs": model.config.train.epochs,
-            "steps": (model.meta.get("privacy") or {}).get("steps_taken")}
+            "steps": (model.meta.get("privacy") or {}).get("steps_taken"),
+            **{k: round(v, 3) for k, v in (model.history[-1] if model.history else {}).items()
+               if k.startswith("step_scale_")}}
     d.mkdir(parents=True, exist_ok=True)
     synthetic.to_parquet(d / "synthetic.parquet")
     (d / "meta.json").write_text(json.dumps(meta))

@@ -176,6 +176,11 @@ class PrivacyConfig:
     clipping: Literal["flat", "per_layer"] = "flat"
     clip_quantile: float = 0.5
     clip_learning_rate: float = 0.2
+    # Adam divides each step by the gradient's running scale, which under DP is mostly the added
+    # noise, of known variance (σ·C/E)². Above 1, each tensor's Adam step is scaled by
+    # sqrt(V / (V - Φ)) (V: its mean second moment, Φ: the noise's share of it), at most this much
+    # (cadasg_dist/privacy/step_scale.py). Post-processing: no budget. 1 turns it off.
+    max_step_scale: float = 1.0
 
     def __post_init__(self) -> None:
         shares = self.preprocessing_share + self.final_cache_share
@@ -191,6 +196,7 @@ class PrivacyConfig:
             (self.histogram_bins >= 2, f"privacy.histogram_bins must be >= 2, got {self.histogram_bins}"),
             (self.clipping in ("flat", "per_layer"),
              f"privacy.clipping must be 'flat' or 'per_layer', got {self.clipping!r}"),
+            (self.max_step_scale >= 1, f"privacy.max_step_scale must be >= 1 (1 = off), got {self.max_step_scale}"),
             (0 < self.clip_quantile < 1 and self.clip_learning_rate > 0,
              "privacy.clip_quantile must be in (0, 1) and privacy.clip_learning_rate > 0, got "
              f"{self.clip_quantile} and {self.clip_learning_rate}"),

@@ -90,6 +90,10 @@ class ShardedDPState(DPState):
         square = sum(float(self._vae[names[id(p)]].pow(2).sum()) - p.numel() * noise_var for p in shared)
         return math.sqrt(max(square, 0.0))
 
+    def gradient_noise_std(self, part: str, name: str) -> float:
+        """The merged release's noise (every worker's share, averaged): what each optimizer steps on."""
+        return self.global_plan.parts[part] * self.clip / self.global_expected
+
     def report(self) -> dict[str, Any]:
         """``DPState.report`` in terms of the merged releases (what the ledger accounts), plus the split."""
         out = super().report()

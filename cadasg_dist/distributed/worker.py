@@ -193,7 +193,8 @@ class WorkerRun:
         self.state = TrainState.create(wc.dims, cfg, device=worker_device(cfg.distributed.use_gpu))
         self.state.generator.manual_seed(entropy.secret_seed() if seed is None else seed)
         self.epochs = self.privacy.epochs if self.privacy is not None else cfg.train.epochs
-        self.state.dp = self.privacy.dp if self.privacy is not None else None
+        if self.privacy is not None:
+            self.privacy.dp.attach(self.state)
         if world > 1:  # one worker has nothing to synchronise: it trains exactly like fit_local
             self.state.balancer = SyncedBalancer(cfg.loss, self.comm)
             self.grad_sync = GradientSync(self.state, self.comm)

@@ -100,7 +100,7 @@ class SiloTrainer:
         # No seed: the DP noise and the Poisson batches come from the OS's entropy, as in fit_private.
         self.dp = DPState(run_cfg, self.budget, self.ledger, n_units=self.data.n_units,
                           has_utility=bool(dims.target_spans), strata=dims.strata, n_cells=n_cells)
-        self.state.dp = self.dp
+        self.dp.attach(self.state)
         units = np.arange(self.data.n_rows) if self.data.units is None else self.data.units
         self.sampler = UnitSampler(units, self.budget.sample_rate)
         if not self.dp.next_step_fits() and not self.ledger.mechanisms[len(self.plan.preprocessing):]:

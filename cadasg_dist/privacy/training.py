@@ -52,6 +52,7 @@ from cadasg_dist.privacy.analysis import DEFAULT_RDP_ORDERS, compose_rdp, epsilo
 from cadasg_dist.privacy.calibrate import calibrate_noise
 from cadasg_dist.privacy.ledger import Mechanism, PrivacyLedger
 from cadasg_dist.privacy.per_sample import clip_and_noise, input_gradient, per_sample_grads
+from cadasg_dist.privacy.step_scale import NoiseAwareSteps
 from cadasg_dist.train.fit import EpochReport, ProgressFn, final_cache_pass
 from cadasg_dist.train.step import Batch, Priors, TrainState, public_terms, train_step, vae_terms
 
@@ -227,6 +228,37 @@ class DPState:
         self._per_layer = cfg.privacy.clipping == "per_layer"
         self._clippers: dict[str, PerLayerAdaptiveClipper] = {}  # per part, with privacy.clipping = per_layer
         self._quantile, self._clip_rate = cfg.privacy.clip_quantile, cfg.privacy.clip_learning_rate
+        self._max_step_scale = cfg.privacy.max_step_scale
+        self._vae_weight = 1.0  # the balancer's weight on the last VAE release
+        self.step_scales: dict[str, NoiseAwareSteps] = {}
+
+    def attach(self, state: TrainState) -> None:
+        """Make ``state``'s steps private (``state.dp = self``) and, with ``privacy.max_step_scale`` > 1,
+        hook its optimizers to scale each tensor's Adam step for the known noise (post-processing)."""
+        state.dp = self
+        if self._max_step_scale <= 1.0 or self.step_scales:
+            return
+        nets = state.nets
+        pair = self._encoder_decoder(nets)
+        parts = {"critic": (state.opt_critic, nets.critic, "dpsgd/critic"),
+                 "utility": (state.opt_utility, nets.utility, "dpsgd/utility"),
+                 "generator": (state.opt_generator, pair, "dpsgd/vae")}
+        for key, (opt, module, part) in parts.items():
+            if part not in self.plan.parts:
+                continue
+            named = list(module.named_parameters())
+            weight = (lambda: self._vae_weight) if part == "dpsgd/vae" else (lambda: 1.0)
+
+            def stds(named: list = named, part: str = part, weight: Any = weight) -> dict[int, float]:
+                w = weight()
+                return {id(p): w * self.gradient_noise_std(part, n) for n, p in named}
+
+            self.step_scales[key] = NoiseAwareSteps(opt, stds, self._max_step_scale)
+
+    def gradient_noise_std(self, part: str, name: str) -> float:
+        """Standard deviation of the noise on each coordinate of tensor ``name``'s gradient, as the
+        optimizer sees it (after the division by the expected batch)."""
+        return self._noise_std(part, name) / self.expected_units
 
     # --- the hooks train_step calls --------------------------------------------------------------
     def privatize_critic(self, nets: CADASGNetworks, batch: Batch, fake: Tensor, onehot: Tensor, alpha: Tensor,
@@ -280,6 +312,7 @@ class DPState:
         return math.sqrt(max(square, 0.0))
 
     def scale_private_grads(self, nets: CADASGNetworks, weight: float) -> None:
+        self._vae_weight = weight
         _write(self._encoder_decoder(nets), self._vae, scale=weight)
 
     def public_terms(self, nets: CADASGNetworks, priors: Priors, cfg: CADASGConfig, generator: torch.Generator
@@ -300,6 +333,10 @@ class DPState:
         self.steps_taken += 1
         counts = cache.cell_counts().float()
         self._cell_weights = counts if float(counts.sum()) > 0 else torch.ones_like(counts)
+
+    def step_metrics(self) -> dict[str, float]:
+        """The mean Adam step scale per network (``privacy.max_step_scale``); empty when off."""
+        return {f"step_scale_{key}": hooks.mean_scale() for key, hooks in self.step_scales.items()}
 
     # --- budget ---------------------------------------------------------------------------------
     def epsilon(self) -> float:
@@ -445,7 +482,7 @@ def fit_private(config: CADASGConfig, x: np.ndarray, context: np.ndarray, dims: 
     dp = DPState(run_cfg, plan, ledger, n_units=n_units, has_utility=has_utility, strata=dims.strata,
                  n_cells=cache.n_cells)
     state.generator.manual_seed(entropy.secret_seed())  # it draws the cache's noise
-    state.dp = dp
+    dp.attach(state)
     if not dp.next_step_fits():
         raise PrivacyBudgetError(f"epsilon={cfg.privacy.epsilon} does not cover a single training step at noise "
                                  f"multiplier {plan.step_sigma:.4g}; raise epsilon or privacy.noise_multiplier")

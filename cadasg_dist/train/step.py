@@ -289,6 +289,7 @@ def train_step(cfg: CADASGConfig, state: TrainState, batch: Batch, cache: Contex
     cache_update(cfg, cache, batch, mean, logvar, state.generator)
     if state.dp is not None:
         state.dp.account_step(cache)
+        metrics.update(state.dp.step_metrics())
     state.step += 1
     metrics.update(loss_critic=critic[-1], loss_predictor=util)
     return metrics
