@@ -27,13 +27,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.splits import load_table, resolve_tables, split  # noqa: E402
-from cadasg_dist.config import CADASGConfig, ContextConfig, TrainConfig  # noqa: E402
+from cadasg_dist.config import CADASGConfig, ContextConfig, TrainConfig, parse_overrides  # noqa: E402
 from cadasg_dist.evaluate import evaluate  # noqa: E402
 from cadasg_dist.synthesizer import CADASG  # noqa: E402
 
@@ -127,7 +126,7 @@ def run_table(table: str, args: argparse.Namespace) -> list[dict]:
     df, spec = load_table(table)
     train, test = split(df, seed=args.seed)
     print(f"[engine] {table}: {len(train)} train / {len(test)} test rows", file=sys.stderr, flush=True)
-    overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
+    overrides = parse_overrides(args.set)
     model, fit_s, rate = fit_ours(train, spec, args.seed, args.epochs, overrides)
     synthetic = model.sample(len(train), seed=args.seed)
     rows = [{**score("CA-DASG", synthetic, train, test, spec, args.seed), "fit_s": fit_s, "sample_rows_s": rate,

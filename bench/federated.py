@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.engine import scoring_view  # noqa: E402
 from bench.splits import DECLARED, load_table, split  # noqa: E402
-from cadasg_dist.config import CADASGConfig  # noqa: E402
+from cadasg_dist.config import CADASGConfig, parse_overrides  # noqa: E402
 from cadasg_dist.evaluate import evaluate  # noqa: E402
 from cadasg_dist.federation.config import FederatedConfig  # noqa: E402
 from cadasg_dist.federation.plan import FederationPlan, build_plan, encode_silo  # noqa: E402
@@ -229,9 +229,7 @@ def main() -> int:
     p.add_argument("--routes", default="secagg,plain", help="federated runs: secagg, plain or both")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = p.parse_args()
-    import yaml
-
-    args.federated_set = {k.strip(): yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.federated_set)}
+    args.federated_set = parse_overrides(args.federated_set, "--federated-set")
     with tempfile.TemporaryDirectory(prefix="cadasg-fed-bench-") as tmp:
         rows = [r for t in args.tables.split(",") for r in run_table(t.strip(), args, Path(tmp))]
     text = render(rows)

@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 from bench.engine import BENCH_PY, CACHE, cached  # noqa: E402
 from bench.engine import score as engine_score  # noqa: E402
 from bench.splits import DECLARED, load_table, split  # noqa: E402
-from cadasg_dist.config import CADASGConfig, ContextConfig, TrainConfig  # noqa: E402
+from cadasg_dist.config import CADASGConfig, ContextConfig, TrainConfig, parse_overrides  # noqa: E402
 from cadasg_dist.data.schema import infer_schema  # noqa: E402
 from cadasg_dist.evaluate.features import encode, fit_encoder, widened_schema  # noqa: E402
 from cadasg_dist.privacy.audit import make_canaries, nearest_distance, one_run_audit, shadow_attack  # noqa: E402
@@ -223,9 +223,7 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(1)
-    import yaml
-
-    OVERRIDES.update({k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)})
+    OVERRIDES.update(parse_overrides(args.set))
     epsilons = [float(e) for e in args.epsilons.split(",")]
     for table in args.tables.split(","):
         df, spec = load_table(table)

@@ -54,7 +54,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_config(args: argparse.Namespace) -> Any:
-    from cadasg_dist.config import CADASGConfig
+    from cadasg_dist.config import CADASGConfig, parse_overrides
 
     cfg = CADASGConfig.from_yaml(args.config) if args.config else CADASGConfig()
     overrides: dict[str, Any] = {}
@@ -66,21 +66,8 @@ def build_config(args: argparse.Namespace) -> Any:
             overrides[key] = value
     if getattr(args, "context", None):
         overrides["context.columns"] = _csv_list(args.context)
-    for item in args.set:
-        if "=" not in item:
-            raise CADASGError(f"--set expects KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        overrides[key.strip()] = _yaml_scalar(value)
+    overrides.update(parse_overrides(args.set))
     return cfg.replace(**overrides) if overrides else cfg
-
-
-def _yaml_scalar(text: str) -> Any:
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
 
 
 class Progress:

@@ -334,6 +334,23 @@ def validate(cfg: CADASGConfig) -> None:
     require(checks)
 
 
+def parse_overrides(items: list[str] | tuple[str, ...], flag: str = "--set") -> dict[str, Any]:
+    """``["train.epochs=5", "model.hidden=[64, 64]"]`` -> ``{"train.epochs": 5, "model.hidden": [64, 64]}``:
+    each value read as YAML (a string when it is not YAML). Raises ``ConfigError`` on an item without '='."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"{flag} expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out
+
+
 def require(checks: list[tuple[bool, str]]) -> None:
     """Raise ``ConfigError`` with the message of the first failed ``(ok, message)`` check."""
     for ok, message in checks:
