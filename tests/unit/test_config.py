@@ -63,7 +63,8 @@ def test_replace_can_add_keys_to_mapping_fields():
 def test_parse_overrides_reads_yaml_values_and_refuses_items_without_equals():
     from cadasg_dist.config import parse_overrides
 
-    assert parse_overrides(["train.epochs=5", "model.hidden=[64, 64]", " target = whi", "data.n_quantiles=a: b: c"]) == {
+    items = ["train.epochs=5", "model.hidden=[64, 64]", " target = whi", "data.n_quantiles=a: b: c"]
+    assert parse_overrides(items) == {
         "train.epochs": 5, "model.hidden": [64, 64], "target": "whi", "data.n_quantiles": "a: b: c"}
     with pytest.raises(ConfigError, match="--federated-set expects KEY=VALUE, got 'rounds'"):
         parse_overrides(["rounds"], "--federated-set")
