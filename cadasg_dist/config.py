@@ -181,8 +181,8 @@ class PrivacyConfig:
     # sqrt(V / (V - Φ)) (V: its mean second moment, Φ: the noise's share of it), at most this much
     # (cadasg_dist/privacy/step_scale.py). Post-processing: no budget. 1 turns it off. Measured
     # (docs/privacy.md, "Noise-aware steps"): under DP the scale sits at its cap, and 2 lifts HI at
-    # ε = 1 from 0.809 to 0.894 (three seeds) but costs diamonds 0.02-0.03 at ε = 1 and 3 and
-    # nothing gained at ε = 3 anywhere, so it stays off by default: an option for small, noisy fits.
+    # ε = 1 from 0.809 to 0.894 (three seeds) and rwm5yr at ε = 8, but costs diamonds at ε = 1 and 3
+    # and gains nothing at ε = 3, so it stays off by default: an option to try per table.
     max_step_scale: float = 1.0
 
     def __post_init__(self) -> None:
