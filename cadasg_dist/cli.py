@@ -166,10 +166,12 @@ def cmd_privacy(args: argparse.Namespace) -> int:
     ledger = PrivacyLedger.from_state_dict(parts["ledger"])
     summary = ledger.summary()
     print(privacy_line(ledger))
-    for mech in summary.get("mechanisms", []):
+    mechanisms = summary.get("mechanisms", [])
+    width = min(28, max((len(m["name"]) for m in mechanisms), default=0))  # the step line may run over
+    for mech in mechanisms:
         eps = mech.get("epsilon_alone")
         eps_text = "" if eps is None else f"  ε alone {eps:.3f}"
-        print(f"  {mech['name']:<24} σ={mech['noise_multiplier']:<8.4g} q={mech['sample_rate']:<8.4g} "
+        print(f"  {mech['name']:<{width}} σ={mech['noise_multiplier']:<8.4g} q={mech['sample_rate']:<8.4g} "
               f"steps={mech['steps']:<6} sensitivity={mech['sensitivity']:.4g}{eps_text}")
     return 0
 

@@ -77,6 +77,9 @@ class ModelConfig:
     # histograms; cadasg_dist/model/calibration.py): categorical columns, continuous columns, both,
     # or none. Post-processing: no budget.
     calibrate_marginals: Literal["both", "categorical", "continuous", "off"] = "both"
+    # ... and, per class of the target, each column's distribution among that class's rows onto a
+    # histogram by class (exact without DP; a DP release of privacy.class_marginals_share with it).
+    calibrate_classes: bool = True
 
 
 @dataclass(frozen=True)
@@ -159,6 +162,9 @@ class PrivacyConfig:
     # given to the one-pass releases; DP-SGD training gets the rest.
     preprocessing_share: float = 0.1
     final_cache_share: float = 0.1
+    # The per-class histograms of model.calibrate_classes (one release; no release when it is off or
+    # the target gives no classes).
+    class_marginals_share: float = 0.1
     # Relative weights of the releases that share one training step's Poisson batch (exact shares
     # of the step's 1/sigma^2): each critic step, the utility predictor, encoder+decoder, the cache.
     weight_critic: float = 1.0
@@ -186,12 +192,12 @@ class PrivacyConfig:
     max_step_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        shares = self.preprocessing_share + self.final_cache_share
+        parts = (self.preprocessing_share, self.final_cache_share, self.class_marginals_share)
         checks = [
             (self.max_rows_per_unit >= 1, f"privacy.max_rows_per_unit must be >= 1, got {self.max_rows_per_unit}"),
-            (0 < self.preprocessing_share < 1 and 0 < self.final_cache_share < 1 and shares < 1,
-             "privacy.preprocessing_share and privacy.final_cache_share must be in (0, 1) with a sum below 1, "
-             f"got {self.preprocessing_share} and {self.final_cache_share}"),
+            (all(0 < x < 1 for x in parts) and sum(parts) < 1,
+             "privacy.preprocessing_share, final_cache_share and class_marginals_share must be in (0, 1) with a "
+             f"sum below 1, got {self.preprocessing_share}, {self.final_cache_share} and {self.class_marginals_share}"),
             (self.weight_critic > 0 and self.weight_vae > 0 and self.weight_cache > 0 and self.weight_utility > 0,
              "privacy.weight_critic, weight_utility, weight_vae and weight_cache must be > 0"),
             (self.noise_multiplier is None or self.noise_multiplier > 0,

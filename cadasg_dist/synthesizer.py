@@ -35,7 +35,7 @@ from cadasg_dist.data.io import read_table
 from cadasg_dist.data.schema import Schema, infer_schema
 from cadasg_dist.data.transforms import DataTransformer
 from cadasg_dist.errors import ArtifactError, ContextError, InvalidDataError
-from cadasg_dist.model.calibration import MarginalCalibration, reference_probs
+from cadasg_dist.model.calibration import MarginalCalibration, class_counts, reference_probs
 from cadasg_dist.model.networks import CADASGNetworks, ModelDims, activate, bin_span_for, strata_span_for
 from cadasg_dist.privacy.ledger import PrivacyLedger
 from cadasg_dist.train.fit import ProgressFn, fit_local
@@ -100,8 +100,14 @@ class CADASG:
         ids = self.extractor.ids(df)
         target_spans = tuple(s for s in self.transformer.spans if s.column == cfg.target)
         bins = bin_span_for(target_spans)
+        class_span = strata_span_for(target_spans)
+        if self._private_prep is None:  # exact: a non-private fit reads the rows (a private one released them)
+            counts = (class_counts(x, self.transformer, class_span)
+                      if class_span is not None and cfg.model.calibrate_classes else None)
+            self.transformer.class_marginals = (None if counts is None else
+                                                {"std": 0.0, "counts": {k: v.tolist() for k, v in counts.items()}})
         dims = ModelDims(self.transformer.output_dim, self.extractor.n_contexts, self.transformer.spans, target_spans,
-                         strata_span_for(target_spans), bins, cfg.model.target_bins if bins is not None else 1)
+                         class_span, bins, cfg.model.target_bins if bins is not None else 1)
         return x, ids, dims
 
     def fit(self, data: pd.DataFrame | str | Path, *, context: list[str] | tuple[str, ...] | None = None,
@@ -187,9 +193,9 @@ class CADASG:
         if not calibrated or kinds == "off":
             return probs
         if self._calibration is None:
-            pinned = self.nets.dims.strata_span
             self._calibration = MarginalCalibration.fit(reference_probs(self), self.transformer,
-                                                        None if pinned is None else pinned.start, kinds)
+                                                        self.nets.dims.strata_span, kinds,
+                                                        self.config.model.calibrate_classes)
         return self._calibration.apply(probs)
 
     @property

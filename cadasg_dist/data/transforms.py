@@ -258,6 +258,11 @@ class DataTransformer:
         self.schema = schema
         self.exclude = tuple(exclude)
         self.transforms: dict[str, ContinuousTransform | CategoricalTransform] = {}
+        # Per class of the target, a histogram of every other column, for the per-class calibration
+        # (cadasg_dist/model/calibration.py): {"std": noise sd per cell (0 = exact), "counts":
+        # {column: [[count per cell] per class]}}, or None. Set by CADASG.prepare or, released under
+        # DP, by privacy.preprocessing.release_class_marginals.
+        self.class_marginals: dict[str, Any] | None = None
         for col in schema.columns:
             if col.name in self.exclude:
                 continue
@@ -371,6 +376,7 @@ class DataTransformer:
             "n_quantiles": first.n_quantiles if first else 128,
             "atom_share": first.atom_share if first else 0.05,
             "transforms": {name: t.to_dict() for name, t in self.transforms.items()},
+            "class_marginals": self.class_marginals,
         }
 
     @classmethod
@@ -378,6 +384,7 @@ class DataTransformer:
         dt = cls(schema, d["encoding"], int(d["n_quantiles"]), tuple(d["exclude"]), float(d.get("atom_share", 0.05)))
         for name, t in dt.transforms.items():
             t.load_dict(d["transforms"][name])
+        dt.class_marginals = d.get("class_marginals")
         dt.spans = dt._layout()
         return dt
 

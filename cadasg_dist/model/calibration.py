@@ -15,6 +15,19 @@ marginals match them:
   normal scores, so that the quantile grid turns it into the released marginal (ranks, and so the
   dependence between columns, are kept).
 
+Then, where the transformer holds *class marginals* (``DataTransformer.class_marginals``: per class
+of the target's stratifying span, a histogram of every other column; a DP release in private runs,
+``privacy.preprocessing.release_class_marginals``), the same two corrections again, per class: each
+column's distribution among the rows of one target class, and a numeric column's atom and missing
+shares, are moved onto that class's histograms (``model.calibrate_classes``). This restores what a
+downstream model learns first, how each feature shifts with the target, which DP-SGD at a small
+epsilon blurs (docs/privacy.md, "Per-class calibration"). The atom shares matter: correcting a
+count's nonzero values by class but not how often it is zero erased the signal the model had put
+in the values (rwm5yr's docvis). A noisy histogram is first shrunk toward the model's
+own class distribution by how far the two differ beyond the release's known noise (an empirical-Bayes
+weight from released and generated quantities only), so a class too small for its noise keeps what
+the model learnt.
+
 The correction is fitted on a reference draw of the model itself (every cell at its cached share,
 a fixed seed), so it is deterministic: the same model gives the same correction in any process and
 the same seed gives the same rows. Privacy: it reads the model (a DP release) and the released
@@ -28,13 +41,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from scipy.special import ndtri
+from scipy.special import ndtr, ndtri
 
 from cadasg_dist.data.transforms import CategoricalTransform, ContinuousTransform, DataTransformer, SpanInfo
 
 REFERENCE_ROWS = 20_000
 REFERENCE_SEED = 20_261_128
 LEVELS = 199  # interior levels of a continuous map
+# A continuous column's class histogram counts its normal scores in this many equal-probability
+# cells of N(0, 1) (the quantile encoding makes the released marginal N(0, 1), so the cells are public).
+CLASS_CELLS = 8
+MIN_CLASS_ROWS = 20  # a class with fewer reference rows keeps its global correction only
 MAX_FACTOR = 50.0  # a category's factor stays within [1/MAX_FACTOR, MAX_FACTOR]
 ITERATIONS = 50
 
@@ -43,18 +60,23 @@ ITERATIONS = 50
 class MarginalCalibration:
     factors: dict[int, torch.Tensor] = field(default_factory=dict)  # span start -> (width,) factors
     maps: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # span start -> (x, y) knots
+    class_span: tuple[int, int] | None = None  # (start, stop) of the pinned target span that gives a row's class
+    class_factors: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)  # (class, start) -> factors
+    class_maps: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     @classmethod
-    def fit(cls, probs: torch.Tensor, transformer: DataTransformer, pinned: int | None = None,
-            kinds: str = "both") -> MarginalCalibration:
-        """Fit on ``probs`` (N, D), the activated decoder output of a reference draw; the span that
-        starts at ``pinned`` (the target's, set per cell) is left alone. ``kinds``: "both",
-        "categorical", "continuous" or "off" (``model.calibrate_marginals``)."""
+    def fit(cls, probs: torch.Tensor, transformer: DataTransformer, pinned: SpanInfo | None = None,
+            kinds: str = "both", classes: bool = True) -> MarginalCalibration:
+        """Fit on ``probs`` (N, D), the activated decoder output of a reference draw; the ``pinned``
+        span (the target's, set per cell) is left alone. ``kinds``: "both", "categorical",
+        "continuous" or "off" (``model.calibrate_marginals``); ``classes``: also the per-class
+        corrections, where the transformer holds class marginals and ``pinned`` gives the class."""
         out, spans = cls(), transformer.spans
+        pinned_start = None if pinned is None else pinned.start
         weights = _value_weights(probs, spans)
         categorical, continuous = kinds in ("both", "categorical"), kinds in ("both", "continuous")
         for span in spans:
-            if span.start == pinned or span.role != "value":
+            if span.start == pinned_start or span.role != "value":
                 continue
             t = transformer.transforms[span.column]
             block = probs[:, span.start:span.stop].double()
@@ -62,19 +84,63 @@ class MarginalCalibration:
                 out.factors[span.start] = prior_shift(block, torch.as_tensor(t.frequencies, dtype=torch.float64))
             elif isinstance(t, ContinuousTransform) and t.encoding == "quantile" and continuous:
                 out.maps[span.start] = normal_score_map(block[:, 0].numpy(), weights.get(span.column))
+        if classes and pinned is not None and transformer.class_marginals:
+            out._fit_classes(out.apply(probs), transformer, pinned, categorical, continuous)
         return out
+
+    def _fit_classes(self, probs: torch.Tensor, transformer: DataTransformer, pinned: SpanInfo,
+                     categorical: bool, continuous: bool) -> None:
+        """Per-class corrections on top of the global ones (``probs``: the globally corrected draw)."""
+        release = transformer.class_marginals
+        std, counts = float(release["std"]), release["counts"]
+        self.class_span = (pinned.start, pinned.stop)
+        klass = probs[:, pinned.start:pinned.stop].argmax(1).numpy()
+        weights = _value_weights(probs, transformer.spans)
+        for span in transformer.spans:
+            key = class_key(span)
+            if key not in counts:
+                continue
+            numeric = not isinstance(transformer.transforms[span.column], CategoricalTransform)
+            if (numeric and not continuous) or (not numeric and not categorical):
+                continue
+            for c, released in enumerate(counts[key]):
+                rows = klass == c
+                if rows.sum() < MIN_CLASS_ROWS:
+                    continue
+                block = probs[rows, span.start:span.stop].double()
+                if span.kind == "softmax":
+                    target = shrink_to_model(np.asarray(released, dtype=float), block.mean(0).numpy(), std)
+                    self.class_factors[(c, span.start)] = prior_shift(block, torch.from_numpy(target))
+                else:
+                    v = block[:, 0].numpy()
+                    w = weights[span.column][rows] if span.column in weights else np.ones(len(v))
+                    own = np.bincount(normal_cells(v), weights=w, minlength=CLASS_CELLS)
+                    target = shrink_to_model(np.asarray(released, dtype=float), own / max(own.sum(), 1e-12), std)
+                    self.class_maps[(c, span.start)] = cell_score_map(v, w, target)
 
     def apply(self, probs: torch.Tensor) -> torch.Tensor:
         """The corrected (N, D) probabilities / values (a new tensor)."""
-        if not self.factors and not self.maps:
+        if not self.factors and not self.maps and self.class_span is None:
             return probs
         out = probs.clone()
-        for start, f in self.factors.items():
-            block = out[:, start:start + len(f)] * f.to(out.dtype)
-            out[:, start:start + len(f)] = block / block.sum(1, keepdim=True).clamp_min(1e-12)
-        for start, (x, y) in self.maps.items():
-            out[:, start] = torch.from_numpy(_interp_linear_ends(out[:, start].double().numpy(), x, y)).to(out.dtype)
+        _correct(out, slice(None), self.factors, self.maps)
+        if self.class_span is not None:
+            klass = out[:, self.class_span[0]:self.class_span[1]].argmax(1)
+            for c in klass.unique().tolist():
+                rows = klass == c
+                _correct(out, rows, {s: f for (k, s), f in self.class_factors.items() if k == c},
+                         {s: m for (k, s), m in self.class_maps.items() if k == c})
         return out
+
+
+def _correct(out: torch.Tensor, rows: slice | torch.Tensor, factors: dict[int, torch.Tensor],
+             maps: dict[int, tuple[np.ndarray, np.ndarray]]) -> None:
+    """Apply category factors and continuous maps to ``out[rows]`` in place."""
+    for start, f in factors.items():
+        block = out[rows, start:start + len(f)] * f.to(out.dtype)
+        out[rows, start:start + len(f)] = block / block.sum(1, keepdim=True).clamp_min(1e-12)
+    for start, (x, y) in maps.items():
+        out[rows, start] = torch.from_numpy(_interp_linear_ends(out[rows, start].double().numpy(), x, y)).to(out.dtype)
 
 
 def prior_shift(block: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -95,19 +161,109 @@ def prior_shift(block: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def normal_score_map(values: np.ndarray, weights: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Knots (x, y) of a monotone map sending the (weighted) distribution of ``values`` to N(0, 1)."""
+    w = np.ones(len(values)) if weights is None else weights
+    return cell_score_map(values, w, np.full(CLASS_CELLS, 1.0 / CLASS_CELLS))
+
+
+def normal_cells(values: np.ndarray) -> np.ndarray:
+    """The cell (0..CLASS_CELLS-1) of each normal score: equal-probability cells of N(0, 1)."""
+    return np.searchsorted(ndtri(np.arange(1, CLASS_CELLS) / CLASS_CELLS), values, side="right")
+
+
+def class_counts(x: np.ndarray, transformer: DataTransformer, class_span: SpanInfo,
+                 resolution: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+    """Per span of every column but the target (keyed by ``class_key``), a (classes, cells) histogram
+    of encoded rows ``x`` by the class in ``class_span``: a categorical column's slots, a numeric
+    column's atom and missing indicators, and a quantile-encoded continuous value's CLASS_CELLS
+    cells over the rows whose value is used (not its atom, not missing). Each row adds
+    at most 1 to each histogram (L2 sensitivity sqrt(len(result)) over all of them).
+
+    A continuous row is counted as the values within ``resolution[column]`` (default: 0.5 for an
+    integer column, else 0) of its own would be: its weight is split over the cells that the
+    quantile grid maps that interval to. The decoder turns a whole interval of normal scores into
+    one tied value (an integer, or a value inside one cell of a DP histogram, where the grid is
+    linear), while the encoder puts every row of that value at one score; counted as points, tied
+    values would pile up in one cell and the calibration would chase the pile."""
+    klass = x[:, class_span.start:class_span.stop].argmax(1)
+    n_classes = class_span.width
+    used = _value_weights(torch.from_numpy(np.asarray(x)), transformer.spans)
+    edges = np.arange(CLASS_CELLS + 1) / CLASS_CELLS
+    out: dict[str, np.ndarray] = {}
+    for span in transformer.spans:
+        if span.column == class_span.column:
+            continue
+        t = transformer.transforms[span.column]
+        if span.kind == "softmax":  # a categorical column, or a numeric one's atom or missing indicator
+            mass = np.asarray(x[:, span.start:span.stop], dtype=float)
+        elif t.encoding == "quantile":
+            half = (resolution or {}).get(span.column, 0.5 if t.schema.kind == "integer" else 0.0)
+            lo, hi = _cdf_interval(np.asarray(x[:, span.start], dtype=float), t, half)
+            width = np.maximum(hi - lo, 1e-12)
+            overlap = np.clip(np.minimum(hi[:, None], edges[None, 1:]) - np.maximum(lo[:, None], edges[None, :-1]),
+                              0.0, None)
+            point = (hi - lo) < 1e-12  # a row at one score: its cell
+            mass = np.where(point[:, None], np.eye(CLASS_CELLS)[np.minimum((lo * CLASS_CELLS).astype(int),
+                                                                           CLASS_CELLS - 1)], overlap / width[:, None])
+            mass = mass * (used[span.column][:, None] if span.column in used else 1.0)
+        else:
+            continue
+        out[class_key(span)] = np.stack([mass[klass == c].sum(0) for c in range(n_classes)])
+    return out
+
+
+def class_key(span: SpanInfo) -> str:
+    """A span's name in the class histograms: the column, or "column.atom" / "column.missing" for a
+    numeric column's indicators (how often the value is the atom or missing differs by class too)."""
+    return span.column if span.role == "value" else f"{span.column}.{span.role}"
+
+
+def _cdf_interval(scores: np.ndarray, t: ContinuousTransform, half: float) -> tuple[np.ndarray, np.ndarray]:
+    """The grid's CDF levels of value ± ``half`` for each encoded score (the value read back on the
+    unrounded grid); ``half`` = 0 gives the encoded level itself."""
+    u = ndtr(scores)
+    if half <= 0:
+        return u, u
+    levels = np.linspace(0.0, 1.0, len(t.quantiles))
+    value = np.interp(u, levels, t.quantiles)
+    lo = np.interp(value - half, t.quantiles, levels, left=0.0, right=1.0)
+    hi = np.interp(value + half, t.quantiles, levels, left=0.0, right=1.0)
+    return np.minimum(lo, u), np.maximum(hi, u)
+
+
+def shrink_to_model(released: np.ndarray, own: np.ndarray, std: float) -> np.ndarray:
+    """Cell probabilities for one class: the released counts, pulled toward the model's own shares
+    ``own`` with the weight d / (d + W·std²), where d = max(0, ||r - n·own||² - W·std²) estimates
+    how far the model is from the truth beyond the release's noise (W cells, n = the counts' sum).
+    Exact counts (std = 0) are taken as they are."""
+    n = max(float(released.sum()), 1.0)
+    if std > 0:
+        noise = len(released) * std ** 2
+        gap = max(0.0, float(((released - n * own) ** 2).sum()) - noise)
+        w = gap / (gap + noise)
+        released = w * released + (1.0 - w) * n * own
+    released = np.clip(released, 0.0, None)
+    total = released.sum()
+    return released / total if total > 0 else np.full(len(released), 1.0 / len(released))
+
+
+def cell_score_map(values: np.ndarray, weights: np.ndarray, shares: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Knots (x, y) of a monotone map sending the weighted ``values`` to normal scores whose
+    CLASS_CELLS equal-probability cells hold ``shares`` (N(0, 1)'s shape inside each cell)."""
     order = np.argsort(values, kind="stable")
-    v = values[order]
-    w = np.ones(len(v)) if weights is None else np.clip(weights[order], 0.0, None)
+    v, w = values[order], np.clip(weights[order], 0.0, None)
     cdf = np.cumsum(w)
     if cdf[-1] <= 0:
         return np.array([0.0, 1.0]), np.array([0.0, 1.0])
     levels = np.arange(1, LEVELS + 1) / (LEVELS + 1)
     x = np.interp(levels * cdf[-1], cdf - w / 2, v)
+    cum = np.r_[0.0, np.cumsum(shares + 1e-9)]
+    u = np.interp(levels, cum / cum[-1], np.arange(CLASS_CELLS + 1) / CLASS_CELLS)
+    y = ndtri(np.clip(u, 1e-6, 1 - 1e-6))
     # A tie in the generated values (a run of equal knots) is one knot at the mean of its levels'
-    # normal scores: the tied mass lands at the centre of its share, and the mapped mean stays 0.
+    # normal scores: the tied mass lands at the centre of its share, and the mapped mean stays right.
     group = np.cumsum(np.r_[True, np.diff(x) > 1e-9]) - 1
     counts = np.bincount(group)
-    return x[np.r_[0, np.cumsum(counts)[:-1]]], np.bincount(group, weights=ndtri(levels)) / counts
+    return x[np.r_[0, np.cumsum(counts)[:-1]]], np.bincount(group, weights=y) / counts
 
 
 def _interp_linear_ends(v: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:

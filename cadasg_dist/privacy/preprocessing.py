@@ -15,7 +15,11 @@ from the rows comes from one of:
   ``preprocess/bounds``, a histogram of sign and magnitude (log2 bins) of every numeric column
   without declared bounds, whose extreme bins above a threshold give the bounds; and
   ``preprocess/histograms``, a histogram per column inside its bounds (plus a missing cell), which
-  gives quantiles, point masses (atoms), missingness and the most common category.
+  gives quantiles, point masses (atoms), missingness and the most common category;
+* a third, ``preprocess/class_marginals`` (share ``privacy.class_marginals_share``), when the
+  target gives classes and ``model.calibrate_classes`` is on: per class of the target, a histogram
+  of every other column over the encoded rows (model/calibration.py ``class_counts``; sensitivity
+  k·sqrt(T) for T histograms), which sampling uses to correct each column per class.
 
 Text columns need declared categories: a DP release of an unknown domain needs thresholding with
 a δ the Gaussian ledger cannot hold, so they are refused with the list of columns to declare.
@@ -48,11 +52,13 @@ from cadasg_dist.data.schema import (
     _refuse_identifier,
     datetime_to_seconds,
 )
-from cadasg_dist.data.transforms import ContinuousTransform, DataTransformer
+from cadasg_dist.data.transforms import ContinuousTransform, DataTransformer, SpanInfo
 from cadasg_dist.errors import ConfigError, InvalidDataError, PrivacyBudgetError
+from cadasg_dist.model.calibration import class_counts
+from cadasg_dist.model.networks import strata_span_for
 from cadasg_dist.privacy import entropy
 from cadasg_dist.privacy.ledger import PrivacyLedger
-from cadasg_dist.privacy.training import plan_budget
+from cadasg_dist.privacy.training import CLASS_MARGINALS, plan_budget
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +117,11 @@ def prepare_private(df: pd.DataFrame, cfg: CADASGConfig, *, rng: np.random.Gener
     columns, dropped = _columns(frame, data_cfg, cfg)
     _check_declarations(columns, cfg)
     need_bounds = [c for c in columns if c.lo is None and (c.kind in NUMERIC or c.coded)]
-    releases = (["preprocess/bounds"] if need_bounds else []) + ["preprocess/histograms"]
+    # The class histograms are planned whenever the target may give classes (known once the target's
+    # own release is in); a share planned but not spent goes to training.
+    by_class = cfg.target is not None and cfg.model.calibrate_classes and cfg.model.calibrate_marginals != "off"
+    releases = (["preprocess/bounds"] if need_bounds else []) + ["preprocess/histograms"] + \
+        ([CLASS_MARGINALS] if by_class else [])
     n_units = len(frame) if units is None else int(units.max()) + 1
     plan = plan_budget(cfg, n_rows=len(frame), n_units=n_units, has_utility=cfg.target is not None,
                        preprocessing=releases)
@@ -150,8 +160,19 @@ def prepare_private(df: pd.DataFrame, cfg: CADASGConfig, *, rng: np.random.Gener
             t.frequencies = released_frequencies(col.histogram, col.has_missing)
     transformer.spans = transformer._layout()  # atoms add spans
     frame = conform(frame, columns, transformer)
-    return PrivatePreparation(schema, extractor, transformer, frame, units, int(rng.integers(2**62)), ledger,
-                              released)
+    encode_seed = int(rng.integers(2**62))
+    class_span = strata_span_for(tuple(s for s in transformer.spans if s.column == cfg.target)) if by_class else None
+    if class_span is not None:
+        sigma = plan.full_pass[CLASS_MARGINALS]
+        x = transformer.encode(frame, seed=encode_seed)
+        resolution = {c.name: value_resolution(c, cfg.privacy.histogram_bins) for c in columns
+                      if c.categories is None and c.lo is not None}
+        transformer.class_marginals = release_class_marginals(x, transformer, class_span, sigma=sigma,
+                                                              rows_per_unit=k, rng=rng, resolution=resolution)
+        ledger.record(name=CLASS_MARGINALS, noise_multiplier=sigma, sample_rate=1.0,
+                      sensitivity=k * math.sqrt(len(transformer.class_marginals["counts"])))
+        released[CLASS_MARGINALS] = [f"{c}.by_{cfg.target}" for c in transformer.class_marginals["counts"]]
+    return PrivatePreparation(schema, extractor, transformer, frame, units, encode_seed, ledger, released)
 
 
 # --- units ------------------------------------------------------------------------------------
@@ -389,6 +410,27 @@ def release_histograms(df: pd.DataFrame, columns: list[_Column], *, sigma: float
                                       n_quantiles=n_quantiles, atom_share=atom_share)
         col.has_missing = bool(noisy[0] > MISSING_SDS * std)
         col.sources["missing"] = "dp"
+
+
+def value_resolution(col: _Column, bins: int) -> float:
+    """Half the width of the value cells that ``preprocess/histograms`` gave a numeric column (one
+    per integer, or ``bins`` intervals): the quantile grid is linear inside each, so a tied value
+    is spread over its cell when the class histograms count it (``class_counts``)."""
+    points, starts, ends = _cells(col, bins)
+    return 0.5 if len(starts) == 0 else float(np.max(ends - starts)) / 2.0
+
+
+def release_class_marginals(x: np.ndarray, transformer: DataTransformer, class_span: SpanInfo, *, sigma: float,
+                            rows_per_unit: int, rng: np.random.Generator,
+                            resolution: dict[str, float] | None = None) -> dict[str, Any]:
+    """Gaussian release of the per-class histograms of ``model.calibration.class_counts`` over the
+    encoded rows ``x``: each row adds at most 1 to each of the T histograms (split over its cells),
+    so a unit's L2 sensitivity is at most rows_per_unit * sqrt(T); every cell gets noise of that
+    times ``sigma``."""
+    exact = class_counts(x, transformer, class_span, resolution)
+    std = sigma * rows_per_unit * math.sqrt(max(len(exact), 1))
+    counts = {name: (c + rng.normal(0.0, std, c.shape)).tolist() for name, c in exact.items()}
+    return {"std": std, "counts": counts}
 
 
 def released_frequencies(noisy: np.ndarray, has_missing: bool) -> list[float]:

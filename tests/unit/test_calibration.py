@@ -9,8 +9,18 @@ import pytest
 import torch
 from scipy import stats
 
-from cadasg_dist.model.calibration import _interp_linear_ends, normal_score_map, prior_shift
-from cadasg_dist.privacy.preprocessing import released_frequencies
+from cadasg_dist.model.calibration import (
+    CLASS_CELLS,
+    _interp_linear_ends,
+    cell_score_map,
+    class_counts,
+    class_key,
+    normal_cells,
+    normal_score_map,
+    prior_shift,
+    shrink_to_model,
+)
+from cadasg_dist.privacy.preprocessing import prepare_private, released_frequencies
 from cadasg_dist.synthesizer import CADASG
 
 
@@ -73,8 +83,6 @@ def test_released_frequencies_follow_the_transform_code_order():
 
 
 def test_private_preprocessing_releases_category_frequencies(mixed_table, tiny_config):
-    from cadasg_dist.privacy.preprocessing import prepare_private
-
     cfg = tiny_config.replace(**{"privacy.epsilon": 4.0, "data.columns": {
         "group": {"categories": ["a", "b", "rare"]}, "label": {"categories": ["no", "yes"]}}})
     prep = prepare_private(mixed_table, cfg, rng=np.random.default_rng(0))
@@ -100,3 +108,88 @@ def test_calibrated_sampling_matches_released_marginals_and_stays_deterministic(
     # the correction is a function of the model: a loaded copy gives the same rows
     again = CADASG.load(tmp_path / "m").sample(4000, seed=3)
     pd.testing.assert_frame_equal(calibrated, again)
+
+
+# --- per-class calibration ----------------------------------------------------------------------
+
+def test_cell_score_map_puts_the_given_shares_in_the_normal_cells():
+    rng = np.random.default_rng(3)
+    values = rng.gamma(2.0, size=20_000)
+    shares = np.array([0.02, 0.03, 0.05, 0.1, 0.1, 0.2, 0.2, 0.3])
+    x, y = cell_score_map(values, np.ones(len(values)), shares)
+    mapped = _interp_linear_ends(values, x, y)
+    np.testing.assert_allclose(np.bincount(normal_cells(mapped), minlength=CLASS_CELLS) / len(values), shares,
+                               atol=0.006)
+    assert np.all(np.diff(y) > 0)  # monotone: ranks are kept
+
+
+def test_shrinkage_takes_exact_counts_and_distrusts_counts_drowned_in_noise():
+    own, truth = np.array([0.5, 0.3, 0.2]), np.array([0.2, 0.3, 0.5])
+    np.testing.assert_allclose(shrink_to_model(1000 * truth, own, std=0.0), truth)
+    # a noise sd far above the gap between the model and the counts: the model's own shares stay
+    np.testing.assert_allclose(shrink_to_model(1000 * truth, own, std=1e5), own, atol=1e-3)
+    # noise small beside the gap: close to the counts
+    assert np.abs(shrink_to_model(1000 * truth, own, std=5.0) - truth).max() < 0.01
+
+
+def test_class_counts_split_every_other_column_by_the_target_class(mixed_table, tiny_config):
+    model = CADASG(tiny_config)
+    x, _, dims = model.prepare(mixed_table)
+    counts = class_counts(x, model.transformer, dims.strata_span)
+    t = model.transformer.transforms
+    assert set(counts) == {class_key(s) for s in model.transformer.spans if s.column != "label"}
+    assert "count.atom" in counts  # a numeric column's atom share is counted by class too
+    labels = t["label"].categories
+    for c, name in enumerate(labels):  # a categorical column: its slots' counts among the class's rows
+        rows = mixed_table["label"] == name
+        assert counts["flag"][c].sum() == rows.sum()
+        assert counts["flag"][c][t["flag"].categories.index(True)] == (mixed_table["flag"] & rows).sum()
+    # a continuous column counts only the rows whose value is decoded (not its atom at 0)
+    assert counts["count"].sum() == (mixed_table["count"] != 0).sum()
+    assert counts["score"].shape == (len(labels), CLASS_CELLS)
+    # stored on the transformer for the calibration, exactly (std 0) in a non-private fit
+    assert model.transformer.class_marginals["std"] == 0.0
+
+
+def test_sampling_follows_each_class_distribution(mixed_table, tiny_config, tmp_path):
+    """A 2-epoch model has not learnt how score moves with the label; the per-class calibration
+    puts it back (the real mean score differs by about 3 between the classes)."""
+    model = CADASG(tiny_config).fit(mixed_table)
+    plain = CADASG.load(model.save(tmp_path / "m"))
+    plain.config = plain.config.replace(**{"model.calibrate_classes": False})
+    real = mixed_table.groupby("label")["score"].mean()
+    gap = {}
+    for name, m in (("classes", model), ("plain", plain)):
+        rows = m.sample(4000, seed=5)
+        gap[name] = float((rows.groupby("label")["score"].mean() - real).abs().max())
+    assert gap["classes"] < 0.3 and gap["classes"] < gap["plain"] / 2, gap
+    again = CADASG.load(tmp_path / "m").sample(4000, seed=5)  # deterministic, also after loading
+    pd.testing.assert_frame_equal(model.sample(4000, seed=5), again)
+
+
+def test_private_class_histograms_are_one_charged_release_with_the_stated_noise(mixed_table, tiny_config):
+    declared = {"group": {"categories": ["a", "b", "rare"]}, "label": {"categories": ["no", "yes"]}}
+    cfg = tiny_config.replace(**{"privacy.epsilon": 4.0, "data.columns": declared})
+    noisy = [prepare_private(mixed_table, cfg, rng=np.random.default_rng(seed)) for seed in range(30)]
+    prep = noisy[0]
+    release = prep.transformer.class_marginals
+    (mech,) = [m for m in prep.ledger.mechanisms if m.name == "preprocess/class_marginals"]
+    assert mech.sensitivity == pytest.approx(np.sqrt(len(release["counts"])))
+    assert release["std"] == pytest.approx(mech.noise_multiplier * mech.sensitivity)
+    assert set(prep.released["preprocess/class_marginals"]) == {f"{c}.by_label" for c in release["counts"]}
+    # repeated releases on the same rows differ with the stated sd (the flag column's exact counts
+    # are the same in every run; a run whose noisy release found missing values adds a slot after them)
+    cells = np.array([np.array(p.transformer.class_marginals["counts"]["flag"])[:, :2] for p in noisy]).reshape(30, -1)
+    assert np.std(cells, axis=0).mean() == pytest.approx(release["std"], rel=0.3)
+    # switched off: no release, no charge
+    off = prepare_private(mixed_table, cfg.replace(**{"model.calibrate_classes": False}), rng=np.random.default_rng(0))
+    assert off.transformer.class_marginals is None
+    assert all(m.name != "preprocess/class_marginals" for m in off.ledger.mechanisms)
+
+
+def test_class_marginals_share_is_validated():
+    from cadasg_dist.config import CADASGConfig
+    from cadasg_dist.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="class_marginals_share"):
+        CADASGConfig().replace(**{"privacy.class_marginals_share": 0.85})
