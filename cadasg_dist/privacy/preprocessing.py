@@ -16,8 +16,8 @@ from the rows comes from one of:
   without declared bounds, whose extreme bins above a threshold give the bounds; and
   ``preprocess/histograms``, a histogram per column inside its bounds (plus a missing cell), which
   gives quantiles, point masses (atoms), missingness and the most common category;
-* a third, ``preprocess/class_marginals`` (share ``privacy.class_marginals_share``), when the
-  target gives classes and ``model.calibrate_classes`` is on: per class of the target, a histogram
+* a third, ``preprocess/class_marginals`` (share ``privacy.class_marginals_share``), only when
+  the target gives classes and ``model.calibrate_classes`` is on (off by default): per class of the target, a histogram
   of every other column over the encoded rows (model/calibration.py ``class_counts``; sensitivity
   k·sqrt(T) for T histograms), which sampling uses to correct each column per class.
 

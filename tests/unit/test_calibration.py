@@ -133,7 +133,7 @@ def test_shrinkage_takes_exact_counts_and_distrusts_counts_drowned_in_noise():
 
 
 def test_class_counts_split_every_other_column_by_the_target_class(mixed_table, tiny_config):
-    model = CADASG(tiny_config)
+    model = CADASG(tiny_config.replace(**{"model.calibrate_classes": True}))
     x, _, dims = model.prepare(mixed_table)
     counts = class_counts(x, model.transformer, dims.strata_span)
     t = model.transformer.transforms
@@ -154,7 +154,7 @@ def test_class_counts_split_every_other_column_by_the_target_class(mixed_table, 
 def test_sampling_follows_each_class_distribution(mixed_table, tiny_config, tmp_path):
     """A 2-epoch model has not learnt how score moves with the label; the per-class calibration
     puts it back (the real mean score differs by about 3 between the classes)."""
-    model = CADASG(tiny_config).fit(mixed_table)
+    model = CADASG(tiny_config.replace(**{"model.calibrate_classes": True})).fit(mixed_table)
     plain = CADASG.load(model.save(tmp_path / "m"))
     plain.config = plain.config.replace(**{"model.calibrate_classes": False})
     real = mixed_table.groupby("label")["score"].mean()
@@ -169,7 +169,8 @@ def test_sampling_follows_each_class_distribution(mixed_table, tiny_config, tmp_
 
 def test_private_class_histograms_are_one_charged_release_with_the_stated_noise(mixed_table, tiny_config):
     declared = {"group": {"categories": ["a", "b", "rare"]}, "label": {"categories": ["no", "yes"]}}
-    cfg = tiny_config.replace(**{"privacy.epsilon": 4.0, "data.columns": declared})
+    cfg = tiny_config.replace(**{"privacy.epsilon": 4.0, "data.columns": declared,
+                                 "model.calibrate_classes": True})
     noisy = [prepare_private(mixed_table, cfg, rng=np.random.default_rng(seed)) for seed in range(30)]
     prep = noisy[0]
     release = prep.transformer.class_marginals
@@ -193,3 +194,15 @@ def test_class_marginals_share_is_validated():
 
     with pytest.raises(ConfigError, match="class_marginals_share"):
         CADASGConfig().replace(**{"privacy.class_marginals_share": 0.85})
+
+
+def test_a_private_fit_with_the_class_release_stays_inside_epsilon(mixed_table, tiny_config):
+    declared = {"group": {"categories": ["a", "b", "rare"]}, "label": {"categories": ["no", "yes"]}}
+    cfg = tiny_config.replace(**{"privacy.epsilon": 4.0, "privacy.delta": 1e-5, "data.columns": declared,
+                                 "model.calibrate_classes": True})
+    model = CADASG(cfg).fit(mixed_table)
+    names = [m.name for m in model.ledger.mechanisms]
+    assert "preprocess/class_marginals" in names
+    assert model.epsilon <= 4.0
+    rows = model.sample(500, seed=1)
+    assert len(rows) == 500 and model._calibration.class_span is not None
