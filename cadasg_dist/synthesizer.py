@@ -95,17 +95,21 @@ class CADASG:
                                                exclude=self.extractor.categorical_columns,
                                                atom_share=cfg.data.atom_share).fit(df)
         self.config = cfg = cfg.replace(**{"train.epochs": cfg.resolved_epochs(len(df))})
-        x = self.transformer.encode(df, seed=cfg.train.seed if self._private_prep is None else
-                                    self._private_prep.encode_seed)  # private: a secret seed, like all noise
+        prep = self._private_prep
+        if prep is not None and prep.encoded is not None:  # encoded already, for a release
+            x = prep.encoded
+        else:
+            x = self.transformer.encode(df, seed=cfg.train.seed if prep is None else
+                                        prep.encode_seed)  # private: a secret seed, like all noise
         ids = self.extractor.ids(df)
         target_spans = tuple(s for s in self.transformer.spans if s.column == cfg.target)
         bins = bin_span_for(target_spans)
         class_span = strata_span_for(target_spans)
-        if self._private_prep is None:  # exact: a non-private fit reads the rows (a private one released them)
-            counts = (class_counts(x, self.transformer, class_span)
-                      if class_span is not None and cfg.model.calibrate_classes else None)
-            self.transformer.class_marginals = (None if counts is None else
-                                                {"std": 0.0, "counts": {k: v.tolist() for k, v in counts.items()}})
+        if prep is None:  # exact: a non-private fit reads the rows (a private one released them)
+            self.transformer.class_marginals = None
+            if class_span is not None and cfg.model.calibrate_classes:
+                counts = class_counts(x, self.transformer, class_span)
+                self.transformer.class_marginals = {"std": 0.0, "counts": {k: v.tolist() for k, v in counts.items()}}
         dims = ModelDims(self.transformer.output_dim, self.extractor.n_contexts, self.transformer.spans, target_spans,
                          class_span, bins, cfg.model.target_bins if bins is not None else 1)
         return x, ids, dims

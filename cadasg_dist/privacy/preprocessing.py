@@ -17,9 +17,10 @@ from the rows comes from one of:
   ``preprocess/histograms``, a histogram per column inside its bounds (plus a missing cell), which
   gives quantiles, point masses (atoms), missingness and the most common category;
 * a third, ``preprocess/class_marginals`` (share ``privacy.class_marginals_share``), only when
-  the target gives classes and ``model.calibrate_classes`` is on (off by default): per class of the target, a histogram
-  of every other column over the encoded rows (model/calibration.py ``class_counts``; sensitivity
-  k·sqrt(T) for T histograms), which sampling uses to correct each column per class.
+  the target gives classes and ``model.calibrate_classes`` is on (off by default): per class of
+  the target, a histogram of every other column over the encoded rows (model/calibration.py
+  ``class_counts``; sensitivity k·sqrt(T) for T histograms), which sampling uses to correct each
+  column per class.
 
 Text columns need declared categories: a DP release of an unknown domain needs thresholding with
 a δ the Gaussian ledger cannot hold, so they are refused with the list of columns to declare.
@@ -84,6 +85,7 @@ class PrivatePreparation:
     encode_seed: int  # for ``DataTransformer.encode``'s tie spreading: secret, like all noise
     ledger: PrivacyLedger  # the preprocessing releases, to which training adds
     released: dict[str, list[str]] = field(default_factory=dict)  # release -> the statistics it gave
+    encoded: np.ndarray | None = None  # ``frame`` encoded with ``encode_seed``, when a release needed it
 
 
 @dataclass
@@ -160,7 +162,7 @@ def prepare_private(df: pd.DataFrame, cfg: CADASGConfig, *, rng: np.random.Gener
             t.frequencies = released_frequencies(col.histogram, col.has_missing)
     transformer.spans = transformer._layout()  # atoms add spans
     frame = conform(frame, columns, transformer)
-    encode_seed = int(rng.integers(2**62))
+    encode_seed, x = int(rng.integers(2**62)), None
     class_span = strata_span_for(tuple(s for s in transformer.spans if s.column == cfg.target)) if by_class else None
     if class_span is not None:
         sigma = plan.full_pass[CLASS_MARGINALS]
@@ -172,7 +174,7 @@ def prepare_private(df: pd.DataFrame, cfg: CADASGConfig, *, rng: np.random.Gener
         ledger.record(name=CLASS_MARGINALS, noise_multiplier=sigma, sample_rate=1.0,
                       sensitivity=k * math.sqrt(len(transformer.class_marginals["counts"])))
         released[CLASS_MARGINALS] = [f"{c}.by_{cfg.target}" for c in transformer.class_marginals["counts"]]
-    return PrivatePreparation(schema, extractor, transformer, frame, units, encode_seed, ledger, released)
+    return PrivatePreparation(schema, extractor, transformer, frame, units, encode_seed, ledger, released, x)
 
 
 # --- units ------------------------------------------------------------------------------------
