@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 
 from cadasg_dist.config import CacheConfig, LossConfig
-from cadasg_dist.context.cache import CacheStats, ContextCache
+from cadasg_dist.context.cache import CacheStats, ContextCache, block_noise_std
 from cadasg_dist.train.balancing import LossBalancer
 from cadasg_dist.train.step import TrainState
 
@@ -132,6 +132,8 @@ class ShardCache(ContextCache):
         self.private = private
         self.merged = self.stats
         self.pending = CacheStats.zeros(self.n_cells, dim, latent)
+        self.merged_noise = self.noise_var  # noise variance per entry of ``merged`` (BLOCKS order)
+        self.pending_noise = torch.zeros_like(self.noise_var)  # of this worker's ``pending``
         self.decay = 1.0  # product of the EMA factors applied since the last merge
         self.pending_updates = 0  # the same on every worker: they update in lockstep
 
@@ -140,6 +142,7 @@ class ShardCache(ContextCache):
         """Fold one batch into the pending updates, noised with ``share / N`` of the variance."""
         a = self.config.ema_alpha if alpha is None else alpha
         self.pending = self.pending.scale(a) + batch.noised(self.config, generator, share / self.world_size)
+        self.pending_noise = a * a * self.pending_noise + share / self.world_size * block_noise_std(self.config) ** 2
         self.decay *= a
         self.pending_updates += 1
         self.releases += 1
@@ -149,6 +152,8 @@ class ShardCache(ContextCache):
         super().reset()
         self.merged = self.stats
         self.pending = CacheStats.zeros(*self._shape())
+        self.merged_noise = self.noise_var
+        self.pending_noise = torch.zeros_like(self.noise_var)
         self.decay = 1.0
         self.pending_updates = 0
 
@@ -161,7 +166,10 @@ class ShardCache(ContextCache):
         summed = CacheStats.zeros(*self._shape())
         unflatten_into(total, [getattr(summed, f.name) for f in fields(CacheStats)])
         self.merged = self.merged.scale(self.decay) + summed
+        # every worker added the same noise variance (lockstep): the sum holds world_size of them
+        self.merged_noise = self.decay ** 2 * self.merged_noise + self.world_size * self.pending_noise
         self.pending = CacheStats.zeros(*self._shape())
+        self.pending_noise = torch.zeros_like(self.noise_var)
         self.decay = 1.0
         self.pending_updates = 0
         self._refresh()
@@ -173,13 +181,16 @@ class ShardCache(ContextCache):
         """A plain ``ContextCache`` holding the merged statistics (call after ``sync``)."""
         out = ContextCache(self.n_contexts, self.stats.sx.shape[1], self.stats.sz.shape[1], self.config, self.strata)
         out.stats = self.merged.scale(self.decay)
+        out.noise_var = self.decay ** 2 * self.merged_noise
         out.releases = self.releases
         return out
 
     def load_merged(self, state: dict[str, torch.Tensor]) -> None:
         self.load_state_dict(state)
         self.merged = self.stats
+        self.merged_noise = self.noise_var
         self.pending = CacheStats.zeros(*self._shape())
+        self.pending_noise = torch.zeros_like(self.noise_var)
         self.decay = 1.0
         self.pending_updates = 0
 
@@ -189,6 +200,7 @@ class ShardCache(ContextCache):
     def _refresh(self) -> None:
         view = self.merged.scale(self.decay)
         self.stats = view if self.private else view + self.pending
+        self.noise_var = self.decay ** 2 * self.merged_noise + (0.0 if self.private else self.pending_noise)
 
 
 def sync_metrics(metrics: dict[str, float], comm: Collectives) -> dict[str, float]:
