@@ -29,7 +29,7 @@ from cadasg_dist.data.io import read_table
 from cadasg_dist.errors import InvalidDataError
 from cadasg_dist.federation.config import FederatedConfig, parse_failure
 from cadasg_dist.federation.plan import FederationPlan, SiloData, encode_silo
-from cadasg_dist.federation.records import cache_record, secagg_pack
+from cadasg_dist.federation.records import cache_record, noise_metrics, secagg_pack
 from cadasg_dist.federation.silo import SiloTrainer
 from cadasg_dist.privacy import entropy
 
@@ -160,6 +160,8 @@ def run_job(job: RoundJob, context: Context, arrays: dict[str, torch.Tensor]) ->
 
 def _metrics(trainer: SiloTrainer, report: Any) -> dict[str, float]:
     out = {"num-examples": trainer.data.n_rows, "epsilon": trainer.epsilon if trainer.ledger.private else -1.0}
+    if trainer.final_done:  # the release's noise variance per block: public (σ's and clipping norms)
+        out.update(noise_metrics(trainer.cache.noise_var))
     if report is not None:
         out.update({"steps": report.steps, "seconds": report.seconds, "stopped": float(report.stopped)})
         out.update({k: v for k, v in report.metrics.items() if np.isfinite(v)})

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import fields
+from typing import Any
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, RecordDict
 
 from cadasg_dist.config import CacheConfig
-from cadasg_dist.context.cache import CacheStats
+from cadasg_dist.context.cache import BLOCKS, CacheStats
 from cadasg_dist.errors import InvalidDataError
 from cadasg_dist.federation.config import SECAGG_QUANTIZATION, FederatedConfig
 from cadasg_dist.model.networks import CADASGNetworks
@@ -52,6 +53,18 @@ def cache_record(stats: CacheStats) -> ArrayRecord:
 def record_cache(record: ArrayRecord) -> CacheStats:
     return CacheStats(**{name: torch.from_numpy(np.array(record[name].numpy(), dtype=np.float64))
                          for name in CACHE_FIELDS})
+
+
+def noise_metrics(noise_var: torch.Tensor) -> dict[str, float]:
+    """A cache release's noise variance per block (``ContextCache.noise_var``) as reply metrics."""
+    return {f"cache-noise-var-{name}": float(v) for name, v in zip(BLOCKS, noise_var.tolist())}
+
+
+def summed_noise(metrics: list[dict[str, Any]]) -> torch.Tensor:
+    """The noise variance of the sum of the silos' releases (independent noises add); a silo that
+    did not report it counts as exact."""
+    return torch.tensor([sum(float(m.get(f"cache-noise-var-{name}", 0.0)) for m in metrics) for name in BLOCKS],
+                        dtype=torch.float64)
 
 
 def sum_caches(caches: list[CacheStats]) -> CacheStats | None:

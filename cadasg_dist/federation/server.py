@@ -48,6 +48,7 @@ from cadasg_dist.federation.records import (
     record_cache,
     secagg_unpack,
     sum_caches,
+    summed_noise,
 )
 from cadasg_dist.model.networks import CADASGNetworks
 from cadasg_dist.privacy.ledger import PrivacyLedger
@@ -351,6 +352,8 @@ def run_server(grid: Grid, context: Context, settings: ServerSettings) -> dict[s
     _log_round(final, final.cache is not None, fed)
     rounds.append(final.summary(final.cache is not None))
     cache = final.cache if final.cache is not None else last_cache
+    # the final releases' noise, summed over the silos that sent one (a fallback cache: unknown, exact)
+    noise_var = summed_noise(list(final.silos.values()) if final.cache is not None else [])
     if cache is None:
         reasons = [f for r in rounds for f in r["failures"]][:3]
         raise CADASGError("no silo returned cache statistics, the run produced no model; first failures: "
@@ -362,7 +365,7 @@ def run_server(grid: Grid, context: Context, settings: ServerSettings) -> dict[s
                "final_cache_silos": sorted(final.silos), "schema_ledger": plan.schema_ledger,
                "seconds": round(time.perf_counter() - started, 3)}
     if settings.out is not None:
-        model = assemble_model(plan, weights, cache, final.ledgers, summary)
+        model = assemble_model(plan, weights, cache, final.ledgers, summary, noise_var)
         model.save(settings.out)
         log.info("federated model written to %s", settings.out)
     return summary
@@ -382,7 +385,7 @@ def _log_round(o: RoundOutcome, aggregated: bool, fed: FederatedConfig) -> None:
 
 
 def assemble_model(plan: FederationPlan, weights: dict[str, torch.Tensor], cache_stats: CacheStats,
-                   ledgers: dict[str, str], summary: dict[str, Any]) -> Any:
+                   ledgers: dict[str, str], summary: dict[str, Any], noise_var: torch.Tensor | None = None) -> Any:
     """A ``CADASG`` from the global weights and cache. Its ledger is the silo ledger with the largest
     epsilon (the guarantee that holds for everyone); every silo's ledger is in ``meta["federated"]``."""
     from cadasg_dist.federation.records import load_model_arrays
@@ -393,6 +396,8 @@ def assemble_model(plan: FederationPlan, weights: dict[str, torch.Tensor], cache
     load_model_arrays(nets, weights)
     cache = ContextCache(dims.contexts, dims.features, cfg.model.latent_dim, cfg.cache, dims.strata)
     cache.stats = cache_stats
+    if noise_var is not None:
+        cache.noise_var = noise_var
     model = CADASG(cfg)
     model.schema, model.transformer, model.extractor = plan.schema, plan.transformer, plan.extractor
     if cfg.private:

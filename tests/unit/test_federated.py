@@ -33,6 +33,7 @@ from cadasg_dist.federation.records import (
     secagg_pack,
     secagg_unpack,
     secagg_weight,
+    summed_noise,
 )
 from cadasg_dist.federation.server import FedAvgWithCache, ServerSettings, initial_weights, run_server, server_step
 from cadasg_dist.federation.silo import SiloTrainer, add_proximal_term
@@ -181,6 +182,11 @@ def test_silo_ledger_persists_across_rounds(private_plan, table_path):
     assert ledger["mechanisms"][-1]["name"] == "cache/final" and "arrays" not in final.content.array_records
     again = handle_train(train_message(private_plan, FED, table_path, weights, phase="final-cache", rnd=3), ctx)
     assert json.loads(again.content["silo"]["ledger"]) == ledger  # asked twice: the same release, no new cost
+    # the final release reports its noise variance (public), which the server sums over silos
+    assert "cache-noise-var-n" not in second.content["metrics"]
+    noise = summed_noise([dict(final.content["metrics"]), dict(again.content["metrics"])])
+    assert float(noise[0]) > 0 and torch.equal(noise, 2 * summed_noise([dict(final.content["metrics"])]))
+    assert float(summed_noise([{}]).abs().sum()) == 0  # a silo that did not report counts as exact
 
 
 def test_silos_train_at_the_scaled_learning_rates(plan, private_plan, silo_table):

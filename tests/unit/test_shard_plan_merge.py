@@ -95,6 +95,26 @@ def test_each_worker_adds_a_share_and_the_merge_carries_the_calibrated_noise():
     # 20% is over 4 sd).
     torch.testing.assert_close(share_var, torch.full((C,), sigma**2 / 2, dtype=torch.float64), rtol=0.2, atol=0)
     torch.testing.assert_close(merged_var, torch.full((C,), sigma**2, dtype=torch.float64), rtol=0.2, atol=0)
+    # ... and the merged cache knows that noise (what its shrinkage reads), as one engine cache would
+    single = ContextCache(C, D, L, cfg)
+    single.update(exact)
+    torch.testing.assert_close(workers[0].merged_cache().noise_var, single.noise_var, rtol=1e-12, atol=0)
+    assert float(workers[0].merged_cache().noise_var[0]) == sigma**2
+
+
+def test_noise_variance_follows_the_decays_between_merges():
+    cfg = CacheConfig(ema_alpha=0.9, sigma_mean=1.0, sigma_cov=1.0, sigma_latent=1.0)
+    single = ContextCache(C, D, L, cfg)
+    workers = [ShardCache(C, D, L, cfg, world_size=2, private=True) for _ in range(2)]
+    for step in range(1, 6):
+        single.update(_batch(step, [0, 1, 2, 3]))
+        for w in workers:
+            w.update(_batch(step, [0, 1]))
+        if step % 2 == 0:
+            _merge(workers)
+    _merge(workers)
+    torch.testing.assert_close(workers[1].merged_cache().noise_var, single.noise_var, rtol=1e-12, atol=0)
+    torch.testing.assert_close(workers[1].noise_var, single.noise_var, rtol=1e-12, atol=0)
 
 
 def test_collectives_count_payload_bytes_with_one_worker():
