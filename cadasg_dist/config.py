@@ -82,6 +82,10 @@ class ModelConfig:
     # Off by default: measured (docs/privacy.md, "Per-class calibration") it lifts HI at epsilon = 1
     # from ~0.81 to ~0.91 but costs rwm5yr at epsilon = 8 (0.966 -> 0.852 on one model): an option.
     calibrate_classes: bool = False
+    # The decoder reads each row's stratum (target class or value bin) besides its context, so the
+    # class-conditional features are learnt by the networks (DP-SGD over all rows) rather than carried
+    # only by each cell's latent prior (a noisy cache mean, poor for a rare class under DP).
+    decoder_stratum: bool = True
 
 
 @dataclass(frozen=True)

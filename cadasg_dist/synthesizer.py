@@ -36,7 +36,7 @@ from cadasg_dist.data.schema import Schema, infer_schema
 from cadasg_dist.data.transforms import DataTransformer
 from cadasg_dist.errors import ArtifactError, ContextError, InvalidDataError
 from cadasg_dist.model.calibration import MarginalCalibration, class_counts, reference_probs
-from cadasg_dist.model.networks import CADASGNetworks, ModelDims, activate, bin_span_for, strata_span_for
+from cadasg_dist.model.networks import CADASGNetworks, ModelDims, activate, model_dims
 from cadasg_dist.privacy.ledger import PrivacyLedger
 from cadasg_dist.train.fit import ProgressFn, fit_local
 from cadasg_dist.train.step import Priors, pin_stratum
@@ -102,16 +102,14 @@ class CADASG:
             x = self.transformer.encode(df, seed=cfg.train.seed if prep is None else
                                         prep.encode_seed)  # private: a secret seed, like all noise
         ids = self.extractor.ids(df)
-        target_spans = tuple(s for s in self.transformer.spans if s.column == cfg.target)
-        bins = bin_span_for(target_spans)
-        class_span = strata_span_for(target_spans)
+        dims = model_dims(self.transformer.output_dim, self.transformer.spans, self.extractor.n_contexts, cfg.target,
+                          cfg.model)
+        class_span = dims.strata_span
         if prep is None:  # exact: a non-private fit reads the rows (a private one released them)
             self.transformer.class_marginals = None
             if class_span is not None and cfg.model.calibrate_classes:
                 counts = class_counts(x, self.transformer, class_span)
                 self.transformer.class_marginals = {"std": 0.0, "counts": {k: v.tolist() for k, v in counts.items()}}
-        dims = ModelDims(self.transformer.output_dim, self.extractor.n_contexts, self.transformer.spans, target_spans,
-                         class_span, bins, cfg.model.target_bins if bins is not None else 1)
         return x, ids, dims
 
     def fit(self, data: pd.DataFrame | str | Path, *, context: list[str] | tuple[str, ...] | None = None,
@@ -191,7 +189,8 @@ class CADASG:
             self._priors = Priors.from_cache(self.cache, self.config.model.latent_dim)
         ctx = cell // self.cache.strata
         z = self._priors.sample(cell, generator)
-        probs = activate(self.nets.decoder(z, self.nets.one_hot(ctx)), self.nets.dims.spans, tau=None)
+        cond = self.nets.dims.condition(self.nets.one_hot(ctx), cell % self.cache.strata)
+        probs = activate(self.nets.decoder(z, cond), self.nets.dims.spans, tau=None)
         probs = pin_stratum(probs, cell, self.nets.dims)
         kinds = self.config.model.calibrate_marginals
         if not calibrated or kinds == "off":

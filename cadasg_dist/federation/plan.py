@@ -35,7 +35,7 @@ from cadasg_dist.data.schema import Schema, datetime_to_seconds
 from cadasg_dist.data.transforms import DataTransformer
 from cadasg_dist.errors import InvalidDataError
 from cadasg_dist.federation.config import FederatedConfig
-from cadasg_dist.model.networks import ModelDims, strata_span_for
+from cadasg_dist.model.networks import ModelDims, model_dims
 from cadasg_dist.privacy.ledger import Mechanism, PrivacyLedger
 
 log = logging.getLogger(__name__)
@@ -97,12 +97,6 @@ def _json_scalar(v: Any) -> Any:
     raise TypeError(f"cannot write {type(v).__name__} into a federation plan")
 
 
-def model_dims(transformer: DataTransformer, extractor: RuleContextExtractor, target: str | None) -> ModelDims:
-    target_spans = tuple(s for s in transformer.spans if s.column == target)
-    return ModelDims(transformer.output_dim, extractor.n_contexts, transformer.spans, target_spans,
-                     strata_span_for(target_spans))
-
-
 def build_plan(df: pd.DataFrame, cfg: CADASGConfig, fed: FederatedConfig) -> FederationPlan:
     """The shared plan from declarations and DP releases over ``df`` (see the module doc).
 
@@ -123,8 +117,10 @@ def build_plan(df: pd.DataFrame, cfg: CADASGConfig, fed: FederatedConfig) -> Fed
     run_cfg = cfg.replace(**{"privacy.delta": ledger.delta}) if cfg.private else cfg
     log.info("federation plan: %d features, %d contexts, schema released with epsilon=%.3f (delta=%.2e)",
              prep.transformer.output_dim, prep.extractor.n_contexts, ledger.epsilon(), ledger.delta)
+    dims = model_dims(prep.transformer.output_dim, prep.transformer.spans, prep.extractor.n_contexts, cfg.target,
+                      cfg.model)
     return FederationPlan(config=run_cfg, schema=prep.schema, transformer=prep.transformer,
-                          extractor=prep.extractor, dims=model_dims(prep.transformer, prep.extractor, cfg.target),
+                          extractor=prep.extractor, dims=dims,
                           preprocessing=tuple(ledger.mechanisms) if cfg.private else (),
                           schema_ledger=ledger.state_dict())
 

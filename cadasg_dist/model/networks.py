@@ -4,6 +4,11 @@ auxiliary utility predictor U(x without target, c).
 No BatchNorm anywhere: per-sample gradients for DP-SGD need a normalisation that does not mix
 examples, so every block is Linear -> LayerNorm -> LeakyReLU. The context enters every network as
 a one-hot vector (a learned embedding, as a Linear layer sees it).
+
+The decoder also reads the row's *stratum* (the target's class, or its value bin) as a one-hot
+(``ModelDims.stratum_input``, ``model.decoder_stratum``): the reconstruction term teaches it, through
+DP-SGD on every row, how each class's features differ. Without it the only carrier of that was the
+latent prior per cell, a mean of the cache's noisy sums, which a rare class cannot afford under DP.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ class ModelDims:
     # mass under N(0, 1), i.e. roughly quantile bins), each with its own latent prior.
     bin_span: SpanInfo | None = None
     target_bins: int = 1
+    # The decoder reads the stratum one-hot besides the context (False: an artifact from before).
+    stratum_input: bool = False
 
     @property
     def classes(self) -> int:
@@ -42,24 +49,43 @@ class ModelDims:
     def strata(self) -> int:
         return self.classes * self.target_bins
 
-    def cells(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """(B,) cell id = context·S + class·bins + bin of each encoded row (B, D)."""
-        stratum = torch.zeros_like(context)
+    def stratum(self, x: torch.Tensor) -> torch.Tensor:
+        """(B,) stratum = class·bins + bin of each encoded row (B, D). Comparisons only, so it also
+        runs inside ``torch.func.vmap`` (the per-example DP gradients)."""
+        stratum = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         if self.strata_span is not None:
             s = self.strata_span
             stratum = x[:, s.start:s.stop].argmax(dim=1) * self.target_bins
         if self.bin_span is not None and self.target_bins > 1:
             edges = torch.distributions.Normal(0.0, 1.0).icdf(
                 torch.arange(1, self.target_bins, dtype=x.dtype, device=x.device) / self.target_bins)
-            stratum = stratum + torch.bucketize(x[:, self.bin_span.start].contiguous(), edges)
-        return context * self.strata + stratum
+            stratum = stratum + (x[:, self.bin_span.start, None] > edges).sum(dim=1)
+        return stratum
+
+    def cells(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """(B,) cell id = context·S + stratum of each encoded row (B, D)."""
+        return context * self.strata + self.stratum(x)
+
+    @property
+    def decoder_condition(self) -> int:
+        """Width of the decoder's conditioning input: the context one-hot, then the stratum one-hot."""
+        return self.contexts + (self.strata if self.stratum_input else 0)
+
+    def condition(self, onehot: torch.Tensor, stratum: torch.Tensor) -> torch.Tensor:
+        """The decoder's conditioning input for rows with context one-hot ``onehot`` (B, C) and
+        stratum ids ``stratum`` (B,)."""
+        if not self.stratum_input:
+            return onehot
+        levels = torch.arange(self.strata, device=stratum.device)
+        return torch.cat([onehot, (stratum[:, None] == levels).to(onehot.dtype)], dim=1)
 
     def to_dict(self) -> dict:
         span = lambda s: [s.column, s.kind, s.start, s.width, s.role]  # noqa: E731
         return {"features": self.features, "contexts": self.contexts,
                 "spans": [span(s) for s in self.spans], "target_spans": [span(s) for s in self.target_spans],
                 "strata_span": None if self.strata_span is None else span(self.strata_span),
-                "bin_span": None if self.bin_span is None else span(self.bin_span), "target_bins": self.target_bins}
+                "bin_span": None if self.bin_span is None else span(self.bin_span), "target_bins": self.target_bins,
+                "stratum_input": self.stratum_input}
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelDims:
@@ -69,7 +95,16 @@ class ModelDims:
             v = d.get(key)
             return None if v is None else SpanInfo(v[0], v[1], int(v[2]), int(v[3]), v[4])
         return cls(int(d["features"]), int(d["contexts"]), spans("spans"), spans("target_spans"), one("strata_span"),
-                   one("bin_span"), int(d.get("target_bins", 1)))
+                   one("bin_span"), int(d.get("target_bins", 1)), bool(d.get("stratum_input", False)))
+
+
+def model_dims(output_dim: int, spans: tuple[SpanInfo, ...], n_contexts: int, target: str | None,
+               cfg: ModelConfig) -> ModelDims:
+    """The dims of a model of a table with these encoded ``spans`` (the engine's and the federation's)."""
+    target_spans = tuple(s for s in spans if s.column == target)
+    bins = bin_span_for(target_spans)
+    return ModelDims(output_dim, n_contexts, spans, target_spans, strata_span_for(target_spans), bins,
+                     cfg.target_bins if bins is not None else 1, cfg.decoder_stratum)
 
 
 MAX_STRATA = 10
@@ -111,11 +146,12 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """G(z, c): raw outputs, i.e. values for continuous spans and logits for softmax spans."""
+    """G(z, c): raw outputs, i.e. values for continuous spans and logits for softmax spans; c is
+    ``ModelDims.condition`` (the context one-hot, then the stratum one-hot)."""
 
     def __init__(self, dims: ModelDims, cfg: ModelConfig) -> None:
         super().__init__()
-        self.body = mlp([cfg.latent_dim + dims.contexts, *cfg.hidden])
+        self.body = mlp([cfg.latent_dim + dims.decoder_condition, *cfg.hidden])
         self.head = nn.Linear(cfg.hidden[-1], dims.features)
 
     def forward(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:

@@ -139,7 +139,8 @@ def generate(nets: CADASGNetworks, priors: Priors, cell: torch.Tensor, onehot: t
              generator: torch.Generator, tau: float | None) -> torch.Tensor:
     """Rows for the given cells (their contexts one-hot in ``onehot``), z drawn from q(z) per cell."""
     z = priors.sample(cell, generator)
-    rows = activate(nets.decoder(z, onehot), nets.dims.spans, tau=tau, generator=generator)  # (B, D)
+    cond = nets.dims.condition(onehot, cell % nets.dims.strata)
+    rows = activate(nets.decoder(z, cond), nets.dims.spans, tau=tau, generator=generator)  # (B, D)
     return pin_stratum(rows, cell, nets.dims)
 
 
@@ -190,7 +191,7 @@ def vae_terms(nets: CADASGNetworks, x: torch.Tensor, onehot: torch.Tensor, eps: 
     """Per-example L_rec + β·L_KL (B,), with the encoder's mean and log-variance."""
     mean, logvar = nets.encoder(x, onehot)
     z = mean + eps * (0.5 * logvar).exp()
-    raw = nets.decoder(z, onehot)
+    raw = nets.decoder(z, nets.dims.condition(onehot, nets.dims.stratum(x)))
     return reconstruction_loss(raw, x, nets.dims.spans) + beta * kl_divergence(mean, logvar), mean, logvar
 
 

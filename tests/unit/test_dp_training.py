@@ -172,7 +172,8 @@ def _dims() -> ModelDims:
     from cadasg_dist.data.transforms import SpanInfo
 
     spans = (SpanInfo("a", "continuous", 0, 1), SpanInfo("b", "softmax", 1, 3), SpanInfo("y", "softmax", 4, 2))
-    return ModelDims(6, 3, spans, (spans[2],))
+    # the target y stratifies, and the decoder reads each row's stratum (computed inside the vmap)
+    return ModelDims(6, 3, spans, (spans[2],), spans[2], stratum_input=True)
 
 
 def _state(tiny_config, clip: float = 1e3) -> tuple[CADASGNetworks, DPState]:
