@@ -36,10 +36,10 @@ from cadasg_dist.data.schema import Schema, infer_schema
 from cadasg_dist.data.transforms import DataTransformer
 from cadasg_dist.errors import ArtifactError, ContextError, InvalidDataError
 from cadasg_dist.model.calibration import MarginalCalibration, class_counts, reference_probs
-from cadasg_dist.model.networks import CADASGNetworks, ModelDims, activate, model_dims
+from cadasg_dist.model.networks import CADASGNetworks, ModelDims, model_dims
 from cadasg_dist.privacy.ledger import PrivacyLedger
 from cadasg_dist.train.fit import ProgressFn, fit_local
-from cadasg_dist.train.step import Priors, pin_stratum
+from cadasg_dist.train.step import Priors, generate
 
 log = logging.getLogger(__name__)
 
@@ -187,11 +187,8 @@ class CADASG:
         codes from ``generator``; ``sample`` decodes the result."""
         if self._priors is None:
             self._priors = Priors.from_cache(self.cache, self.config.model.latent_dim)
-        ctx = cell // self.cache.strata
-        z = self._priors.sample(cell, generator)
-        cond = self.nets.dims.condition(self.nets.one_hot(ctx), cell % self.cache.strata)
-        probs = activate(self.nets.decoder(z, cond), self.nets.dims.spans, tau=None)
-        probs = pin_stratum(probs, cell, self.nets.dims)
+        probs = generate(self.nets, self._priors, cell, self.nets.one_hot(cell // self.cache.strata), generator,
+                         tau=None)
         kinds = self.config.model.calibrate_marginals
         if not calibrated or kinds == "off":
             return probs

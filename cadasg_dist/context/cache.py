@@ -118,6 +118,12 @@ def block_noise_std(config: CacheConfig) -> torch.Tensor:
                         dtype=torch.float64)
 
 
+def decayed_noise(noise_var: torch.Tensor, alpha: float, config: CacheConfig, share: float) -> torch.Tensor:
+    """``noise_var`` after S ← α·S + noised(batch): the old noise decays by α², the release adds
+    ``share`` of its variance."""
+    return alpha * alpha * noise_var + share * block_noise_std(config) ** 2
+
+
 class ContextCache:
     """EMA over noisy per-cell sufficient statistics, with derived μ_c, Σ_c and q_c(z).
 
@@ -150,7 +156,7 @@ class ContextCache:
         """Fold one batch in: S ← α·S + noised(batch)."""
         a = self.config.ema_alpha if alpha is None else alpha
         self.stats = self.stats.scale(a) + batch.noised(self.config, generator, share)
-        self.noise_var = a * a * self.noise_var + share * block_noise_std(self.config) ** 2
+        self.noise_var = decayed_noise(self.noise_var, a, self.config, share)
         self.releases += 1
 
     def reset(self) -> None:

@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 
 from cadasg_dist.config import CacheConfig, LossConfig
-from cadasg_dist.context.cache import CacheStats, ContextCache, block_noise_std
+from cadasg_dist.context.cache import CacheStats, ContextCache, decayed_noise
 from cadasg_dist.train.balancing import LossBalancer
 from cadasg_dist.train.step import TrainState
 
@@ -142,7 +142,7 @@ class ShardCache(ContextCache):
         """Fold one batch into the pending updates, noised with ``share / N`` of the variance."""
         a = self.config.ema_alpha if alpha is None else alpha
         self.pending = self.pending.scale(a) + batch.noised(self.config, generator, share / self.world_size)
-        self.pending_noise = a * a * self.pending_noise + share / self.world_size * block_noise_std(self.config) ** 2
+        self.pending_noise = decayed_noise(self.pending_noise, a, self.config, share / self.world_size)
         self.decay *= a
         self.pending_updates += 1
         self.releases += 1
