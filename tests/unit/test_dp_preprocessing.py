@@ -8,7 +8,7 @@ import pytest
 
 from cadasg_dist.data.schema import infer_schema
 from cadasg_dist.errors import ConfigError, PrivacyBudgetError
-from cadasg_dist.privacy.preprocessing import prepare_private
+from cadasg_dist.privacy.preprocessing import prepare_private, within_support
 from cadasg_dist.privacy.training import fit_private
 
 
@@ -121,3 +121,28 @@ def test_training_refuses_a_schema_read_from_raw_rows(mixed_table, cfg, prepared
     dims = ModelDims(x.shape[1], prepared.extractor.n_contexts, prepared.transformer.spans, ())
     with pytest.raises(PrivacyBudgetError, match="raw rows"):
         fit_private(cfg, x, ids, dims, infer_schema(mixed_table, cfg.data))
+
+
+def test_quantile_grid_ends_at_the_released_support_not_at_the_loose_bounds(cfg):
+    # diamonds' depth: values 43-79, released bounds [32, 128]; the grid's last step used to run to
+    # 128, and a generator that pushed rows to its edge put them at depth 100+
+    rng = np.random.default_rng(5)
+    n = 20_000
+    df = pd.DataFrame({"group": rng.choice(["a", "b"], size=n), "label": rng.choice(["no", "yes"], size=n),
+                       "depth": np.clip(rng.normal(61.8, 1.4, size=n), 43.0, 79.0)})
+    prep = prepare_private(df, cfg.replace(**{"privacy.epsilon": 3.0}), rng=_rng())
+    column, grid = prep.schema["depth"], prep.transformer.transforms["depth"].quantiles
+    assert (column.min, column.max) == (32.0, 128.0)  # the bounds stay the release's (the clip range)
+    assert 50.0 < grid[0] < grid[1] and grid[-2] < grid[-1] < 70.0
+
+
+def test_support_keeps_a_thin_tail_and_drops_a_lone_noise_cell():
+    std = 10.0
+    mass = np.zeros(60)
+    mass[10:20] = 500.0  # the body, far above 4 sd
+    mass[[25, 30]] = 30.0  # a heaped thin tail: 2-4 sd, gaps of 4 empty cells
+    mass[50] = 35.0  # a lone cell 19 empty cells further: noise that passed the 2 sd cut
+    mass[3] = 25.0  # below the body, 6 empty cells away: kept
+    kept = within_support(mass, std)
+    assert np.flatnonzero(kept).tolist() == [3, *range(10, 20), 25, 30]
+    assert within_support(np.full(5, 15.0), std).tolist() == [15.0] * 5  # nothing above 4 sd: unchanged
