@@ -96,14 +96,19 @@ def fit_ours(train: pd.DataFrame, spec, eps: float, delta: float, seed: int, epo
     return model, time.perf_counter() - t0
 
 
+# Part of the cache key of a CA-DASG fit: bump it when a change that the config does not show alters
+# what a fit produces (2026-12-03b: the quantile grids end at the released support).
+ENGINE_REVISION = "2026-12-03b"
+
+
 def ours_cached(train: pd.DataFrame, spec, eps: float, delta: float, seed: int, epochs: int | None
                 ) -> tuple[pd.DataFrame, dict]:
-    """The synthetic table and fit facts of CA-DASG at ``eps``, cached by its config (a rerun that adds
-    a baseline or an attack does not refit)."""
+    """The synthetic table and fit facts of CA-DASG at ``eps``, cached by its config and
+    ``ENGINE_REVISION`` (a rerun that adds a baseline or an attack does not refit)."""
     import hashlib
 
     cfg = config(spec, eps, delta, seed, epochs)
-    text = json.dumps(cfg.to_dict(), sort_keys=True, default=str) + str(len(train))
+    text = json.dumps(cfg.to_dict(), sort_keys=True, default=str) + str(len(train)) + ENGINE_REVISION
     key = hashlib.sha256(text.encode()).hexdigest()[:12]
     d = CACHE / spec.name / f"cadasg_eps{eps:g}" / f"seed{seed}_{key}"
     if (d / "meta.json").exists():
