@@ -107,7 +107,7 @@ class CADASG:
         class_span = dims.strata_span
         if prep is None:  # exact: a non-private fit reads the rows (a private one released them)
             self.transformer.class_marginals = None
-            if class_span is not None and cfg.model.calibrate_classes:
+            if class_span is not None and cfg.class_calibration:
                 counts = class_counts(x, self.transformer, class_span)
                 self.transformer.class_marginals = {"std": 0.0, "counts": {k: v.tolist() for k, v in counts.items()}}
         return x, ids, dims
@@ -195,7 +195,7 @@ class CADASG:
         if self._calibration is None:
             self._calibration = MarginalCalibration.fit(reference_probs(self), self.transformer,
                                                         self.nets.dims.strata_span, kinds,
-                                                        self.config.model.calibrate_classes)
+                                                        self.config.class_calibration)
         return self._calibration.apply(probs)
 
     @property

@@ -19,8 +19,8 @@ Then, where the transformer holds *class marginals* (``DataTransformer.class_mar
 of the target's stratifying span, a histogram of every other column; a DP release in private runs,
 ``privacy.preprocessing.release_class_marginals``), the same two corrections again, per class: each
 column's distribution among the rows of one target class, and a numeric column's atom and missing
-shares, are moved onto that class's histograms (``model.calibrate_classes``, an option, off by
-default: it lifts HI at epsilon = 1 by 0.1 of utility and costs rwm5yr at epsilon = 8). This restores what a
+shares, are moved onto that class's histograms (``model.calibrate_classes``, by default on for a
+private fit at epsilon <= 3, where it lifts utility, and off above, where it cost rwm5yr). This restores what a
 downstream model learns first, how each feature shifts with the target, which DP-SGD at a small
 epsilon blurs (docs/privacy.md, "Per-class calibration"). The atom shares matter: correcting a
 count's nonzero values by class but not how often it is zero erased the signal the model had put

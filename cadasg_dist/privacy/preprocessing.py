@@ -17,7 +17,8 @@ from the rows comes from one of:
   ``preprocess/histograms``, a histogram per column inside its bounds (plus a missing cell), which
   gives quantiles, point masses (atoms), missingness and the most common category;
 * a third, ``preprocess/class_marginals`` (share ``privacy.class_marginals_share``), only when
-  the target gives classes and ``model.calibrate_classes`` is on (off by default): per class of
+  the target gives classes and the class calibration is on (``model.calibrate_classes``; by
+  default at epsilon <= 3): per class of
   the target, a histogram of every other column over the encoded rows (model/calibration.py
   ``class_counts``; sensitivity k·sqrt(T) for T histograms), which sampling uses to correct each
   column per class.
@@ -124,7 +125,7 @@ def prepare_private(df: pd.DataFrame, cfg: CADASGConfig, *, rng: np.random.Gener
     need_bounds = [c for c in columns if c.lo is None and (c.kind in NUMERIC or c.coded)]
     # The class histograms are planned whenever the target may give classes (known once the target's
     # own release is in); a share planned but not spent goes to training.
-    by_class = cfg.target is not None and cfg.model.calibrate_classes and cfg.model.calibrate_marginals != "off"
+    by_class = cfg.target is not None and cfg.class_calibration
     releases = (["preprocess/bounds"] if need_bounds else []) + ["preprocess/histograms"] + \
         ([CLASS_MARGINALS] if by_class else [])
     n_units = len(frame) if units is None else int(units.max()) + 1

@@ -68,3 +68,16 @@ def test_parse_overrides_reads_yaml_values_and_refuses_items_without_equals():
         "train.epochs": 5, "model.hidden": [64, 64], "target": "whi", "data.n_quantiles": "a: b: c"}
     with pytest.raises(ConfigError, match="--federated-set expects KEY=VALUE, got 'rounds'"):
         parse_overrides(["rounds"], "--federated-set")
+
+
+def test_class_calibration_is_on_for_small_private_budgets_and_switches_like_a_bool():
+    private = CADASGConfig().replace(**{"privacy.epsilon": 3.0})
+    assert private.model.calibrate_classes == "auto" and private.class_calibration
+    assert not private.replace(**{"privacy.epsilon": 8.0}).class_calibration
+    assert not CADASGConfig().class_calibration  # non-private: auto is off
+    assert CADASGConfig().replace(**{"model.calibrate_classes": True}).class_calibration
+    assert CADASGConfig.from_dict({"model": {"calibrate_classes": "true"}}).model.calibrate_classes == "on"
+    assert not private.replace(**{"model.calibrate_classes": False}).class_calibration
+    assert not private.replace(**{"model.calibrate_marginals": "off"}).class_calibration
+    with pytest.raises(ConfigError, match="calibrate_classes must be one of"):
+        CADASGConfig.from_dict({"model": {"calibrate_classes": "sometimes"}})
