@@ -69,8 +69,11 @@ NUMERIC = ("continuous", "integer", "datetime")
 _EDGES = 2.0 ** np.arange(-10, 64)
 _ZERO = len(_EDGES) - 1  # index of the zero bin; positive bins above it, negative below
 # A magnitude bin (the bounds) or an end cell of a quantile grid counts when its noisy count exceeds this
-# many noise sds: among tens of empty cells, each passes with probability 3e-5.
+# many noise sds (each empty cell passes with probability 3e-5) and has a neighbour that does too, or,
+# alone, when it exceeds ISOLATED_SDS (1e-9): a fit draws ~1,000 empty bins, so a lone 4-sd bin is
+# noise 3 % of the time (diamonds' table once got bounds up to 2^58 and every generated value ~1e16).
 BOUNDS_SDS = 4.0
+ISOLATED_SDS = 6.0
 MISSING_SDS = 2.0  # a missing slot is added above this (a spurious one only costs a span)
 SUPPORT_GAP = 10  # a quantile grid's tail goes on over at most this many empty cells (``within_support``)
 CDF_SDS = 2.0  # cells at or below this many noise sds are zeroed before quantiles (else noise fills the tails)
@@ -353,14 +356,15 @@ def _bin_edges(b: int) -> tuple[float, float, bool, bool]:
 def release_bounds(df: pd.DataFrame, columns: list[_Column], *, sigma: float, rows_per_unit: int,
                    rng: np.random.Generator) -> None:
     """Gaussian release of each column's magnitude histogram; bounds = extreme bins above the
-    threshold, so they are tight up to a factor 2 in magnitude (declare them for better ones)."""
+    threshold (``credible_cells``), so they are tight up to a factor 2 in magnitude (declare them
+    for better ones)."""
     std = sigma * rows_per_unit * math.sqrt(len(columns))
     n_bins = 2 * _ZERO + 1
     for col in columns:
         x = _numeric_values(df[col.name], col.kind)
         x = x[~np.isnan(x)]
         noisy = np.bincount(_magnitude_bins(x), minlength=n_bins) + rng.normal(0.0, std, n_bins)
-        hits = np.flatnonzero(noisy > BOUNDS_SDS * std)
+        hits = credible_cells(noisy, std)
         if hits.size == 0:
             raise PrivacyBudgetError(
                 f"column {col.name!r}: no magnitude bin holds enough rows to release its bounds under the noise "
@@ -487,8 +491,8 @@ def _fit_numeric(col: _Column, points: np.ndarray, starts: np.ndarray, ends: np.
 
 def within_support(mass: np.ndarray, std: float) -> np.ndarray:
     """Cell masses (in position order) with the tails beyond the released support zeroed: the
-    quantile grid ends there, not at the bounds. The support runs from the outermost cells above
-    ``BOUNDS_SDS`` noise sds out through any further cells left by ``CDF_SDS`` that are at most
+    quantile grid ends there, not at the bounds. The support runs from the outermost
+    ``credible_cells`` out through any further cells left by ``CDF_SDS`` that are at most
     ``SUPPORT_GAP`` empty cells apart (a thin tail, such as hours heaped at 40, 50, 60).
 
     Why: the released bounds are loose (to a factor 2: diamonds' depth, 43-79, gets [32, 128]) and
@@ -497,7 +501,7 @@ def within_support(mass: np.ndarray, std: float) -> np.ndarray:
     that pushes some rows to the edge of its range (a rare context under DP) puts them there: 7 % of
     diamonds' Fair rows had depth above 100 at epsilon = 3. Post-processing of the release.
     """
-    strong = np.flatnonzero(mass > BOUNDS_SDS * std)
+    strong = credible_cells(mass, std)
     if strong.size == 0:
         return mass
     lo, hi = int(strong[0]), int(strong[-1])
@@ -505,6 +509,14 @@ def within_support(mass: np.ndarray, std: float) -> np.ndarray:
     out = np.zeros_like(mass)
     out[lo:hi + 1] = mass[lo:hi + 1]
     return out
+
+
+def credible_cells(counts: np.ndarray, std: float) -> np.ndarray:
+    """Indices of the cells that hold rows beyond doubt: above ``BOUNDS_SDS`` noise sds with an
+    adjacent cell above it too, or above ``ISOLATED_SDS`` alone. Post-processing of a release."""
+    above = counts > BOUNDS_SDS * std
+    paired = above & (np.r_[False, above[:-1]] | np.r_[above[1:], False])
+    return np.flatnonzero(paired | (counts > ISOLATED_SDS * std))
 
 
 def _extend(mass: np.ndarray, end: int, step: int) -> int:

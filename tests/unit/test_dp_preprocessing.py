@@ -8,7 +8,7 @@ import pytest
 
 from cadasg_dist.data.schema import infer_schema
 from cadasg_dist.errors import ConfigError, PrivacyBudgetError
-from cadasg_dist.privacy.preprocessing import prepare_private, within_support
+from cadasg_dist.privacy.preprocessing import credible_cells, prepare_private, within_support
 from cadasg_dist.privacy.training import fit_private
 
 
@@ -146,3 +146,17 @@ def test_support_keeps_a_thin_tail_and_drops_a_lone_noise_cell():
     kept = within_support(mass, std)
     assert np.flatnonzero(kept).tolist() == [3, *range(10, 20), 25, 30]
     assert within_support(np.full(5, 15.0), std).tolist() == [15.0] * 5  # nothing above 4 sd: unchanged
+
+
+def test_a_lone_bin_past_the_threshold_is_noise_unless_far_past_it():
+    # ~1,000 empty magnitude bins per fit: a lone one above 4 sd is noise 3 % of the time, and as a
+    # bound it once put diamonds' table at 2^58 (every generated value ~1e16)
+    std = 10.0
+    counts = np.zeros(80)
+    counts[10:13] = [45.0, 900.0, 300.0]  # a body: the 4.5-sd edge bin counts beside its neighbour
+    counts[40] = 55.0  # alone at 5.5 sd: noise
+    counts[60] = 65.0  # alone at 6.5 sd: rows (a zero bin far from the values, say)
+    assert credible_cells(counts, std).tolist() == [10, 11, 12, 60]
+    rng = np.random.default_rng(1)
+    empty = rng.normal(0.0, std, size=(2_000, 150))  # 300,000 empty bins
+    assert sum(credible_cells(row, std).size for row in empty) == 0
