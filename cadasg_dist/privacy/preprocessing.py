@@ -513,10 +513,13 @@ def within_support(mass: np.ndarray, std: float) -> np.ndarray:
 
 def credible_cells(counts: np.ndarray, std: float) -> np.ndarray:
     """Indices of the cells that hold rows beyond doubt: above ``BOUNDS_SDS`` noise sds with an
-    adjacent cell above it too, or above ``ISOLATED_SDS`` alone. Post-processing of a release."""
+    adjacent cell above it too, or above ``ISOLATED_SDS`` alone; if none is, every cell above
+    ``BOUNDS_SDS`` (a table so small that its real cells are near the threshold: refusing it would
+    be the only alternative). Post-processing of a release."""
     above = counts > BOUNDS_SDS * std
     paired = above & (np.r_[False, above[:-1]] | np.r_[above[1:], False])
-    return np.flatnonzero(paired | (counts > ISOLATED_SDS * std))
+    sure = np.flatnonzero(paired | (counts > ISOLATED_SDS * std))
+    return sure if sure.size else np.flatnonzero(above)
 
 
 def _extend(mass: np.ndarray, end: int, step: int) -> int:

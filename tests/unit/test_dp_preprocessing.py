@@ -157,6 +157,9 @@ def test_a_lone_bin_past_the_threshold_is_noise_unless_far_past_it():
     counts[40] = 55.0  # alone at 5.5 sd: noise
     counts[60] = 65.0  # alone at 6.5 sd: rows (a zero bin far from the values, say)
     assert credible_cells(counts, std).tolist() == [10, 11, 12, 60]
+    assert credible_cells(np.r_[0.0, 45.0, 0.0, 50.0], std).tolist() == [1, 3]  # nothing sure: all above 4 sd
     rng = np.random.default_rng(1)
-    empty = rng.normal(0.0, std, size=(2_000, 150))  # 300,000 empty bins
-    assert sum(credible_cells(row, std).size for row in empty) == 0
+    body = np.zeros(150)
+    body[70:75] = 500.0
+    noisy = body + rng.normal(0.0, std, size=(2_000, 150))  # 290,000 empty bins around a body
+    assert all(credible_cells(row, std).tolist() == list(range(70, 75)) for row in noisy)
