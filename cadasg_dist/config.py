@@ -85,10 +85,6 @@ class ModelConfig:
     # at epsilon = 8 it cost rwm5yr (0.971 -> 0.920 on one model). true / false mean "on" / "off".
     calibrate_classes: Literal["auto", "on", "off"] = "auto"
     class_calibration_max_epsilon: float = 3.0
-    # Sampling shifts each continuous column per context so the context differs from all rows as the
-    # context cache's noisy means say, weighted by the cache's trust in them (model/calibration.py
-    # ContextShift). Post-processing: no budget. An option, being measured.
-    calibrate_contexts: bool = False
     # The decoder reads each row's stratum (target class or value bin) besides its context, so the
     # class-conditional features are learnt by the networks (DP-SGD over all rows) rather than carried
     # only by each cell's latent prior (a noisy cache mean, poor for a rare class under DP).

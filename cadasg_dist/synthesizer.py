@@ -35,7 +35,7 @@ from cadasg_dist.data.io import read_table
 from cadasg_dist.data.schema import Schema, infer_schema
 from cadasg_dist.data.transforms import DataTransformer
 from cadasg_dist.errors import ArtifactError, ContextError, InvalidDataError
-from cadasg_dist.model.calibration import ContextShift, MarginalCalibration, class_counts, reference_draw
+from cadasg_dist.model.calibration import MarginalCalibration, class_counts, reference_probs
 from cadasg_dist.model.networks import CADASGNetworks, ModelDims, model_dims
 from cadasg_dist.privacy.ledger import PrivacyLedger
 from cadasg_dist.train.fit import ProgressFn, fit_local
@@ -57,7 +57,6 @@ class CADASG:
         self.meta: dict[str, Any] = {}
         self._priors: Priors | None = None
         self._calibration: MarginalCalibration | None = None
-        self._context_shift: ContextShift | None = None
 
     # --- fitting ---------------------------------------------------------------------------
     def prepare(self, data: pd.DataFrame | str | Path, *, context: list[str] | tuple[str, ...] | None = None,
@@ -136,7 +135,7 @@ class CADASG:
     def _finish(self, nets: CADASGNetworks, cache: ContextCache, history: list[dict[str, float]],
                 seconds: float, rows: int) -> None:
         self.nets, self.cache, self.history = nets.cpu().eval(), cache, history  # sampling runs on the CPU
-        self._priors = self._calibration = self._context_shift = None
+        self._priors = self._calibration = None
         self.meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "cadasg_version": __version__,
                      "torch_version": torch.__version__, "created": datetime.now(UTC).isoformat(),
                      "fit_seconds": round(seconds, 3), "training_rows": rows,
@@ -194,16 +193,10 @@ class CADASG:
         if not calibrated or kinds == "off":
             return probs
         if self._calibration is None:
-            reference, ref_cell = reference_draw(self)
-            self._calibration = MarginalCalibration.fit(reference, self.transformer, self.nets.dims.strata_span,
-                                                        kinds, self.config.class_calibration)
-            if self.config.model.calibrate_contexts:
-                self._context_shift = ContextShift.fit(self._calibration.apply(reference),
-                                                       ref_cell // self.cache.strata, self.cache, self.transformer)
-        probs = self._calibration.apply(probs)
-        if self._context_shift is not None:
-            probs = self._context_shift.apply(probs, cell // self.cache.strata)
-        return probs
+            self._calibration = MarginalCalibration.fit(reference_probs(self), self.transformer,
+                                                        self.nets.dims.strata_span, kinds,
+                                                        self.config.class_calibration)
+        return self._calibration.apply(probs)
 
     @property
     def contexts(self) -> list[dict[str, Any]]:

@@ -193,22 +193,10 @@ class ContextCache:
 
     def feature_moments(self) -> tuple[torch.Tensor, torch.Tensor]:
         """μ_c (C, D) and Σ_c (C, D, D) of the encoded features, per context, shrunk toward all rows."""
-        mean, cov, _, _ = self._shrunk_features()
-        return mean, project_psd(cov, self.config.jitter)
-
-    def context_means(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """μ_c (C, D) shrunk toward all rows, the mean of all rows (D,), and each context's weight
-        on its own rows in μ_c, n / (n + k) (C,)."""
-        mean, _, k, top = self._shrunk_features()
-        n = (self._per_context() if self.strata > 1 else self.stats).n.clamp_min(0.0)
-        return mean, top, n / (n + k).clamp_min(1e-12)
-
-    def _shrunk_features(self) -> tuple[torch.Tensor, ...]:
         st = self._per_context() if self.strata > 1 else self.stats
         v = self.noise_var * self.strata  # a context's sums add its S cells' noises
-        top_mean, top_cov = _pooled(st.n, st.sx, st.sxx)
-        mean, cov, k = shrunk_moments(st.n, st.sx, st.sxx, v[1], v[2], top_mean, top_cov)
-        return mean, cov, k, top_mean
+        mean, cov, _ = shrunk_moments(st.n, st.sx, st.sxx, v[1], v[2], *_pooled(st.n, st.sx, st.sxx))
+        return mean, project_psd(cov, self.config.jitter)
 
     def latent_prior(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean (C·S, L) and covariance (C·S, L, L) of q(z) per cell: the Gaussian over encoder

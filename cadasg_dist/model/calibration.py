@@ -289,49 +289,9 @@ def _value_weights(probs: torch.Tensor, spans: tuple[SpanInfo, ...]) -> dict[str
     return weights
 
 
-def reference_draw(model, rows: int = REFERENCE_ROWS) -> tuple[torch.Tensor, torch.Tensor]:
-    """The activated decoder output for ``rows`` rows over every cell at its cached share, and the cells."""
+def reference_probs(model, rows: int = REFERENCE_ROWS) -> torch.Tensor:
+    """The activated decoder output for ``rows`` rows over every cell at its cached share."""
     rng = np.random.default_rng(REFERENCE_SEED)
     g = torch.Generator().manual_seed(REFERENCE_SEED)
     cell = torch.from_numpy(model.cell_allocation(rows, None, rng))
-    return model.feature_probs(cell, g, calibrated=False), cell
-
-
-@dataclass
-class ContextShift:
-    """Per context, a shift of each continuous column's normal score (columns with one value span
-    only, no atom or missing slot) so that the generated context differs from all rows as the
-    context cache says (``model.calibrate_contexts``, an option).
-
-    A DP-SGD model learns a small context's own feature shifts from a few percent of each noisy
-    gradient and pulls them toward all rows (diamonds' Fair cut at epsilon = 3: median depth 63.3
-    generated, 65.0 real), while the cache holds that context's mean μ_c, a DP release already
-    paid for. The shift is w_c·[(μ_c − μ) − (m_c − m)]: μ the cache's mean of all rows, m_c and m
-    the generated ones (a reference draw), w_c = n/(n + k) the cache's own trust in the context
-    under its noise (``ContextCache.context_means``), so a context too small for its noise keeps what
-    the model learnt. Post-processing of the model and the cache: no budget."""
-
-    shifts: torch.Tensor  # (C, D), zero outside the shifted spans
-
-    @classmethod
-    def fit(cls, probs: torch.Tensor, context: torch.Tensor, cache, transformer: DataTransformer) -> ContextShift:
-        mean_c, mean_all, trust = (t.double() for t in cache.context_means())
-        per_column: dict[str, list[SpanInfo]] = {}
-        for span in transformer.spans:
-            per_column.setdefault(span.column, []).append(span)
-        cols = [spans[0].start for name, spans in per_column.items()
-                if len(spans) == 1 and spans[0].kind == "continuous"
-                and getattr(transformer.transforms[name], "encoding", None) == "quantile"]
-        shifts = torch.zeros(len(mean_c), probs.shape[1], dtype=torch.float64)
-        x = probs.double()
-        m_all = x.mean(0)
-        for c in range(len(mean_c)):
-            rows = context == c
-            if int(rows.sum()) < MIN_CLASS_ROWS or not cols:
-                continue
-            d = (mean_c[c] - mean_all) - trust[c] * (x[rows].mean(0) - m_all)
-            shifts[c, cols] = d[cols]
-        return cls(shifts.float())
-
-    def apply(self, probs: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        return probs + self.shifts[context].to(probs.dtype)
+    return model.feature_probs(cell, g, calibrated=False)

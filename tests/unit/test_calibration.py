@@ -206,26 +206,3 @@ def test_a_private_fit_with_the_class_release_stays_inside_epsilon(mixed_table, 
     assert model.epsilon <= 4.0
     rows = model.sample(500, seed=1)
     assert len(rows) == 500 and model._calibration.class_span is not None
-
-
-def test_context_shift_moves_a_small_context_toward_the_cache_and_leaves_other_columns(tiny_config):
-    # a rare context whose "depth" sits 3 sd above the others: two epochs do not learn that, the
-    # cache's mean of that context does (diamonds' Fair cut at epsilon = 3, in small)
-    rng = np.random.default_rng(4)
-    n = 1500
-    group = rng.choice(["a", "b", "rare"], size=n, p=[0.55, 0.35, 0.10])
-    df = pd.DataFrame({"group": group, "depth": rng.normal(size=n) + 3.0 * (group == "rare"),
-                       "count": rng.poisson(3.0, size=n) * (rng.random(n) < 0.5),
-                       "label": rng.choice(["no", "yes"], size=n)})
-    model = CADASG(tiny_config).fit(df)
-    off = model.sample(3000, seed=1)
-    model.config = model.config.replace(**{"model.calibrate_contexts": True})
-    model._calibration = None  # refit the corrections under the new option
-    on = model.sample(3000, seed=1)
-    real = df[df.group == "rare"].depth.mean()
-    gap_off = abs(off[off.group == "rare"].depth.mean() - real)
-    gap_on = abs(on[on.group == "rare"].depth.mean() - real)
-    assert gap_on < 0.5 * gap_off
-    assert abs(on.depth.mean() - df.depth.mean()) < 0.3  # all rows stay where the calibration put them
-    pd.testing.assert_series_equal(on["count"], off["count"])  # a column with an atom is not shifted
-    pd.testing.assert_series_equal(on["group"], off["group"])
