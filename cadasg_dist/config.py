@@ -437,8 +437,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, where + ".")
     if origin is Literal:
-        if "on" in args and "off" in args:  # a switch with "auto": true / false mean on / off
-            value = _SWITCH.get(str(value).lower(), value) if isinstance(value, bool | str) else value
+        if "on" in args and "off" in args and isinstance(value, bool | str):  # a switch with "auto"
+            value = _SWITCH.get(str(value).lower(), value)  # true / false mean on / off
         if value not in args:
             raise ConfigError(f"{where} must be one of {list(args)}, got {value!r}")
         return value
