@@ -98,7 +98,7 @@ def fit_ours(train: pd.DataFrame, spec, eps: float, delta: float, seed: int, epo
 
 # Part of the cache key of a CA-DASG fit: bump it when a change that the config does not show alters
 # what a fit produces (b: the quantile grids end at the released support; c: a lone noisy bin is no bound).
-ENGINE_REVISION = "2026-12-03c"
+ENGINE_REVISION = "2026-12-03d"
 
 
 def ours_cached(train: pd.DataFrame, spec, eps: float, delta: float, seed: int, epochs: int | None

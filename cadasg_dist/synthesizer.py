@@ -35,7 +35,7 @@ from cadasg_dist.data.io import read_table
 from cadasg_dist.data.schema import Schema, infer_schema
 from cadasg_dist.data.transforms import DataTransformer
 from cadasg_dist.errors import ArtifactError, ContextError, InvalidDataError
-from cadasg_dist.model.calibration import MarginalCalibration, class_counts, reference_probs
+from cadasg_dist.model.calibration import MarginalCalibration, class_counts, context_counts, reference_draw
 from cadasg_dist.model.networks import CADASGNetworks, ModelDims, model_dims
 from cadasg_dist.privacy.ledger import PrivacyLedger
 from cadasg_dist.train.fit import ProgressFn, fit_local
@@ -106,10 +106,14 @@ class CADASG:
                           cfg.model)
         class_span = dims.strata_span
         if prep is None:  # exact: a non-private fit reads the rows (a private one released them)
-            self.transformer.class_marginals = None
+            self.transformer.class_marginals = self.transformer.context_marginals = None
             if class_span is not None and cfg.class_calibration:
                 counts = class_counts(x, self.transformer, class_span)
                 self.transformer.class_marginals = {"std": 0.0, "counts": {k: v.tolist() for k, v in counts.items()}}
+            if cfg.context_calibration:
+                counts = context_counts(x, self.transformer, ids, self.extractor.n_contexts,
+                                        None if class_span is None else class_span.column)
+                self.transformer.context_marginals = {"std": 0.0, "counts": {k: v.tolist() for k, v in counts.items()}}
         return x, ids, dims
 
     def fit(self, data: pd.DataFrame | str | Path, *, context: list[str] | tuple[str, ...] | None = None,
@@ -193,10 +197,10 @@ class CADASG:
         if not calibrated or kinds == "off":
             return probs
         if self._calibration is None:
-            self._calibration = MarginalCalibration.fit(reference_probs(self), self.transformer,
-                                                        self.nets.dims.strata_span, kinds,
-                                                        self.config.class_calibration)
-        return self._calibration.apply(probs)
+            reference, contexts = reference_draw(self)
+            self._calibration = MarginalCalibration.fit(reference, self.transformer, self.nets.dims.strata_span, kinds,
+                                                        self.config.class_calibration, contexts)
+        return self._calibration.apply(probs, cell // self.cache.strata)
 
     @property
     def contexts(self) -> list[dict[str, Any]]:

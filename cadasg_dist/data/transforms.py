@@ -261,8 +261,11 @@ class DataTransformer:
         # Per class of the target, a histogram of every other column, for the per-class calibration
         # (cadasg_dist/model/calibration.py): {"std": noise sd per cell (0 = exact), "counts":
         # {column: [[count per cell] per class]}}, or None. Set by CADASG.prepare or, released under
-        # DP, by privacy.preprocessing.release_class_marginals.
+        # DP, by privacy.preprocessing.release_group_marginals.
         self.class_marginals: dict[str, Any] | None = None
+        # The same per context (cadasg_dist/model/calibration.py ``context_counts``: {"std", "counts":
+        # {column: [[count per cell] per context]}}), for the per-context calibration, or None.
+        self.context_marginals: dict[str, Any] | None = None
         for col in schema.columns:
             if col.name in self.exclude:
                 continue
@@ -377,6 +380,7 @@ class DataTransformer:
             "atom_share": first.atom_share if first else 0.05,
             "transforms": {name: t.to_dict() for name, t in self.transforms.items()},
             "class_marginals": self.class_marginals,
+            "context_marginals": self.context_marginals,
         }
 
     @classmethod
@@ -385,6 +389,7 @@ class DataTransformer:
         for name, t in dt.transforms.items():
             t.load_dict(d["transforms"][name])
         dt.class_marginals = d.get("class_marginals")
+        dt.context_marginals = d.get("context_marginals")
         dt.spans = dt._layout()
         return dt
 

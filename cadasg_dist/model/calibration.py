@@ -17,7 +17,7 @@ marginals match them:
 
 Then, where the transformer holds *class marginals* (``DataTransformer.class_marginals``: per class
 of the target's stratifying span, a histogram of every other column; a DP release in private runs,
-``privacy.preprocessing.release_class_marginals``), the same two corrections again, per class: each
+``privacy.preprocessing.release_group_marginals``), the same two corrections again, per class: each
 column's distribution among the rows of one target class, and a numeric column's atom and missing
 shares, are moved onto that class's histograms (``model.calibrate_classes``, by default on for a
 private fit at epsilon <= 3, where it lifts utility, and off above, where it cost rwm5yr). This restores what a
@@ -39,6 +39,7 @@ missing indicators of numeric columns, and the "standard" encoding are left as g
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,6 +53,12 @@ LEVELS = 199  # interior levels of a continuous map
 # A continuous column's class histogram counts its normal scores in this many equal-probability
 # cells of N(0, 1) (the quantile encoding makes the released marginal N(0, 1), so the cells are public).
 CLASS_CELLS = 8
+CLASS_EDGES = ndtri(np.arange(1, CLASS_CELLS) / CLASS_CELLS)  # their inner edges, as normal scores
+# A continuous column's context histogram counts its normal scores in cells of equal *width* in score
+# (the two tails beyond +-3 are cells too): a context that lives in the tail of the table's
+# distribution still spans several of them (diamonds' Fair: its median depth is the 98th percentile
+# of all rows, inside the top one of the class histograms' equal-probability cells).
+CONTEXT_EDGES = np.linspace(-3.0, 3.0, 25)
 MIN_CLASS_ROWS = 20  # a class with fewer reference rows keeps its global correction only
 MAX_FACTOR = 50.0  # a category's factor stays within [1/MAX_FACTOR, MAX_FACTOR]
 ITERATIONS = 50
@@ -64,14 +71,18 @@ class MarginalCalibration:
     class_span: tuple[int, int] | None = None  # (start, stop) of the pinned target span that gives a row's class
     class_factors: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)  # (class, start) -> factors
     class_maps: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    context_factors: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)  # (context, start) -> factors
+    context_maps: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     @classmethod
     def fit(cls, probs: torch.Tensor, transformer: DataTransformer, pinned: SpanInfo | None = None,
-            kinds: str = "both", classes: bool = True) -> MarginalCalibration:
+            kinds: str = "both", classes: bool = True, contexts: np.ndarray | None = None) -> MarginalCalibration:
         """Fit on ``probs`` (N, D), the activated decoder output of a reference draw; the ``pinned``
         span (the target's, set per cell) is left alone. ``kinds``: "both", "categorical",
         "continuous" or "off" (``model.calibrate_marginals``); ``classes``: also the per-class
-        corrections, where the transformer holds class marginals and ``pinned`` gives the class."""
+        corrections, where the transformer holds class marginals and ``pinned`` gives the class;
+        ``contexts`` (N,): each reference row's context, for the per-context corrections where the
+        transformer holds context marginals."""
         out, spans = cls(), transformer.spans
         pinned_start = None if pinned is None else pinned.start
         weights = _value_weights(probs, spans)
@@ -86,52 +97,70 @@ class MarginalCalibration:
             elif isinstance(t, ContinuousTransform) and t.encoding == "quantile" and continuous:
                 out.maps[span.start] = normal_score_map(block[:, 0].numpy(), weights.get(span.column))
         if classes and pinned is not None and transformer.class_marginals:
-            out._fit_classes(out.apply(probs), transformer, pinned, categorical, continuous)
+            out.class_span = (pinned.start, pinned.stop)
+            corrected = out.apply(probs)
+            klass = corrected[:, pinned.start:pinned.stop].argmax(1).numpy()
+            _fit_groups(corrected, klass, transformer, transformer.class_marginals, CLASS_EDGES,
+                        out.class_factors, out.class_maps, categorical, continuous)
+        if contexts is not None and transformer.context_marginals:
+            corrected = out.apply(probs)
+            _fit_groups(corrected, np.asarray(contexts), transformer, transformer.context_marginals, CONTEXT_EDGES,
+                        out.context_factors, out.context_maps, categorical, continuous)
         return out
 
-    def _fit_classes(self, probs: torch.Tensor, transformer: DataTransformer, pinned: SpanInfo,
-                     categorical: bool, continuous: bool) -> None:
-        """Per-class corrections on top of the global ones (``probs``: the globally corrected draw)."""
-        release = transformer.class_marginals
-        std, counts = float(release["std"]), release["counts"]
-        self.class_span = (pinned.start, pinned.stop)
-        klass = probs[:, pinned.start:pinned.stop].argmax(1).numpy()
-        weights = _value_weights(probs, transformer.spans)
-        for span in transformer.spans:
-            key = class_key(span)
-            if key not in counts:
-                continue
-            numeric = not isinstance(transformer.transforms[span.column], CategoricalTransform)
-            if (numeric and not continuous) or (not numeric and not categorical):
-                continue
-            for c, released in enumerate(counts[key]):
-                rows = klass == c
-                if rows.sum() < MIN_CLASS_ROWS:
-                    continue
-                block = probs[rows, span.start:span.stop].double()
-                if span.kind == "softmax":
-                    target = shrink_to_model(np.asarray(released, dtype=float), block.mean(0).numpy(), std)
-                    self.class_factors[(c, span.start)] = prior_shift(block, torch.from_numpy(target))
-                else:
-                    v = block[:, 0].numpy()
-                    w = weights[span.column][rows] if span.column in weights else np.ones(len(v))
-                    own = np.bincount(normal_cells(v), weights=w, minlength=CLASS_CELLS)
-                    target = shrink_to_model(np.asarray(released, dtype=float), own / max(own.sum(), 1e-12), std)
-                    self.class_maps[(c, span.start)] = cell_score_map(v, w, target)
-
-    def apply(self, probs: torch.Tensor) -> torch.Tensor:
-        """The corrected (N, D) probabilities / values (a new tensor)."""
-        if not self.factors and not self.maps and self.class_span is None:
+    def apply(self, probs: torch.Tensor, contexts: torch.Tensor | None = None) -> torch.Tensor:
+        """The corrected (N, D) probabilities / values (a new tensor); ``contexts`` (N,), each row's
+        context, applies the per-context corrections (none without it)."""
+        by_context = contexts is not None and bool(self.context_maps or self.context_factors)
+        if not self.factors and not self.maps and self.class_span is None and not by_context:
             return probs
         out = probs.clone()
         _correct(out, slice(None), self.factors, self.maps)
         if self.class_span is not None:
             klass = out[:, self.class_span[0]:self.class_span[1]].argmax(1)
-            for c in klass.unique().tolist():
-                rows = klass == c
-                _correct(out, rows, {s: f for (k, s), f in self.class_factors.items() if k == c},
-                         {s: m for (k, s), m in self.class_maps.items() if k == c})
+            _correct_groups(out, klass, self.class_factors, self.class_maps)
+        if by_context:
+            _correct_groups(out, torch.as_tensor(contexts), self.context_factors, self.context_maps)
         return out
+
+
+def _fit_groups(probs: torch.Tensor, groups: np.ndarray, transformer: DataTransformer, release: dict[str, Any],
+                edges: np.ndarray, factors: dict[tuple[int, int], torch.Tensor],
+                maps: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]], categorical: bool,
+                continuous: bool) -> None:
+    """Per group (a target class, a context) corrections of every span the release holds a histogram
+    of, on top of those already applied to ``probs``; written into ``factors`` and ``maps``."""
+    std, counts = float(release["std"]), release["counts"]
+    weights = _value_weights(probs, transformer.spans)
+    for span in transformer.spans:
+        key = class_key(span)
+        if key not in counts:
+            continue
+        numeric = not isinstance(transformer.transforms[span.column], CategoricalTransform)
+        if (numeric and not continuous) or (not numeric and not categorical):
+            continue
+        for g, released in enumerate(counts[key]):
+            rows = groups == g
+            if rows.sum() < MIN_CLASS_ROWS:
+                continue
+            block = probs[rows, span.start:span.stop].double()
+            if span.kind == "softmax":
+                target = shrink_to_model(np.asarray(released, dtype=float), block.mean(0).numpy(), std)
+                factors[(g, span.start)] = prior_shift(block, torch.from_numpy(target))
+            else:
+                v = block[:, 0].numpy()
+                w = weights[span.column][rows] if span.column in weights else np.ones(len(v))
+                own = np.bincount(normal_cells(v, edges), weights=w, minlength=len(edges) + 1)
+                target = shrink_to_model(np.asarray(released, dtype=float), own / max(own.sum(), 1e-12), std)
+                maps[(g, span.start)] = cell_score_map(v, w, target, edges)
+
+
+def _correct_groups(out: torch.Tensor, groups: torch.Tensor, factors: dict[tuple[int, int], torch.Tensor],
+                    maps: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]) -> None:
+    for g in groups.unique().tolist():
+        rows = groups == g
+        _correct(out, rows, {s: f for (k, s), f in factors.items() if k == g},
+                 {s: m for (k, s), m in maps.items() if k == g})
 
 
 def _correct(out: torch.Tensor, rows: slice | torch.Tensor, factors: dict[int, torch.Tensor],
@@ -166,18 +195,39 @@ def normal_score_map(values: np.ndarray, weights: np.ndarray | None) -> tuple[np
     return cell_score_map(values, w, np.full(CLASS_CELLS, 1.0 / CLASS_CELLS))
 
 
-def normal_cells(values: np.ndarray) -> np.ndarray:
-    """The cell (0..CLASS_CELLS-1) of each normal score: equal-probability cells of N(0, 1)."""
-    return np.searchsorted(ndtri(np.arange(1, CLASS_CELLS) / CLASS_CELLS), values, side="right")
+def normal_cells(values: np.ndarray, edges: np.ndarray = CLASS_EDGES) -> np.ndarray:
+    """The cell (0..len(edges)) of each normal score, cut at the inner ``edges`` (by default the
+    class histograms' CLASS_CELLS equal-probability cells of N(0, 1))."""
+    return np.searchsorted(edges, values, side="right")
+
+
+def _cell_levels(edges: np.ndarray) -> np.ndarray:
+    """N(0, 1)'s CDF at the cells' edges, outer ends included: (len(edges) + 2,)."""
+    return np.r_[0.0, ndtr(edges), 1.0]
 
 
 def class_counts(x: np.ndarray, transformer: DataTransformer, class_span: SpanInfo,
                  resolution: dict[str, float] | None = None) -> dict[str, np.ndarray]:
-    """Per span of every column but the target (keyed by ``class_key``), a (classes, cells) histogram
-    of encoded rows ``x`` by the class in ``class_span``: a categorical column's slots, a numeric
-    column's atom and missing indicators, and a quantile-encoded continuous value's CLASS_CELLS
-    cells over the rows whose value is used (not its atom, not missing). Each row adds
-    at most 1 to each histogram (L2 sensitivity sqrt(len(result)) over all of them).
+    """Per span of every column but the target (keyed by ``class_key``), a (classes, CLASS_CELLS)
+    histogram of encoded rows ``x`` by the class in ``class_span`` (``group_counts``)."""
+    klass = x[:, class_span.start:class_span.stop].argmax(1)
+    return group_counts(x, transformer, klass, class_span.width, class_span.column, CLASS_EDGES, resolution)
+
+
+def context_counts(x: np.ndarray, transformer: DataTransformer, contexts: np.ndarray, n_contexts: int,
+                   target: str | None, resolution: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+    """Per span of every column but the target, a (contexts, cells) histogram of encoded rows ``x``
+    by context (``contexts``: each row's id), continuous values in the CONTEXT_EDGES cells."""
+    return group_counts(x, transformer, np.asarray(contexts), n_contexts, target, CONTEXT_EDGES, resolution)
+
+
+def group_counts(x: np.ndarray, transformer: DataTransformer, groups: np.ndarray, n_groups: int, skip: str | None,
+                 edges: np.ndarray, resolution: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+    """Per span of every column but ``skip`` (keyed by ``class_key``), a (groups, cells) histogram
+    of encoded rows ``x`` by their group: a categorical column's slots, a numeric column's atom and
+    missing indicators, and a quantile-encoded continuous value's normal score in the cells cut at
+    ``edges``, over the rows whose value is used (not its atom, not missing). Each row adds at most
+    1 to each histogram (L2 sensitivity sqrt(len(result)) over all of them).
 
     A continuous row is counted as the values within ``resolution[column]`` (default: 0.5 for an
     integer column, else 0) of its own would be: its weight is split over the cells that the
@@ -185,13 +235,12 @@ def class_counts(x: np.ndarray, transformer: DataTransformer, class_span: SpanIn
     one tied value (an integer, or a value inside one cell of a DP histogram, where the grid is
     linear), while the encoder puts every row of that value at one score; counted as points, tied
     values would pile up in one cell and the calibration would chase the pile."""
-    klass = x[:, class_span.start:class_span.stop].argmax(1)
-    n_classes = class_span.width
     used = _value_weights(torch.from_numpy(np.asarray(x)), transformer.spans)
-    edges = np.arange(CLASS_CELLS + 1) / CLASS_CELLS
+    levels = _cell_levels(edges)
+    cells = len(edges) + 1
     out: dict[str, np.ndarray] = {}
     for span in transformer.spans:
-        if span.column == class_span.column:
+        if span.column == skip:
             continue
         t = transformer.transforms[span.column]
         if span.kind == "softmax":  # a categorical column, or a numeric one's atom or missing indicator
@@ -200,15 +249,15 @@ def class_counts(x: np.ndarray, transformer: DataTransformer, class_span: SpanIn
             half = (resolution or {}).get(span.column, 0.5 if t.schema.kind == "integer" else 0.0)
             lo, hi = _cdf_interval(np.asarray(x[:, span.start], dtype=float), t, half)
             width = np.maximum(hi - lo, 1e-12)
-            overlap = np.clip(np.minimum(hi[:, None], edges[None, 1:]) - np.maximum(lo[:, None], edges[None, :-1]),
+            overlap = np.clip(np.minimum(hi[:, None], levels[None, 1:]) - np.maximum(lo[:, None], levels[None, :-1]),
                               0.0, None)
             point = (hi - lo) < 1e-12  # a row at one score: its cell
-            mass = np.where(point[:, None], np.eye(CLASS_CELLS)[np.minimum((lo * CLASS_CELLS).astype(int),
-                                                                           CLASS_CELLS - 1)], overlap / width[:, None])
+            own = np.minimum(np.searchsorted(levels, lo, side="right") - 1, cells - 1).clip(0)
+            mass = np.where(point[:, None], np.eye(cells)[own], overlap / width[:, None])
             mass = mass * (used[span.column][:, None] if span.column in used else 1.0)
         else:
             continue
-        out[class_key(span)] = np.stack([mass[klass == c].sum(0) for c in range(n_classes)])
+        out[class_key(span)] = np.stack([mass[groups == g].sum(0) for g in range(n_groups)])
     return out
 
 
@@ -247,9 +296,11 @@ def shrink_to_model(released: np.ndarray, own: np.ndarray, std: float) -> np.nda
     return released / total if total > 0 else np.full(len(released), 1.0 / len(released))
 
 
-def cell_score_map(values: np.ndarray, weights: np.ndarray, shares: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Knots (x, y) of a monotone map sending the weighted ``values`` to normal scores whose
-    CLASS_CELLS equal-probability cells hold ``shares`` (N(0, 1)'s shape inside each cell)."""
+def cell_score_map(values: np.ndarray, weights: np.ndarray, shares: np.ndarray,
+                   edges: np.ndarray = CLASS_EDGES) -> tuple[np.ndarray, np.ndarray]:
+    """Knots (x, y) of a monotone map sending the weighted ``values`` to normal scores whose cells
+    (cut at ``edges``; by default the CLASS_CELLS equal-probability ones) hold ``shares``
+    (N(0, 1)'s shape inside each cell)."""
     order = np.argsort(values, kind="stable")
     v, w = values[order], np.clip(weights[order], 0.0, None)
     cdf = np.cumsum(w)
@@ -258,7 +309,7 @@ def cell_score_map(values: np.ndarray, weights: np.ndarray, shares: np.ndarray) 
     levels = np.arange(1, LEVELS + 1) / (LEVELS + 1)
     x = np.interp(levels * cdf[-1], cdf - w / 2, v)
     cum = np.r_[0.0, np.cumsum(shares + 1e-9)]
-    u = np.interp(levels, cum / cum[-1], np.arange(CLASS_CELLS + 1) / CLASS_CELLS)
+    u = np.interp(levels, cum / cum[-1], _cell_levels(edges))
     y = ndtri(np.clip(u, 1e-6, 1 - 1e-6))
     # A tie in the generated values (a run of equal knots) is one knot at the mean of its levels'
     # normal scores: the tied mass lands at the centre of its share, and the mapped mean stays right.
@@ -289,9 +340,10 @@ def _value_weights(probs: torch.Tensor, spans: tuple[SpanInfo, ...]) -> dict[str
     return weights
 
 
-def reference_probs(model, rows: int = REFERENCE_ROWS) -> torch.Tensor:
-    """The activated decoder output for ``rows`` rows over every cell at its cached share."""
+def reference_draw(model, rows: int = REFERENCE_ROWS) -> tuple[torch.Tensor, np.ndarray]:
+    """The activated decoder output for ``rows`` rows over every cell at its cached share, and
+    each row's context."""
     rng = np.random.default_rng(REFERENCE_SEED)
     g = torch.Generator().manual_seed(REFERENCE_SEED)
     cell = torch.from_numpy(model.cell_allocation(rows, None, rng))
-    return model.feature_probs(cell, g, calibrated=False)
+    return model.feature_probs(cell, g, calibrated=False), (cell // model.cache.strata).numpy()

@@ -21,7 +21,12 @@ from the rows comes from one of:
   default at epsilon <= 3): per class of
   the target, a histogram of every other column over the encoded rows (model/calibration.py
   ``class_counts``; sensitivity k·sqrt(T) for T histograms), which sampling uses to correct each
-  column per class.
+  column per class;
+* a fourth, ``preprocess/context_marginals`` (share ``privacy.context_marginals_share``), only when
+  the context calibration is on (``model.calibrate_contexts``; by default at epsilon <= 3): the
+  same histograms per context (``context_counts``; the pinned target class left out), which
+  sampling uses to correct each column per context. Context ids come from the declared or released
+  context domain, so grouping by them reads nothing more.
 
 Text columns need declared categories: a DP release of an unknown domain needs thresholding with
 a δ the Gaussian ledger cannot hold, so they are refused with the list of columns to declare.
@@ -54,13 +59,13 @@ from cadasg_dist.data.schema import (
     _refuse_identifier,
     datetime_to_seconds,
 )
-from cadasg_dist.data.transforms import ContinuousTransform, DataTransformer, SpanInfo
+from cadasg_dist.data.transforms import ContinuousTransform, DataTransformer
 from cadasg_dist.errors import ConfigError, InvalidDataError, PrivacyBudgetError
-from cadasg_dist.model.calibration import class_counts
+from cadasg_dist.model.calibration import class_counts, context_counts
 from cadasg_dist.model.networks import strata_span_for
 from cadasg_dist.privacy import entropy
 from cadasg_dist.privacy.ledger import PrivacyLedger
-from cadasg_dist.privacy.training import CLASS_MARGINALS, plan_budget
+from cadasg_dist.privacy.training import CLASS_MARGINALS, CONTEXT_MARGINALS, plan_budget
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +135,7 @@ def prepare_private(df: pd.DataFrame, cfg: CADASGConfig, *, rng: np.random.Gener
     # own release is in); a share planned but not spent goes to training.
     by_class = cfg.target is not None and cfg.class_calibration
     releases = (["preprocess/bounds"] if need_bounds else []) + ["preprocess/histograms"] + \
-        ([CLASS_MARGINALS] if by_class else [])
+        ([CLASS_MARGINALS] if by_class else []) + ([CONTEXT_MARGINALS] if cfg.context_calibration else [])
     n_units = len(frame) if units is None else int(units.max()) + 1
     plan = plan_budget(cfg, n_rows=len(frame), n_units=n_units, has_utility=cfg.target is not None,
                        preprocessing=releases)
@@ -170,17 +175,28 @@ def prepare_private(df: pd.DataFrame, cfg: CADASGConfig, *, rng: np.random.Gener
     transformer.spans = transformer._layout()  # atoms add spans
     frame = conform(frame, columns, transformer)
     encode_seed, x = int(rng.integers(2**62)), None
-    class_span = strata_span_for(tuple(s for s in transformer.spans if s.column == cfg.target)) if by_class else None
-    if class_span is not None:
-        sigma = plan.full_pass[CLASS_MARGINALS]
+    target_spans = tuple(s for s in transformer.spans if s.column == cfg.target)
+    pinned = strata_span_for(target_spans) if target_spans else None
+    class_span = pinned if by_class else None
+    if class_span is not None or cfg.context_calibration:
         x = transformer.encode(frame, seed=encode_seed)
         resolution = {c.name: value_resolution(c, cfg.privacy.histogram_bins) for c in columns
                       if c.categories is None and c.lo is not None}
-        transformer.class_marginals = release_class_marginals(x, transformer, class_span, sigma=sigma,
-                                                              rows_per_unit=k, rng=rng, resolution=resolution)
+    if class_span is not None:
+        sigma = plan.full_pass[CLASS_MARGINALS]
+        transformer.class_marginals = release_group_marginals(class_counts(x, transformer, class_span, resolution),
+                                                              sigma=sigma, rows_per_unit=k, rng=rng)
         ledger.record(name=CLASS_MARGINALS, noise_multiplier=sigma, sample_rate=1.0,
                       sensitivity=k * math.sqrt(len(transformer.class_marginals["counts"])))
         released[CLASS_MARGINALS] = [f"{c}.by_{cfg.target}" for c in transformer.class_marginals["counts"]]
+    if cfg.context_calibration:
+        sigma = plan.full_pass[CONTEXT_MARGINALS]
+        exact = context_counts(x, transformer, extractor.ids(frame), extractor.n_contexts,
+                               None if pinned is None else pinned.column, resolution)
+        transformer.context_marginals = release_group_marginals(exact, sigma=sigma, rows_per_unit=k, rng=rng)
+        ledger.record(name=CONTEXT_MARGINALS, noise_multiplier=sigma, sample_rate=1.0,
+                      sensitivity=k * math.sqrt(len(exact)))
+        released[CONTEXT_MARGINALS] = [f"{c}.by_context" for c in exact]
     return PrivatePreparation(schema, extractor, transformer, frame, units, encode_seed, ledger, released, x)
 
 
@@ -430,14 +446,12 @@ def value_resolution(col: _Column, bins: int) -> float:
     return 0.5 if len(starts) == 0 else float(np.max(ends - starts)) / 2.0
 
 
-def release_class_marginals(x: np.ndarray, transformer: DataTransformer, class_span: SpanInfo, *, sigma: float,
-                            rows_per_unit: int, rng: np.random.Generator,
-                            resolution: dict[str, float] | None = None) -> dict[str, Any]:
-    """Gaussian release of the per-class histograms of ``model.calibration.class_counts`` over the
-    encoded rows ``x``: each row adds at most 1 to each of the T histograms (split over its cells),
-    so a unit's L2 sensitivity is at most rows_per_unit * sqrt(T); every cell gets noise of that
-    times ``sigma``."""
-    exact = class_counts(x, transformer, class_span, resolution)
+def release_group_marginals(exact: dict[str, np.ndarray], *, sigma: float, rows_per_unit: int,
+                            rng: np.random.Generator) -> dict[str, Any]:
+    """Gaussian release of per-group histograms (``model.calibration.class_counts`` or
+    ``context_counts`` over the encoded rows): each row adds at most 1 to each of the T histograms
+    (split over its cells), so a unit's L2 sensitivity is at most rows_per_unit * sqrt(T); every
+    cell gets noise of that times ``sigma``."""
     std = sigma * rows_per_unit * math.sqrt(max(len(exact), 1))
     counts = {name: (c + rng.normal(0.0, std, c.shape)).tolist() for name, c in exact.items()}
     return {"std": std, "counts": counts}

@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 # Shares of the preprocessing budget: bounds only need coarse detection, quantiles need accuracy.
 PREPROCESS_SPLIT = {"preprocess/bounds": 0.25, "preprocess/histograms": 0.75}
 CLASS_MARGINALS = "preprocess/class_marginals"  # its share: privacy.class_marginals_share
+CONTEXT_MARGINALS = "preprocess/context_marginals"  # its share: privacy.context_marginals_share
 FINAL_CACHE = "cache/final"
 # The cache release is six blocks (n, Σx | Σxxᵀ | Σz, Σzzᵀ, Σvar), all at one multiplier (docs/privacy.md).
 CACHE_BLOCKS = 6
@@ -150,8 +151,8 @@ def plan_budget(cfg: CADASGConfig, *, n_rows: int, n_units: int, has_utility: bo
     if budget <= 0:
         raise PrivacyBudgetError(f"epsilon={p.epsilon} at delta={delta:.3g} is below what the accountant can "
                                  "certify; raise epsilon or delta")
-    shares = {name: (p.class_marginals_share if name == CLASS_MARGINALS
-                     else p.preprocessing_share * PREPROCESS_SPLIT[name]) for name in preprocessing}
+    own = {CLASS_MARGINALS: p.class_marginals_share, CONTEXT_MARGINALS: p.context_marginals_share}
+    shares = {name: own.get(name) or p.preprocessing_share * PREPROCESS_SPLIT[name] for name in preprocessing}
     if cfg.cache.final_pass:
         shares[FINAL_CACHE] = p.final_cache_share
     planned = {name: math.sqrt(order / (2.0 * share * budget)) for name, share in shares.items()}

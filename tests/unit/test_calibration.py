@@ -3,6 +3,8 @@ frequencies the private preprocessing releases for them, and sampling with them 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,10 +13,12 @@ from scipy import stats
 
 from cadasg_dist.model.calibration import (
     CLASS_CELLS,
+    CONTEXT_EDGES,
     _interp_linear_ends,
     cell_score_map,
     class_counts,
     class_key,
+    context_counts,
     normal_cells,
     normal_score_map,
     prior_shift,
@@ -206,3 +210,101 @@ def test_a_private_fit_with_the_class_release_stays_inside_epsilon(mixed_table, 
     assert model.epsilon <= 4.0
     rows = model.sample(500, seed=1)
     assert len(rows) == 500 and model._calibration.class_span is not None
+
+
+# --- per-context calibration --------------------------------------------------------------------
+
+def test_context_cells_resolve_a_context_that_lives_in_the_tail():
+    """Diamonds' Fair has its median depth at the 98th percentile of all rows: one of the class
+    histograms' equal-probability cells, several of the context histograms' equal-width ones."""
+    scores = np.random.default_rng(0).normal(2.2, 0.3, size=2000)
+    assert np.mean(normal_cells(scores) == CLASS_CELLS - 1) > 0.99
+    assert len(np.unique(normal_cells(scores, CONTEXT_EDGES))) >= 6
+    shares = np.bincount(normal_cells(scores, CONTEXT_EDGES), minlength=len(CONTEXT_EDGES) + 1) / len(scores)
+    x, y = cell_score_map(np.random.default_rng(1).normal(size=20_000), np.ones(20_000), shares, CONTEXT_EDGES)
+    mapped = _interp_linear_ends(np.random.default_rng(2).normal(size=20_000), x, y)
+    assert abs(np.median(mapped) - 2.2) < 0.05 and abs(np.std(mapped) - 0.3) < 0.05
+
+
+def _shifted(mixed_table):
+    """The mixed table with the rare group's score moved up by 6 (about 3 sd)."""
+    df = mixed_table.copy()
+    df.loc[df["group"] == "rare", "score"] += 6.0
+    return df
+
+
+def test_context_counts_split_every_column_but_the_pinned_target_by_context(mixed_table, tiny_config):
+    model = CADASG(tiny_config.replace(**{"model.calibrate_contexts": True}))
+    x, ids, dims = model.prepare(mixed_table)
+    counts = context_counts(x, model.transformer, ids, model.extractor.n_contexts, dims.strata_span.column)
+    assert set(counts) == {class_key(s) for s in model.transformer.spans if s.column != "label"}
+    flag = model.transformer.transforms["flag"].categories.index(True)
+    for g in range(model.extractor.n_contexts):
+        rows = ids == g
+        assert counts["flag"][g].sum() == rows.sum()
+        assert counts["flag"][g][flag] == (mixed_table["flag"].to_numpy() & rows).sum()
+    assert counts["score"].shape == (model.extractor.n_contexts, len(CONTEXT_EDGES) + 1)
+    assert model.transformer.context_marginals["std"] == 0.0  # exact in a non-private fit
+    assert set(model.transformer.context_marginals["counts"]) == set(counts)
+
+
+def test_sampling_follows_each_context_distribution(mixed_table, tiny_config, tmp_path):
+    """A 2-epoch model has not learnt that the rare group (5 % of rows) scores 6 higher; the
+    per-context calibration puts it there, and leaves sampling deterministic."""
+    df = _shifted(mixed_table)
+    model = CADASG(tiny_config.replace(**{"model.calibrate_contexts": True})).fit(df)
+    plain = CADASG.load(model.save(tmp_path / "m"))
+    plain.config = plain.config.replace(**{"model.calibrate_contexts": False})
+    plain.transformer.context_marginals = None
+    real = df.groupby("group")["score"].median()
+    gap = {}
+    for name, m in (("contexts", model), ("plain", plain)):
+        rows = m.sample(6000, seed=5)
+        gap[name] = float((rows.groupby("group")["score"].median() - real).abs().max())
+    assert gap["contexts"] < 0.5 and gap["contexts"] < gap["plain"] / 3, gap
+    again = CADASG.load(tmp_path / "m").sample(4000, seed=5)
+    pd.testing.assert_frame_equal(model.sample(4000, seed=5), again)
+
+
+def test_private_context_histograms_are_one_charged_release_with_the_stated_noise(mixed_table, tiny_config):
+    declared = {"group": {"categories": ["a", "b", "rare"]}, "label": {"categories": ["no", "yes"]}}
+    cfg = tiny_config.replace(**{"privacy.epsilon": 4.0, "data.columns": declared, "model.calibrate_contexts": True})
+    auto = cfg.replace(**{"model.calibrate_contexts": "auto"})
+    assert auto.replace(**{"privacy.epsilon": 3.0}).context_calibration  # "auto": on at epsilon <= 3 ...
+    assert not auto.context_calibration and not auto.replace(**{"privacy.epsilon": math.inf}).context_calibration
+    noisy = [prepare_private(mixed_table, cfg, rng=np.random.default_rng(seed)) for seed in range(30)]
+    prep = noisy[0]
+    release = prep.transformer.context_marginals
+    (mech,) = [m for m in prep.ledger.mechanisms if m.name == "preprocess/context_marginals"]
+    assert mech.sensitivity == pytest.approx(np.sqrt(len(release["counts"])))
+    assert release["std"] == pytest.approx(mech.noise_multiplier * mech.sensitivity)
+    assert set(prep.released["preprocess/context_marginals"]) == {f"{c}.by_context" for c in release["counts"]}
+    assert "label" not in release["counts"]  # the pinned target's class shares come from the cache
+    # (the declared groups' rows, and the flag's two slots: a run whose noisy release found missing
+    # values adds a slot after them)
+    flags = [np.array(p.transformer.context_marginals["counts"]["flag"])[:3, :2] for p in noisy]
+    cells = np.array(flags).reshape(30, -1)
+    assert np.std(cells, axis=0).mean() == pytest.approx(release["std"], rel=0.3)
+    off = prepare_private(mixed_table, cfg.replace(**{"model.calibrate_contexts": "off"}), rng=np.random.default_rng(0))
+    assert off.transformer.context_marginals is None
+    assert all(m.name != "preprocess/context_marginals" for m in off.ledger.mechanisms)
+
+
+def test_context_marginals_share_is_validated():
+    from cadasg_dist.config import CADASGConfig
+    from cadasg_dist.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="context_marginals_share"):
+        CADASGConfig().replace(**{"privacy.context_marginals_share": 0.75})
+
+
+def test_a_private_fit_with_the_context_release_stays_inside_epsilon(mixed_table, tiny_config):
+    declared = {"group": {"categories": ["a", "b", "rare"]}, "label": {"categories": ["no", "yes"]}}
+    cfg = tiny_config.replace(**{"privacy.epsilon": 4.0, "privacy.delta": 1e-5, "data.columns": declared,
+                                 "model.calibrate_classes": True, "model.calibrate_contexts": True})
+    model = CADASG(cfg).fit(_shifted(mixed_table))
+    names = [m.name for m in model.ledger.mechanisms]
+    assert "preprocess/context_marginals" in names and "preprocess/class_marginals" in names
+    assert model.epsilon <= 4.0
+    rows = model.sample(500, seed=1)
+    assert len(rows) == 500 and model._calibration.context_maps
