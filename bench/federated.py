@@ -11,7 +11,8 @@ data (``rounds * local_epochs`` epochs), it trains:
 * ``one silo (NAME)``: the largest silo alone, with the plan (what an institution gets by itself).
 
 Every model is scored on the same holdout by ``cadasg_dist.evaluate``: utility ratio (TSTR / TRTR)
-and per-context fidelity (the holdout-weighted mean and the worst context). Gaps are relative to
+and per-context fidelity (the holdout-weighted mean and the worst context), averaged over
+``--samples`` synthetic draws (3; ``utility_sd`` is their spread). Gaps are relative to
 ``central (plan)``. Also: bytes sent per client per round and wall time per round (median over
 rounds 2..R: round 1 includes starting the Ray actors) with and without SecAgg+.
 
@@ -64,13 +65,22 @@ def configs(table: str, spec, args: argparse.Namespace) -> tuple[CADASGConfig, F
     return cfg, fed
 
 
-def score(model: CADASG, train: pd.DataFrame, test: pd.DataFrame, spec, seed: int) -> dict:
-    synthetic = model.sample(len(train), seed=seed)
-    res = evaluate(scoring_view(test, spec), scoring_view(synthetic[train.columns], spec), target=spec.target,
-                   context=list(spec.contexts), train=scoring_view(train, spec), seed=seed)
-    return {"utility_ratio": res.utility.ratio if res.utility else None,
-            "context_fidelity": res.per_context.weighted_mean, "context_min": res.per_context.min,
-            "column_shape": res.fidelity.column_shape, "epsilon": model.epsilon}
+def score(model: CADASG, train: pd.DataFrame, test: pd.DataFrame, spec, seed: int, samples: int = 1) -> dict:
+    """Scores averaged over ``samples`` synthetic draws of the model (seeds seed, seed + 1, ...): on
+    rwm5yr one draw's utility ratio varies by about +-0.02 around the model's, as much as the
+    gaps this bench looks for; ``utility_sd`` is the spread between the draws."""
+    scores = []
+    for i in range(samples):
+        synthetic = model.sample(len(train), seed=seed + i)
+        res = evaluate(scoring_view(test, spec), scoring_view(synthetic[train.columns], spec), target=spec.target,
+                       context=list(spec.contexts), train=scoring_view(train, spec), seed=seed)
+        scores.append({"utility_ratio": res.utility.ratio if res.utility else None,
+                       "context_fidelity": res.per_context.weighted_mean, "context_min": res.per_context.min,
+                       "column_shape": res.fidelity.column_shape})
+    out = {k: (statistics.mean(s[k] for s in scores) if scores[0][k] is not None else None) for k in scores[0]}
+    utility = [s["utility_ratio"] for s in scores if s["utility_ratio"] is not None]
+    return {**out, "utility_sd": statistics.stdev(utility) if len(utility) > 1 else None, "samples": samples,
+            "epsilon": model.epsilon}
 
 
 def central_with_plan(plan: FederationPlan, rows: pd.DataFrame) -> CADASG:
@@ -132,7 +142,7 @@ def run_table(table: str, args: argparse.Namespace, work: Path) -> list[dict]:
 
     def add(name: str, model: CADASG, seconds: float, **extra) -> None:
         rows.append({"table": table, "model": name, "fit_s": round(seconds, 1),
-                     **score(model, train, test, spec, args.seed), **extra})
+                     **score(model, train, test, spec, args.seed, args.samples), **extra})
         print(f"[federated] {table} {name}: {rows[-1]}", file=sys.stderr, flush=True)
 
     t0 = time.perf_counter()
@@ -176,7 +186,8 @@ def fmt(v, digits=3) -> str:
 
 
 def render(rows: list[dict]) -> str:
-    cols = ["table", "model", "repeat", "epsilon", "utility_ratio", "context_fidelity", "context_min", "column_shape",
+    cols = ["table", "model", "repeat", "epsilon", "utility_ratio", "utility_sd", "context_fidelity", "context_min",
+            "column_shape",
             "fit_s", "round1_s", "round_s", "protocol_s", "bytes_per_client_round"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
@@ -222,6 +233,7 @@ def main() -> int:
                    "same central model")
     p.add_argument("--repeats", type=int, default=1, help="repeat the central and federated fits (a private "
                    "fit's noise is secret, so they differ); gaps are reported as mean ± sd")
+    p.add_argument("--samples", type=int, default=3, help="synthetic draws scored per model (averaged)")
     p.add_argument("--skip-one-silo", action="store_true", help="skip the one-silo-alone row")
     p.add_argument("--federated-set", action="append", default=[], metavar="KEY=VALUE",
                    help="engine config override for the federated runs only (the central runs keep the defaults)")
