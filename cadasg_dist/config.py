@@ -88,8 +88,8 @@ class ModelConfig:
     # ... and, per context, each column's distribution among that context's rows onto a histogram
     # by context (exact without DP; a DP release of privacy.context_marginals_share with it), the
     # pinned target excepted. "auto": on for a private fit at epsilon <= context_calibration_max_epsilon.
-    # Measured (docs/privacy.md, "Per-context calibration"): diamonds at epsilon 3, worst context
-    # 0.821 -> 0.875 at equal utility.
+    # Measured (docs/privacy.md, "2026-12-03 (night)"): diamonds at epsilon 3, worst context
+    # 0.821 -> 0.884; HI and rwm5yr at epsilon 1 and 3 rose on utility and worst context.
     calibrate_contexts: Literal["auto", "on", "off"] = "auto"
     context_calibration_max_epsilon: float = 3.0
     # The decoder reads each row's stratum (target class or value bin) besides its context, so the
