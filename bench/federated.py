@@ -7,6 +7,8 @@ data (``rounds * local_epochs`` epochs), it trains:
 * ``central (engine)``: ``CADASG.fit`` on the pooled training rows (its own preprocessing);
 * ``central (plan)``: the engine's loop on the pooled rows encoded with the federation's plan (the
   same DP-released schema), which isolates the effect of federating from that of the schema;
+  private, also the same model sampled with the central calibration defaults (a private plan turns
+  the per-class and per-context calibrations on at any epsilon, a central fit only at epsilon <= 3);
 * ``federated + SecAgg+`` and ``federated``: ``cadasg federated`` on the simulation engine;
 * ``one silo (NAME)``: the largest silo alone, with the plan (what an institution gets by itself).
 
@@ -162,7 +164,13 @@ def run_table(table: str, args: argparse.Namespace, work: Path) -> list[dict]:
         add("central (engine)", CADASG(engine_cfg).fit(train), time.perf_counter() - t0)
     for repeat in range(args.repeats):
         t0 = time.perf_counter()
-        add("central (plan)", central_with_plan(plan, train), time.perf_counter() - t0, repeat=repeat)
+        central = central_with_plan(plan, train)
+        add("central (plan)", central, time.perf_counter() - t0, repeat=repeat)
+        if cfg.private:  # the same model sampled as a central fit would be: the calibrations' central "auto"
+            central.config = central.config.replace(**{"model.calibrate_classes": "auto",
+                                                       "model.calibrate_contexts": "auto"})
+            central._calibration = None
+            add("central (plan), central calibration defaults", central, 0.0, repeat=repeat)
         for server_lr in [float(v) for v in str(args.server_lr).split(",")]:
             for secagg in [route == "secagg" for route in args.routes.split(",")]:
                 model, seconds = federated(train, table, args, plan_path, secagg, work, server_lr)

@@ -22,7 +22,7 @@ from cadasg_dist.context.cache import CacheStats
 from cadasg_dist.errors import ConfigError, InvalidDataError
 from cadasg_dist.federation.client import STATE_KEY, handle_train
 from cadasg_dist.federation.config import FederatedConfig, load_configs, parse_failure
-from cadasg_dist.federation.plan import FederationPlan, build_plan, conform, encode_silo
+from cadasg_dist.federation.plan import FederationPlan, build_plan, conform, encode_silo, federated_calibration
 from cadasg_dist.federation.records import (
     CACHE_FIELDS,
     cache_record,
@@ -125,6 +125,21 @@ def test_federated_config_validates_and_parses(tmp_path):
     cfg, fed = load_configs(path)
     assert cfg.target == "label" and (fed.rounds, fed.strategy, fed.secagg) == (3, "fedprox", False)
     assert FederatedConfig.from_json(fed.to_json()) == fed
+
+
+def test_a_private_plan_turns_the_class_and_context_calibrations_on(plan, private_plan):
+    """A federated model's class and context structure suffers from the silos' noisier DP-SGD, so
+    "auto" means on at any epsilon in a private federated run; the histograms are in the plan."""
+    model = private_plan.config.model
+    assert (model.calibrate_classes, model.calibrate_contexts) == ("on", "on")
+    assert private_plan.transformer.class_marginals and private_plan.transformer.context_marginals
+    names = {m.name for m in private_plan.preprocessing}
+    assert {"preprocess/class_marginals", "preprocess/context_marginals"} <= names
+    # explicit switches are kept; a non-private plan keeps "auto" (off without DP)
+    off = federated_calibration(private_plan.config.replace(**{"model.calibrate_classes": "off",
+                                                               "model.calibrate_contexts": "auto"}))
+    assert (off.model.calibrate_classes, off.model.calibrate_contexts) == ("off", "on")
+    assert plan.config.model.calibrate_classes == "auto" and not plan.config.class_calibration
 
 
 def test_plan_round_trips_and_charges_preprocessing(plan, private_plan):
