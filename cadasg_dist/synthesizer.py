@@ -199,7 +199,8 @@ class CADASG:
         if self._calibration is None:
             reference, contexts = reference_draw(self)
             self._calibration = MarginalCalibration.fit(reference, self.transformer, self.nets.dims.strata_span, kinds,
-                                                        self.config.class_calibration, contexts)
+                                                        self.config.class_calibration,
+                                                        contexts if self.config.context_calibration else None)
         return self._calibration.apply(probs, cell // self.cache.strata)
 
     @property
