@@ -79,6 +79,23 @@ def score(name: str, synthetic: pd.DataFrame, train: pd.DataFrame, test: pd.Data
     }
 
 
+def average_draws(scores: list[dict]) -> dict:
+    """One row for several synthetic draws of a model: the mean of every numeric score (None where
+    a draw has none), the first draw's other fields, ``utility_sd`` (the spread between the draws'
+    utility ratios; None for one draw) and ``draws``."""
+    out = {}
+    for key, first in scores[0].items():
+        if isinstance(first, (int, float)) and not isinstance(first, bool):
+            values = [s[key] for s in scores if s.get(key) is not None]
+            out[key] = float(np.mean(values)) if len(values) == len(scores) else None
+        else:
+            out[key] = first
+    utility = [s["utility_ratio"] for s in scores if s.get("utility_ratio") is not None]
+    out["utility_sd"] = float(np.std(utility, ddof=1)) if len(utility) > 1 else None
+    out["draws"] = len(scores)
+    return out
+
+
 def fit_ours(train: pd.DataFrame, spec, seed: int, epochs: int | None, overrides: dict | None = None
              ) -> tuple[CADASG, float, float]:
     cfg = CADASGConfig(target=spec.target, context=ContextConfig(columns=tuple(spec.contexts)),

@@ -42,7 +42,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.engine import scoring_view  # noqa: E402
+from bench.engine import average_draws, scoring_view  # noqa: E402
 from bench.splits import DECLARED, load_table, split  # noqa: E402
 from cadasg_dist.config import CADASGConfig, parse_overrides  # noqa: E402
 from cadasg_dist.evaluate import evaluate  # noqa: E402
@@ -79,10 +79,8 @@ def score(model: CADASG, train: pd.DataFrame, test: pd.DataFrame, spec, seed: in
         scores.append({"utility_ratio": res.utility.ratio if res.utility else None,
                        "context_fidelity": res.per_context.weighted_mean, "context_min": res.per_context.min,
                        "column_shape": res.fidelity.column_shape})
-    out = {k: (statistics.mean(s[k] for s in scores) if scores[0][k] is not None else None) for k in scores[0]}
-    utility = [s["utility_ratio"] for s in scores if s["utility_ratio"] is not None]
-    return {**out, "utility_sd": statistics.stdev(utility) if len(utility) > 1 else None, "samples": samples,
-            "epsilon": model.epsilon}
+    out = average_draws(scores)
+    return {**out, "samples": out.pop("draws"), "epsilon": model.epsilon}
 
 
 def central_with_plan(plan: FederationPlan, rows: pd.DataFrame) -> CADASG:
