@@ -107,8 +107,8 @@ class CADASG:
         class_span = dims.strata_span
         if prep is None:  # exact: a non-private fit reads the rows (a private one released them)
             self.transformer.class_marginals = self.transformer.context_marginals = None
-            if class_span is not None and cfg.class_calibration:
-                counts = class_counts(x, self.transformer, class_span)
+            if dims.strata > 1 and cfg.class_calibration:
+                counts = class_counts(x, self.transformer, dims)
                 self.transformer.class_marginals = {"std": 0.0, "counts": {k: v.tolist() for k, v in counts.items()}}
             if cfg.context_calibration:
                 counts = context_counts(x, self.transformer, ids, self.extractor.n_contexts,
@@ -198,7 +198,7 @@ class CADASG:
             return probs
         if self._calibration is None:
             reference, contexts = reference_draw(self)
-            self._calibration = MarginalCalibration.fit(reference, self.transformer, self.nets.dims.strata_span, kinds,
+            self._calibration = MarginalCalibration.fit(reference, self.transformer, self.nets.dims, kinds,
                                                         self.config.class_calibration,
                                                         contexts if self.config.context_calibration else None)
         return self._calibration.apply(probs, cell // self.cache.strata)

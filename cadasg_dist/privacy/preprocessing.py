@@ -17,11 +17,12 @@ from the rows comes from one of:
   ``preprocess/histograms``, a histogram per column inside its bounds (plus a missing cell), which
   gives quantiles, point masses (atoms), missingness and the most common category;
 * a third, ``preprocess/class_marginals`` (share ``privacy.class_marginals_share``), only when
-  the target gives classes and the class calibration is on (``model.calibrate_classes``; by
-  default at epsilon <= 3): per class of
-  the target, a histogram of every other column over the encoded rows (model/calibration.py
-  ``class_counts``; sensitivity k·sqrt(T) for T histograms), which sampling uses to correct each
-  column per class;
+  the target gives strata and the class calibration is on (``model.calibrate_classes``; by
+  default at epsilon <= 3): per stratum of the target (its class, or a numeric target's value
+  bin: ``ModelDims.stratum``, from the released quantile grid, so grouping reads nothing more), a
+  histogram of every other column over the encoded rows (model/calibration.py ``class_counts``;
+  each row falls in one stratum, so the sensitivity is k·sqrt(T) for T histograms), which
+  sampling uses to correct each column per stratum;
 * a fourth, ``preprocess/context_marginals`` (share ``privacy.context_marginals_share``), only when
   the context calibration is on (``model.calibrate_contexts``; by default at epsilon <= 3): the
   same histograms per context (``context_counts``; the pinned target class left out), which
@@ -62,7 +63,7 @@ from cadasg_dist.data.schema import (
 from cadasg_dist.data.transforms import ContinuousTransform, DataTransformer
 from cadasg_dist.errors import ConfigError, InvalidDataError, PrivacyBudgetError
 from cadasg_dist.model.calibration import class_counts, context_counts
-from cadasg_dist.model.networks import strata_span_for
+from cadasg_dist.model.networks import model_dims
 from cadasg_dist.privacy import entropy
 from cadasg_dist.privacy.ledger import PrivacyLedger
 from cadasg_dist.privacy.training import CLASS_MARGINALS, CONTEXT_MARGINALS, plan_budget
@@ -175,16 +176,16 @@ def prepare_private(df: pd.DataFrame, cfg: CADASGConfig, *, rng: np.random.Gener
     transformer.spans = transformer._layout()  # atoms add spans
     frame = conform(frame, columns, transformer)
     encode_seed, x = int(rng.integers(2**62)), None
-    target_spans = tuple(s for s in transformer.spans if s.column == cfg.target)
-    pinned = strata_span_for(target_spans) if target_spans else None
-    class_span = pinned if by_class else None
-    if class_span is not None or cfg.context_calibration:
+    dims = model_dims(transformer.output_dim, transformer.spans, extractor.n_contexts, cfg.target, cfg.model)
+    pinned = dims.strata_span
+    by_stratum = by_class and dims.strata > 1
+    if by_stratum or cfg.context_calibration:
         x = transformer.encode(frame, seed=encode_seed)
         resolution = {c.name: value_resolution(c, cfg.privacy.histogram_bins) for c in columns
                       if c.categories is None and c.lo is not None}
-    if class_span is not None:
+    if by_stratum:
         sigma = plan.full_pass[CLASS_MARGINALS]
-        transformer.class_marginals = release_group_marginals(class_counts(x, transformer, class_span, resolution),
+        transformer.class_marginals = release_group_marginals(class_counts(x, transformer, dims, resolution),
                                                               sigma=sigma, rows_per_unit=k, rng=rng)
         ledger.record(name=CLASS_MARGINALS, noise_multiplier=sigma, sample_rate=1.0,
                       sensitivity=k * math.sqrt(len(transformer.class_marginals["counts"])))

@@ -139,7 +139,7 @@ def test_shrinkage_takes_exact_counts_and_distrusts_counts_drowned_in_noise():
 def test_class_counts_split_every_other_column_by_the_target_class(mixed_table, tiny_config):
     model = CADASG(tiny_config.replace(**{"model.calibrate_classes": True}))
     x, _, dims = model.prepare(mixed_table)
-    counts = class_counts(x, model.transformer, dims.strata_span)
+    counts = class_counts(x, model.transformer, dims)
     t = model.transformer.transforms
     assert set(counts) == {class_key(s) for s in model.transformer.spans if s.column != "label"}
     assert "count.atom" in counts  # a numeric column's atom share is counted by class too
@@ -169,6 +169,41 @@ def test_sampling_follows_each_class_distribution(mixed_table, tiny_config, tmp_
     assert gap["classes"] < 0.3 and gap["classes"] < gap["plain"] / 2, gap
     again = CADASG.load(tmp_path / "m").sample(4000, seed=5)  # deterministic, also after loading
     pd.testing.assert_frame_equal(model.sample(4000, seed=5), again)
+
+
+def test_a_numeric_target_splits_the_histograms_by_its_value_bin(mixed_table, tiny_config):
+    """No classes to split by: the strata are the target's equal-mass value bins."""
+    model = CADASG(tiny_config.replace(**{"target": "score", "model.calibrate_classes": True}))
+    x, _, dims = model.prepare(mixed_table)
+    assert dims.strata == tiny_config.model.target_bins == 5 and dims.strata_span is None
+    counts = class_counts(x, model.transformer, dims)
+    assert "score" not in counts and counts["flag"].shape == (5, 2)
+    rows_per_bin = counts["flag"].sum(1)  # every row in one bin, about a fifth in each
+    assert rows_per_bin.sum() == len(mixed_table)
+    np.testing.assert_allclose(rows_per_bin / len(mixed_table), 0.2, atol=0.03)
+    # the bins are the score's quintiles: the label's share in each is the real one
+    yes = model.transformer.transforms["label"].categories.index("yes")
+    quintile = pd.qcut(mixed_table["score"], 5, labels=False)
+    real = (mixed_table["label"] == "yes").groupby(quintile).mean().to_numpy()
+    np.testing.assert_allclose(counts["label"][:, yes] / rows_per_bin, real, atol=0.05)
+    assert real[0] < 0.1 and real[-1] > 0.8
+
+
+def test_sampling_follows_each_value_bin_of_a_numeric_target(mixed_table, tiny_config, tmp_path):
+    """A 2-epoch model has not learnt how the label moves with score; the per-bin calibration puts
+    it back."""
+    model = CADASG(tiny_config.replace(**{"target": "score", "model.calibrate_classes": True})).fit(mixed_table)
+    plain = CADASG.load(model.save(tmp_path / "m"))
+    plain.config = plain.config.replace(**{"model.calibrate_classes": False})
+    edges = np.quantile(mixed_table["score"], [0.2, 0.4, 0.6, 0.8])
+
+    def yes_by_bin(df: pd.DataFrame) -> np.ndarray:
+        return (df["label"] == "yes").groupby(np.searchsorted(edges, df["score"])).mean().to_numpy()
+
+    real = yes_by_bin(mixed_table)
+    gap = {name: float(np.abs(yes_by_bin(m.sample(4000, seed=5)) - real).max())
+           for name, m in (("bins", model), ("plain", plain))}
+    assert gap["bins"] < 0.15 and gap["bins"] < gap["plain"] / 2, gap
 
 
 def test_private_class_histograms_are_one_charged_release_with_the_stated_noise(mixed_table, tiny_config):
@@ -209,7 +244,7 @@ def test_a_private_fit_with_the_class_release_stays_inside_epsilon(mixed_table, 
     assert "preprocess/class_marginals" in names
     assert model.epsilon <= 4.0
     rows = model.sample(500, seed=1)
-    assert len(rows) == 500 and model._calibration.class_span is not None
+    assert len(rows) == 500 and model._calibration.strata is not None
 
 
 # --- per-context calibration --------------------------------------------------------------------
