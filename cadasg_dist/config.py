@@ -77,8 +77,9 @@ class ModelConfig:
     # histograms; cadasg_dist/model/calibration.py): categorical columns, continuous columns, both,
     # or none. Post-processing: no budget.
     calibrate_marginals: Literal["both", "categorical", "continuous", "off"] = "both"
-    # ... and, per class of the target, each column's distribution among that class's rows onto a
-    # histogram by class (exact without DP; a DP release of privacy.class_marginals_share with it).
+    # ... and, per stratum of the target (its class; a numeric target's value bin, of target_bins),
+    # each column's distribution among that stratum's rows onto a histogram by stratum (exact
+    # without DP; a DP release of privacy.class_marginals_share with it).
     # "auto": on for a private fit at epsilon <= class_calibration_max_epsilon, off otherwise.
     # Measured (docs/privacy.md, "Per-class calibration"): at epsilon 1 and 3 it lifts rwm5yr's
     # utility on two seeds each (1: 0.834 / 0.813 -> 0.879 / 0.882; 3: 0.889 / 0.858 -> 0.918 / 0.955);

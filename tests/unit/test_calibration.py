@@ -227,6 +227,22 @@ def test_private_class_histograms_are_one_charged_release_with_the_stated_noise(
     assert all(m.name != "preprocess/class_marginals" for m in off.ledger.mechanisms)
 
 
+def test_a_private_numeric_target_releases_one_histogram_per_value_bin(mixed_table, tiny_config):
+    declared = {"group": {"categories": ["a", "b", "rare"]}, "label": {"categories": ["no", "yes"]}}
+    cfg = tiny_config.replace(**{"target": "score", "privacy.epsilon": 4.0, "data.columns": declared,
+                                 "model.calibrate_classes": True})
+    prep = prepare_private(mixed_table, cfg, rng=np.random.default_rng(0))
+    release = prep.transformer.class_marginals
+    (mech,) = [m for m in prep.ledger.mechanisms if m.name == "preprocess/class_marginals"]
+    # a row per value bin (times two where the noisy release found score missing: its indicator
+    # is a stratum too), the target itself left out; a row is in one, so the sensitivity is sqrt(T)
+    strata, slots = np.shape(release["counts"]["label"])
+    assert "score" not in release["counts"] and strata in (5, 10) and slots == 2
+    assert mech.sensitivity == pytest.approx(np.sqrt(len(release["counts"])))
+    assert release["std"] == pytest.approx(mech.noise_multiplier * mech.sensitivity) and release["std"] > 0
+    assert set(prep.released["preprocess/class_marginals"]) == {f"{c}.by_score" for c in release["counts"]}
+
+
 def test_class_marginals_share_is_validated():
     from cadasg_dist.config import CADASGConfig
     from cadasg_dist.errors import ConfigError
