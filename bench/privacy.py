@@ -146,12 +146,11 @@ def average_fits(fits: list[dict]) -> dict:
     fit) and ``fit_utilities``; one fit is returned as it is."""
     if len(fits) == 1:
         return fits[0]
-    out = {key: (float(np.mean([f[key] for f in fits])) if all(isinstance(f.get(key), (int, float))
-                                                            and not isinstance(f.get(key), bool) for f in fits)
-                 else first) for key, first in fits[0].items()}
+    out = average_draws(fits)  # the means; its utility_sd is then the spread between the fits
+    draw_sd = [f["utility_sd"] for f in fits]
     utility = [f["utility_ratio"] for f in fits]
-    return {**out, "fits": len(fits), "fit_sd": float(np.std(utility, ddof=1)), "utility_min": min(utility),
-            "fit_utilities": utility}
+    return {**out, "utility_sd": None if None in draw_sd else float(np.mean(draw_sd)), "draws": fits[0]["draws"],
+            "fits": len(fits), "fit_sd": out["utility_sd"], "utility_min": min(utility), "fit_utilities": utility}
 
 
 def spent(model: CADASG) -> float:
@@ -260,7 +259,8 @@ def main() -> int:
     ap.add_argument("--audit", action="store_true")
     ap.add_argument("--shadow", action="store_true")
     args = ap.parse_args()
-    unknown = [b for b in filter(None, args.baselines.split(",")) if b not in BASELINES]
+    baselines = [b for b in args.baselines.split(",") if b]
+    unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
         ap.error(f"unknown baseline {unknown[0]!r}; choose from {', '.join(BASELINES)} (or --baselines '' for none)")
     if args.fits < 1 or args.draws < 1:
@@ -287,7 +287,7 @@ def main() -> int:
                 if i == 0:
                     synthetic = draws[0]
             rows.append(average_fits(fits))
-            for name in filter(None, args.baselines.split(",")):
+            for name in baselines:
                 if not math.isfinite(eps) and name in ("mst", "aim"):
                     continue  # no non-private mode; the SDV baselines of bench/engine.py are the ε = ∞ reference
                 syn = run_baseline(table, name, eps, delta, args.seed, args.timeout)
