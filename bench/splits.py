@@ -145,8 +145,9 @@ DECLARED: dict[str, dict] = {
     "rwm5yr": {"year": {"kind": "categorical", "categories": [1984, 1985, 1986, 1987, 1988]},
                "female": {"kind": "categorical", "categories": [0, 1]},
                "edlevel": {"kind": "categorical", "categories": [1, 2, 3, 4]},
-               **{c: {"kind": "categorical", "categories": [0, 1]}
-                  for c in ("outwork", "married", "kids", "self", "edlevel1", "edlevel2", "edlevel3", "edlevel4")}},
+               **{c: {"kind": "categorical", "categories": [0, 1]} for c in ("outwork", "married", "kids", "self")},
+               # one-hot copies of edlevel: computed from it at sampling, never modelled
+               **{f"edlevel{i}": {"kind": "derived", "of": "edlevel", "equals": i} for i in range(1, 5)}},
     "SLID": {"sex": {"categories": ["Female", "Male"]}, "language": {"categories": ["English", "French", "Other"]}},
     "diamonds": {"cut": {"categories": ["Fair", "Good", "Very Good", "Premium", "Ideal"]},
                  "color": {"categories": list("DEFGHIJ")},

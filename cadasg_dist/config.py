@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from cadasg_dist.errors import ConfigError
 
-ColumnKind = Literal["continuous", "integer", "categorical", "boolean", "datetime", "identifier"]
+ColumnKind = Literal["continuous", "integer", "categorical", "boolean", "datetime", "identifier", "derived"]
 
 
 @dataclass(frozen=True)
@@ -27,12 +27,19 @@ class ColumnOverride:
     Everything here is *declared public*: bounds and categories given in config are not read from
     the data, so they cost no privacy budget. Anything left unset is estimated from the data and
     must be paid for by the privacy ledger when training is private.
+
+    ``kind: derived`` declares a column a function of another: an indicator, 1 where column ``of``
+    equals ``equals`` and 0 elsewhere (one-hot copies such as rwm5yr's edlevel1..4 of edlevel). Its
+    values are never read or modelled; sampling computes it from the generated ``of``, so the
+    dependency holds in every synthetic row.
     """
 
     kind: ColumnKind | None = None
     min: float | None = None
     max: float | None = None
     categories: tuple[str, ...] | None = None
+    of: str | None = None  # a derived column's source column
+    equals: Any = None  # the source value where a derived column is 1
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ import torch
 
 from cadasg_dist import __version__
 from cadasg_dist.artifact import FORMAT, FORMAT_VERSION, load_artifact, save_artifact
-from cadasg_dist.config import CADASGConfig, ContextConfig
+from cadasg_dist.config import CADASGConfig, ColumnOverride, ContextConfig
 from cadasg_dist.context.cache import ContextCache
 from cadasg_dist.context.extractor import RuleContextExtractor
 from cadasg_dist.data.io import read_table
@@ -77,6 +77,10 @@ class CADASG:
                 raise InvalidDataError(f"unknown context column {col!r}; columns: {', '.join(map(str, df.columns))}")
         if cfg.target is not None and cfg.target not in df.columns:
             raise InvalidDataError(f"unknown target column {cfg.target!r}; columns: {', '.join(map(str, df.columns))}")
+        for col in (cfg.target, *cfg.context.columns):
+            if col is not None and cfg.data.columns.get(col, ColumnOverride()).kind == "derived":
+                raise InvalidDataError(f"column {col!r} is declared derived, so it is not modelled: it cannot be the "
+                                       f"target or a context column; use the column it is derived from instead")
         self._private_prep = None
         if cfg.private:  # from declarations and DP releases only; rows capped per privacy unit
             from cadasg_dist.privacy.preprocessing import prepare_private
@@ -180,7 +184,7 @@ class CADASG:
             frame = self.transformer.decode(probs.numpy(), rng)
             frames.append(self.extractor.fill(frame, (cell // self.cache.strata).numpy()))
         out = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-        return out[[c for c in self.schema.names if c in out.columns]]
+        return self.schema.with_derived(out)
 
     @torch.inference_mode()
     def feature_probs(self, cell: torch.Tensor, generator: torch.Generator, *, calibrated: bool = True

@@ -91,7 +91,7 @@ def _merged(model: CADASG, jobs: list[SampleJob]) -> list[pd.DataFrame]:
     probs = np.concatenate([p[2] for p in parts])  # (sum n, D)
     frame = model.transformer.decode(probs, _StackedRandom([p[0] for p in parts], sizes))
     frame = model.extractor.fill(frame, ids)
-    frame = frame[[c for c in model.schema.names if c in frame.columns]]
+    frame = model.schema.with_derived(frame)
     bounds = np.cumsum([0, *sizes])
     return [frame.iloc[a:b].reset_index(drop=True) for a, b in zip(bounds, bounds[1:])]
 

@@ -4,7 +4,9 @@ Privacy: inference reads the *types and distinct counts* of the real table to pi
 kind of a column is treated as public metadata (it is what a data dictionary would publish); the
 values that transforms later read (bounds, categories, quantiles) are tracked separately in
 ``ColumnSchema.sources``: "declared" (public, from config) or "data" (private, estimated from the
-real rows and owed to the privacy ledger when training is private).
+real rows and owed to the privacy ledger when training is private). A *derived* column
+(``DerivedColumn``, ``kind: derived`` in config) is a declared function of another column: its
+values are never read, only its storage type (public metadata, like every kind).
 """
 
 from __future__ import annotations
@@ -54,13 +56,80 @@ class ColumnSchema:
 
 
 @dataclass(frozen=True)
+class DerivedColumn:
+    """A column declared an indicator of another: 1 where column ``of`` equals ``equals``, 0 where
+    it holds another value, missing where it is missing. Declared public: the real column's values
+    are never read or modelled; ``compute`` makes it from the synthetic ``of`` column."""
+
+    name: str
+    of: str
+    equals: Any
+    dtype: str  # pandas dtype of the original column, restored on output
+
+    def compute(self, source: pd.Series) -> pd.Series:
+        missing = source.isna().to_numpy()
+        hit = source.map(_match_key).to_numpy() == _match_key(self.equals)
+        values = pd.Series(hit.astype(np.int64), index=source.index, name=self.name)
+        if missing.any():
+            values = values.astype("Int64").mask(missing)
+        if self.dtype == "bool":
+            return values.astype("boolean" if missing.any() else bool)
+        if self.dtype.startswith("float"):
+            return values.astype(self.dtype)
+        return values
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "of": self.of, "equals": _plain_scalar(self.equals), "dtype": self.dtype}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DerivedColumn:
+        return cls(name=d["name"], of=d["of"], equals=d["equals"], dtype=d["dtype"])
+
+
+def _match_key(v: Any) -> str:
+    """A value as a derived column compares it: 1, 1.0, "1" and np.int64(1) are one value."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return str(v)
+
+
+@dataclass(frozen=True)
 class Schema:
     columns: tuple[ColumnSchema, ...]
     dropped: tuple[str, ...] = ()  # declared identifiers, never modelled
+    derived: tuple[DerivedColumn, ...] = ()  # declared functions of a modelled column, never modelled
+    order: tuple[str, ...] = ()  # every output column (modelled and derived) in the table's order
 
     @property
     def names(self) -> list[str]:
+        """The modelled columns."""
         return [c.name for c in self.columns]
+
+    @property
+    def output_names(self) -> list[str]:
+        """Every column a synthetic table holds: the modelled and the derived ones, in table order."""
+        return list(self.order) if self.order else self.names + [d.name for d in self.derived]
+
+    def with_derived(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """``frame`` (the modelled columns) with the derived columns added, in output order."""
+        if not self.derived:
+            return frame[[c for c in self.names if c in frame.columns]]
+        frame = frame.copy()
+        for d in self.derived:
+            frame[d.name] = d.compute(frame[d.of])
+        return frame[[c for c in self.output_names if c in frame.columns]]
+
+    def evaluation_schema(self) -> Schema:
+        """The schema of a synthetic table, derived columns included as 0/1 categories, for metrics
+        that read every output column."""
+        if not self.derived:
+            return self
+        extra = {d.name: ColumnSchema(name=d.name, kind="categorical", dtype=d.dtype, has_missing=self[d.of].has_missing,
+                                      categories=(0, 1)) for d in self.derived}
+        by_name = {c.name: c for c in self.columns} | extra
+        return Schema(columns=tuple(by_name[n] for n in self.output_names), dropped=self.dropped)
 
     def __getitem__(self, name: str) -> ColumnSchema:
         for c in self.columns:
@@ -73,11 +142,14 @@ class Schema:
         return [f"{c.name}.{stat}" for c in self.columns for stat, src in c.sources.items() if src == "data"]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"columns": [c.to_dict() for c in self.columns], "dropped": list(self.dropped)}
+        return {"columns": [c.to_dict() for c in self.columns], "dropped": list(self.dropped),
+                "derived": [d.to_dict() for d in self.derived], "order": list(self.order)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Schema:
-        return cls(columns=tuple(ColumnSchema.from_dict(c) for c in d["columns"]), dropped=tuple(d.get("dropped", ())))
+        return cls(columns=tuple(ColumnSchema.from_dict(c) for c in d["columns"]), dropped=tuple(d.get("dropped", ())),
+                   derived=tuple(DerivedColumn.from_dict(x) for x in d.get("derived", ())),
+                   order=tuple(d.get("order", ())))
 
 
 def infer_schema(df: pd.DataFrame, config: DataConfig | None = None) -> Schema:
@@ -93,16 +165,49 @@ def infer_schema(df: pd.DataFrame, config: DataConfig | None = None) -> Schema:
     if unknown:
         raise InvalidDataError(f"config declares column {unknown[0]!r}, which the table does not have; "
                                f"columns: {', '.join(map(str, df.columns))}")
+    derived = declared_derived(df, config)
     columns, dropped = [], []
     for name in df.columns:
         override = config.columns.get(str(name), ColumnOverride())
-        if override.kind == "identifier":
-            dropped.append(str(name))
+        if override.kind in ("identifier", "derived"):
+            dropped.extend([str(name)] if override.kind == "identifier" else [])
             continue
         columns.append(_infer_column(df[name], str(name), override, config.max_categories))
     if not columns:
         raise InvalidDataError("no column is left to model once identifiers are dropped")
-    return Schema(columns=tuple(columns), dropped=tuple(dropped))
+    return Schema(columns=tuple(columns), dropped=tuple(dropped), derived=derived,
+                  order=output_order(df, config))
+
+
+def declared_derived(df: pd.DataFrame, config: DataConfig) -> tuple[DerivedColumn, ...]:
+    """The columns ``config`` declares derived, checked against the table's column names and the
+    other declarations (no value is read). Raises ``InvalidDataError`` naming the bad declaration."""
+    out = []
+    for name, override in config.columns.items():
+        if override.kind != "derived":
+            if override.of is not None or override.equals is not None:
+                raise InvalidDataError(f"column {name!r} sets of/equals but is not derived: add "
+                                       f"data.columns.{name}.kind: derived, or drop of/equals")
+            continue
+        source = config.columns.get(str(override.of), ColumnOverride())
+        if override.of is None or override.equals is None:
+            raise InvalidDataError(f"derived column {name!r} needs both data.columns.{name}.of (the column it "
+                                   f"indicates) and data.columns.{name}.equals (the value where it is 1)")
+        if override.of not in df.columns or override.of == name or source.kind in ("identifier", "derived"):
+            raise InvalidDataError(f"derived column {name!r}: of={override.of!r} must name another modelled "
+                                   "column of the table (not an identifier or a derived column)")
+        if source.categories is not None and _match_key(override.equals) not in map(_match_key, source.categories):
+            raise InvalidDataError(f"derived column {name!r}: equals={override.equals!r} is not a declared "
+                                   f"category of {override.of!r}: use one of {list(source.categories)}")
+        out.append(DerivedColumn(name=name, of=str(override.of), equals=_plain_scalar(override.equals),
+                                 dtype=str(df[name].dtype)))
+    return tuple(out)
+
+
+def output_order(df: pd.DataFrame, config: DataConfig) -> tuple[str, ...]:
+    """The table's columns but the identifiers: the order of a synthetic table's columns."""
+    kinds = {name: o.kind for name, o in config.columns.items()}
+    return tuple(str(c) for c in df.columns if kinds.get(str(c)) != "identifier")
 
 
 def _infer_column(s: pd.Series, name: str, override: ColumnOverride, max_categories: int) -> ColumnSchema:
@@ -140,7 +245,7 @@ def _infer_column(s: pd.Series, name: str, override: ColumnOverride, max_categor
             sources["categories"] = "declared"  # {False, True} is known without looking
     else:
         raise InvalidDataError(f"column {name!r}: unknown kind {kind!r}; use continuous, integer, "
-                               "categorical, boolean, datetime or identifier")
+                               "categorical, boolean, datetime, identifier or derived")
     return ColumnSchema(name=name, kind=kind, dtype=dtype, has_missing=has_missing, min=lo, max=hi,
                         categories=cats, sources=sources)
 

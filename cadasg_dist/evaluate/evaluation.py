@@ -59,7 +59,7 @@ def evaluate(real: pd.DataFrame, synthetic: pd.DataFrame, *, target: str | None 
     started = time.perf_counter()
     context = tuple(context)
     _check_arguments(real, synthetic, train, target, context, max_rows)
-    schema = schema if schema is not None else infer_schema(real)
+    schema = schema.evaluation_schema() if schema is not None else infer_schema(real)
     check_columns(schema, real, synthetic, train)
     kinds = {c.name: c.kind for c in schema.columns}
     _check_names(kinds, target, context)

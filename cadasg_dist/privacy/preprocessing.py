@@ -59,6 +59,8 @@ from cadasg_dist.data.schema import (
     Schema,
     _refuse_identifier,
     datetime_to_seconds,
+    declared_derived,
+    output_order,
 )
 from cadasg_dist.data.transforms import ContinuousTransform, DataTransformer
 from cadasg_dist.errors import ConfigError, InvalidDataError, PrivacyBudgetError
@@ -130,6 +132,7 @@ def prepare_private(df: pd.DataFrame, cfg: CADASGConfig, *, rng: np.random.Gener
     frame, units = cap_units(df, cfg, rng)
     data_cfg = _data_config(cfg)
     columns, dropped = _columns(frame, data_cfg, cfg)
+    derived = declared_derived(frame, data_cfg)
     _check_declarations(columns, cfg)
     need_bounds = [c for c in columns if c.lo is None and (c.kind in NUMERIC or c.coded)]
     # The class histograms are planned whenever the target may give classes (known once the target's
@@ -159,7 +162,8 @@ def prepare_private(df: pd.DataFrame, cfg: CADASGConfig, *, rng: np.random.Gener
     released["preprocess/histograms"] = [f"{c.name}.{s}" for c in columns
                                          for s in ("missing", *c.fitted, *(("frequencies",) if c.histogram is not None
                                                                           else ()))]
-    schema = Schema(columns=tuple(_schema_column(c) for c in columns), dropped=tuple(dropped))
+    schema = Schema(columns=tuple(_schema_column(c) for c in columns), dropped=tuple(dropped),
+                    derived=derived, order=output_order(frame, data_cfg))
     by_name = {c.name: c for c in columns}
     extractor = private_extractor(cfg, schema, by_name)
     if cfg.target is not None and cfg.target in extractor.categorical_columns:
@@ -249,8 +253,8 @@ def _columns(df: pd.DataFrame, data_cfg: DataConfig, cfg: CADASGConfig) -> tuple
     columns, dropped = [], []
     for name in map(str, df.columns):
         override = data_cfg.columns.get(name, ColumnOverride())
-        if override.kind == "identifier":
-            dropped.append(name)
+        if override.kind in ("identifier", "derived"):  # derived: computed at sampling, never read
+            dropped.extend([name] if override.kind == "identifier" else [])
             continue
         kind = override.kind or _storage_kind(df[name], name)
         col = _Column(name, kind, str(df[name].dtype), override)
