@@ -126,8 +126,8 @@ class Schema:
         that read every output column."""
         if not self.derived:
             return self
-        extra = {d.name: ColumnSchema(name=d.name, kind="categorical", dtype=d.dtype, has_missing=self[d.of].has_missing,
-                                      categories=(0, 1)) for d in self.derived}
+        extra = {d.name: ColumnSchema(name=d.name, kind="categorical", dtype=d.dtype,
+                                      has_missing=self[d.of].has_missing, categories=(0, 1)) for d in self.derived}
         by_name = {c.name: c for c in self.columns} | extra
         return Schema(columns=tuple(by_name[n] for n in self.output_names), dropped=self.dropped)
 
