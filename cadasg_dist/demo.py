@@ -29,7 +29,10 @@ DEMO_CONTEXT = ("year", "female")
 def demo_config(epochs: int | None = None, seed: int = 0) -> CADASGConfig:
     cfg = CADASGConfig(
         target=DEMO_TARGET,
-        data=DataConfig(columns={"id": ColumnOverride(kind="identifier")}),
+        # id is the person (never modelled); edlevel1..4 are one-hot copies of edlevel, computed from it
+        data=DataConfig(columns={"id": ColumnOverride(kind="identifier"),
+                                 **{f"edlevel{i}": ColumnOverride(kind="derived", of="edlevel", equals=i)
+                                    for i in range(1, 5)}}),
         context=ContextConfig(columns=DEMO_CONTEXT),
         train=TrainConfig(seed=seed),
     )

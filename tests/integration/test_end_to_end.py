@@ -16,6 +16,8 @@ def test_short_training_on_rwm5yr_keeps_contexts_classes_and_utility(rwm5yr, tmp
     synthetic = CADASG.load(model.save(tmp_path / "m")).sample(len(train), seed=0)
 
     assert list(synthetic.columns) == [c for c in train.columns if c != "id"]
+    for i in range(1, 5):  # the one-hot copies are declared derived: they agree with edlevel in every row
+        assert (synthetic[f"edlevel{i}"] == (synthetic["edlevel"] == i).astype(int)).all()
     # contexts at their real shares; the rare positive class (8.5%) at its real rate
     real_share = train.groupby(["year", "female"]).size() / len(train)
     syn_share = synthetic.groupby(["year", "female"]).size() / len(synthetic)
