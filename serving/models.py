@@ -88,8 +88,15 @@ def _context_values(model: CADASG) -> dict[str, list[Any]]:
 def public_metadata(model: CADASG, *, name: str, version: str, loaded_at: str,
                     valid: dict[str, list[Any]]) -> dict[str, Any]:
     """What ``GET /v1/model`` shows (see the module docstring for what is left out and why)."""
-    columns = []
-    for col in model.schema.columns:
+    schema, columns = model.schema, []
+    derived = {d.name: d for d in schema.derived}
+    for column in schema.output_names:
+        if column in derived:  # declared: an indicator of another column
+            d = derived[column]
+            columns.append({"name": column, "kind": "derived", "dtype": d.dtype, "of": d.of,
+                            "equals": _jsonable(d.equals), "nullable": bool(schema[d.of].has_missing)})
+            continue
+        col = schema[column]
         entry: dict[str, Any] = {"name": col.name, "kind": col.kind, "dtype": col.dtype,
                                  "nullable": bool(col.has_missing)}
         if col.sources.get("bounds") == "declared":

@@ -100,3 +100,14 @@ def _data(columns: dict) -> DataConfig:
     from cadasg_dist.config import CADASGConfig
 
     return CADASGConfig.from_dict({"data": {"columns": columns}}).data
+
+
+def test_serving_metadata_lists_derived_columns_in_table_order(model, table):
+    from serving.models import public_metadata
+
+    meta = public_metadata(model, name="m", version="1", loaded_at="now", valid={})
+    columns = meta["schema"]["columns"]
+    assert [c["name"] for c in columns] == list(table.columns)
+    entry = next(c for c in columns if c["name"] == "level_is_3")
+    assert entry == {"name": "level_is_3", "kind": "derived", "dtype": "int64", "of": "level", "equals": 3,
+                     "nullable": True}
