@@ -351,18 +351,25 @@ def substitute(template: str, **values: str) -> str:
 
 
 def run_command(table: str, name: str, template: str, seed: int, cache: Path, threads: int,
-                timeout: float | None = None) -> dict:
+                timeout: float | None = None, derived: dict[str, tuple[str, object]] | None = None) -> dict:
+    """Fit and sample with an external command. ``derived`` (name -> (source, value)): columns left
+    out of the table the command sees and computed from their source on its output, as CA-DASG
+    does with a column declared derived."""
     import pandas as pd
+
+    from cadasg_dist.data.schema import DerivedColumn
 
     df, _spec = load_table(table)
     train, _test = split(df, seed=seed)
+    derived = {k: DerivedColumn(name=k, of=of, equals=eq, dtype=str(train[k].dtype))
+               for k, (of, eq) in (derived or {}).items()}
     d = cache_dir(cache, table, name, seed)
     meta = base_meta(table, name, seed, train, threads)
     meta["command_template"] = template
     synthetic = None
     with tempfile.TemporaryDirectory(prefix=f"cmd-{table}-") as tmp:
         tin, tout = Path(tmp) / "train.csv", Path(tmp) / "synthetic.csv"
-        train.to_csv(tin, index=False)
+        train.drop(columns=list(derived)).to_csv(tin, index=False)
         cmd = substitute(template, train=shlex.quote(str(tin)), out=shlex.quote(str(tout)),
                          rows=str(len(train)), seed=str(seed))
         meta["command"] = cmd
@@ -379,6 +386,11 @@ def run_command(table: str, name: str, template: str, seed: int, cache: Path, th
             if not tout.exists():
                 raise FileNotFoundError(f"command wrote no {{out}} file ({tout})")
             synthetic = pd.read_csv(tout)
+            if derived:
+                for column in derived.values():
+                    synthetic[column.name] = column.compute(synthetic[column.of])
+                synthetic = synthetic[[c for c in train.columns if c in synthetic.columns]]
+                meta["derived_columns"] = sorted(derived)
             meta["n_synthetic"] = int(len(synthetic))
             if len(synthetic) != len(train):
                 meta["warning"] = f"expected {len(train)} rows, got {len(synthetic)}"

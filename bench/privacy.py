@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.engine import BENCH_PY, CACHE, average_draws, cached  # noqa: E402
 from bench.engine import score as engine_score  # noqa: E402
-from bench.splits import DECLARED, load_table, split  # noqa: E402
+from bench.splits import DECLARED, derived_columns, load_table, split  # noqa: E402
 from cadasg_dist.config import CADASGConfig, ContextConfig, TrainConfig, parse_overrides  # noqa: E402
 from cadasg_dist.data.schema import infer_schema  # noqa: E402
 from cadasg_dist.evaluate.features import encode, fit_encoder, widened_schema  # noqa: E402
@@ -160,12 +160,13 @@ def spent(model: CADASG) -> float:
 def run_baseline(table: str, name: str, eps: float, delta: float, seed: int, timeout: float) -> pd.DataFrame | None:
     from bench.baselines import run_command
 
-    key = f"{name}_eps{eps:g}"
+    derived = derived_columns(table)  # the same declared knowledge CA-DASG gets
+    key = f"{name}_eps{eps:g}" + ("_derived" if derived else "")
     hit = cached(table, key, seed)
     if hit is None:
         template = BASELINES[name].replace("{eps}", f"{eps:g}").replace("{delta}", f"{delta:g}")
         log(f"{table}/{key}: fitting")
-        meta = run_command(table, key, template, seed, CACHE, threads=1, timeout=timeout)
+        meta = run_command(table, key, template, seed, CACHE, threads=1, timeout=timeout, derived=derived)
         if meta.get("status") != "ok":
             log(f"{table}/{key}: {meta.get('error', 'failed')}")
             return None

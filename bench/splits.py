@@ -155,6 +155,12 @@ DECLARED: dict[str, dict] = {
 }
 
 
+def derived_columns(table: str) -> dict[str, tuple[str, object]]:
+    """The columns DECLARED derived for ``table``: name -> (source column, value where it is 1). The
+    DP baselines get the same declaration as CA-DASG (dropped before fitting, computed after)."""
+    return {name: (d["of"], d["equals"]) for name, d in DECLARED.get(table, {}).items() if d.get("kind") == "derived"}
+
+
 def datasets_dir() -> Path:
     """Directory holding the CSVs.
 
