@@ -169,8 +169,9 @@ def infer_schema(df: pd.DataFrame, config: DataConfig | None = None) -> Schema:
     columns, dropped = [], []
     for name in df.columns:
         override = config.columns.get(str(name), ColumnOverride())
-        if override.kind in ("identifier", "derived"):
-            dropped.extend([str(name)] if override.kind == "identifier" else [])
+        if override.kind == "identifier":
+            dropped.append(str(name))
+        if override.kind in ("identifier", "derived"):  # derived: computed at sampling, never read
             continue
         columns.append(_infer_column(df[name], str(name), override, config.max_categories))
     if not columns:

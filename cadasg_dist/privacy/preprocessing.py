@@ -253,8 +253,9 @@ def _columns(df: pd.DataFrame, data_cfg: DataConfig, cfg: CADASGConfig) -> tuple
     columns, dropped = [], []
     for name in map(str, df.columns):
         override = data_cfg.columns.get(name, ColumnOverride())
+        if override.kind == "identifier":
+            dropped.append(name)
         if override.kind in ("identifier", "derived"):  # derived: computed at sampling, never read
-            dropped.extend([name] if override.kind == "identifier" else [])
             continue
         kind = override.kind or _storage_kind(df[name], name)
         col = _Column(name, kind, str(df[name].dtype), override)
