@@ -118,7 +118,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--table", default="rwm5yr")
     ap.add_argument("--epsilon", default="1")
-    ap.add_argument("--match", default="", help="only the cached fits whose slot name contains this")
+    ap.add_argument("--match", default="", help="only the cached fits whose slot name contains one of these "
+                                                "(comma-separated)")
     ap.add_argument("--scales", default="1", help="noise sd multiples of the fit's own release, comma-separated")
     ap.add_argument("--draws", type=int, default=6, help="fresh noise draws per scale")
     ap.add_argument("--samples", type=int, default=2, help="synthetic tables scored per release")
@@ -127,7 +128,8 @@ def main() -> int:
         ap.error(f"--draws and --samples must be >= 1, got {args.draws} and {args.samples}")
     scales = [float(s) for s in args.scales.split(",") if s]
     root = CACHE / args.table / f"cadasg_eps{float(args.epsilon):g}"
-    fits = sorted(d for d in root.glob("seed*") if (d / "model").is_dir() and args.match in d.name)
+    patterns = args.match.split(",")
+    fits = sorted(d for d in root.glob("seed*") if (d / "model").is_dir() and any(p in d.name for p in patterns))
     if not fits:
         ap.error(f"no cached fits under {root} matching {args.match!r}; run bench/privacy.py first")
     import torch
