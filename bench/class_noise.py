@@ -16,8 +16,11 @@ Every CA-DASG fit that ``bench/privacy.py`` cached under ``bench/.cache/{table}/
 
 Each release is scored by the utility ratio of ``bench/privacy.py`` (train on synthetic, test on
 the real holdout, over train on real), on ``--samples`` synthetic tables of the training table's
-size, averaged. It is an off-line study: reading the exact counts and scoring on the holdout both
-use real rows, and nothing here is a release.
+size (seeds 100, 101, ...), averaged; the downstream model's seed is 0 for every fit (the bench
+uses the split's seed), so a fit's figures here can differ a little from its bench score.
+
+It is an off-line study: reading the exact counts and scoring on the holdout both use real rows,
+and nothing here is a release.
 """
 
 from __future__ import annotations
