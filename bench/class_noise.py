@@ -75,10 +75,10 @@ def exact_class_counts(model: CADASG, train: pd.DataFrame) -> dict[str, np.ndarr
     return class_counts(x, model.transformer, model.nets.dims, resolution)
 
 
-def utility(model: CADASG, train: pd.DataFrame, test: pd.DataFrame, spec, samples: int) -> float:
-    """Mean utility ratio over ``samples`` synthetic tables (seeds 100, 101, ...)."""
-    real, fit_real = scoring_view(test, spec), scoring_view(train, spec)
-    kinds = {c.name: c.kind for c in infer_schema(real).columns}
+def utility(model: CADASG, train: pd.DataFrame, fit_real: pd.DataFrame, real: pd.DataFrame, kinds: dict[str, str],
+            spec, samples: int) -> float:
+    """Mean utility ratio over ``samples`` synthetic tables (seeds 100, 101, ...); ``fit_real`` and
+    ``real`` are the training rows and the holdout as scored (``scoring_view``)."""
     ratios = []
     for s in range(samples):
         syn = scoring_view(model.sample(len(train), seed=100 + s)[train.columns], spec)
@@ -98,6 +98,8 @@ def study(model_dir: Path, df: pd.DataFrame, spec, scales: list[float], draws: i
         raise SystemExit(f"{model_dir}: no private class histograms (a fit at epsilon <= 3 with the per-class "
                          "calibration on has them)")
     exact = exact_class_counts(model, train)
+    real, fit_real = scoring_view(test, spec), scoring_view(train, spec)  # once per fit, not per release
+    kinds = {c.name: c.kind for c in infer_schema(real).columns}
     std = float(own["std"])
     rng = np.random.default_rng(seed)
     noise = [{k: rng.normal(0.0, std, v.shape) for k, v in exact.items()} for _ in range(draws)]
@@ -105,7 +107,7 @@ def study(model_dir: Path, df: pd.DataFrame, spec, scales: list[float], draws: i
     def score(release: dict) -> float:
         model.transformer.class_marginals = release
         model._calibration = None  # refitted from the swapped release on the next sample
-        return utility(model, train, test, spec, samples)
+        return utility(model, train, fit_real, real, kinds, spec, samples)
 
     row = {"fit": model_dir.name, "own": score(own),
            "exact": score({"std": 0.0, "counts": {k: v.tolist() for k, v in exact.items()}})}
