@@ -119,20 +119,31 @@ def study(model_dir: Path, df: pd.DataFrame, spec, scales: list[float], draws: i
     return row
 
 
+def positive_floats(text: str) -> list[float]:
+    """``--scales``: comma-separated numbers > 0."""
+    try:
+        values = [float(s) for s in text.split(",") if s]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected numbers > 0, got {text!r}")
+    return values
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--table", default="rwm5yr")
-    ap.add_argument("--epsilon", default="1")
+    ap.add_argument("--epsilon", type=float, default=1.0)
     ap.add_argument("--match", default="", help="only the cached fits whose slot name contains one of these "
                                                 "(comma-separated)")
-    ap.add_argument("--scales", default="1", help="noise sd multiples of the fit's own release, comma-separated")
+    ap.add_argument("--scales", type=positive_floats, default="1",
+                    help="noise sd multiples of the fit's own release, comma-separated")
     ap.add_argument("--draws", type=int, default=6, help="fresh noise draws per scale")
     ap.add_argument("--samples", type=int, default=2, help="synthetic tables scored per release")
     args = ap.parse_args()
     if args.draws < 1 or args.samples < 1:
         ap.error(f"--draws and --samples must be >= 1, got {args.draws} and {args.samples}")
-    scales = [float(s) for s in args.scales.split(",") if s]
-    root = CACHE / args.table / f"cadasg_eps{float(args.epsilon):g}"
+    root = CACHE / args.table / f"cadasg_eps{args.epsilon:g}"
     patterns = args.match.split(",")
     fits = sorted(d for d in root.glob("seed*") if (d / "model").is_dir() and any(p in d.name for p in patterns))
     if not fits:
@@ -142,7 +153,7 @@ def main() -> int:
     torch.set_num_threads(1)
     df, spec = load_table(args.table)
     with threadpool_limits(limits=1):  # like the bench's fits: one thread each, no oversubscription
-        rows = [study(d, df, spec, scales, args.draws, args.samples) for d in fits]
+        rows = [study(d, df, spec, args.scales, args.draws, args.samples) for d in fits]
     cols = [k for k in rows[0] if k != "fit"]
     lines = ["| fit | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     lines += [f"| {r['fit']} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |" for r in rows]
