@@ -22,7 +22,9 @@ from the rows comes from one of:
   bin: ``ModelDims.stratum``, from the released quantile grid, so grouping reads nothing more), a
   histogram of every other column over the encoded rows (model/calibration.py ``class_counts``;
   each row falls in one stratum, so the sensitivity is k·sqrt(T) for T histograms), which
-  sampling uses to correct each column per stratum;
+  sampling uses to correct each column per stratum; a categorical target's thin classes share one
+  histogram with a neighbour (``class_groups``, chosen from the released class shares and the
+  public row count: free, and still one histogram per row);
 * a fourth, ``preprocess/context_marginals`` (share ``privacy.context_marginals_share``), only when
   the context calibration is on (``model.calibrate_contexts``; by default at epsilon <= 3): the
   same histograms per context (``context_counts``; the pinned target class left out), which
@@ -62,10 +64,10 @@ from cadasg_dist.data.schema import (
     declared_derived,
     output_order,
 )
-from cadasg_dist.data.transforms import ContinuousTransform, DataTransformer
+from cadasg_dist.data.transforms import CategoricalTransform, ContinuousTransform, DataTransformer
 from cadasg_dist.errors import ConfigError, InvalidDataError, PrivacyBudgetError
-from cadasg_dist.model.calibration import class_counts, context_counts
-from cadasg_dist.model.networks import model_dims
+from cadasg_dist.model.calibration import class_counts, context_counts, group_rows, stratum_groups
+from cadasg_dist.model.networks import ModelDims, model_dims
 from cadasg_dist.privacy import entropy
 from cadasg_dist.privacy.ledger import PrivacyLedger
 from cadasg_dist.privacy.training import CLASS_MARGINALS, CONTEXT_MARGINALS, plan_budget
@@ -189,8 +191,11 @@ def prepare_private(df: pd.DataFrame, cfg: CADASGConfig, *, rng: np.random.Gener
                       if c.categories is None and c.lo is not None}
     if by_stratum:
         sigma = plan.full_pass[CLASS_MARGINALS]
-        transformer.class_marginals = release_group_marginals(class_counts(x, transformer, dims, resolution),
+        exact = class_counts(x, transformer, dims, resolution)
+        groups = class_groups(transformer, dims, len(frame), sigma * k * math.sqrt(len(exact)))
+        transformer.class_marginals = release_group_marginals(exact if groups is None else group_rows(exact, groups),
                                                               sigma=sigma, rows_per_unit=k, rng=rng)
+        transformer.class_marginals["groups"] = groups
         ledger.record(name=CLASS_MARGINALS, noise_multiplier=sigma, sample_rate=1.0,
                       sensitivity=k * math.sqrt(len(transformer.class_marginals["counts"])))
         released[CLASS_MARGINALS] = [f"{c}.by_{cfg.target}" for c in transformer.class_marginals["counts"]]
@@ -450,6 +455,18 @@ def value_resolution(col: _Column, bins: int) -> float:
     is spread over its cell when the class histograms count it (``class_counts``)."""
     points, starts, ends = _cells(col, bins)
     return 0.5 if len(starts) == 0 else float(np.max(ends - starts)) / 2.0
+
+
+def class_groups(transformer: DataTransformer, dims: ModelDims, n_rows: int, std: float) -> list[int] | None:
+    """The class histograms' groups (``model.calibration.stratum_groups``) for a categorical target,
+    from its released class shares (``preprocess/histograms``) and the public row count; None (one
+    group per stratum) for a numeric target, whose equal-mass bins are not thin by construction."""
+    span, t = dims.strata_span, transformer.transforms.get(dims.target_spans[0].column)
+    if span is None or span.role != "value" or dims.target_bins != 1 or not isinstance(t, CategoricalTransform) \
+            or t.frequencies is None or len(t.frequencies) != span.width:
+        return None
+    groups = stratum_groups(n_rows * np.asarray(t.frequencies), std)
+    return None if len(set(groups)) == len(groups) else groups
 
 
 def release_group_marginals(exact: dict[str, np.ndarray], *, sigma: float, rows_per_unit: int,
