@@ -13,9 +13,6 @@ Every CA-DASG fit that ``bench/privacy.py`` cached under ``bench/.cache/{table}/
   (S = 1: as noisy as the fit's own; S = 1/sqrt(2): the sd a doubled ``class_marginals_share``
   gives). The draws are the same across scales (paired), so a scale's gain is measured on equal
   noise directions.
-* ``other grouping`` (``--groups``): as ``scale 1``, with the target's strata grouped the other way
-  (``privacy.preprocessing.class_groups``: the thin classes of a categorical target merged, or each
-  stratum on its own for a release that merged them); a group takes the draws of its first stratum.
 
 Each release is scored by the utility ratio of ``bench/privacy.py`` (train on synthetic, test on
 the real holdout, over train on real), on ``--samples`` synthetic tables of the training table's
@@ -46,8 +43,8 @@ from bench.engine import CACHE, scoring_view  # noqa: E402
 from bench.splits import load_table, split  # noqa: E402
 from cadasg_dist.data.schema import infer_schema  # noqa: E402
 from cadasg_dist.evaluate.utility import measure_utility  # noqa: E402
-from cadasg_dist.model.calibration import class_counts, group_rows  # noqa: E402
-from cadasg_dist.privacy.preprocessing import class_groups, value_resolution  # noqa: E402
+from cadasg_dist.model.calibration import class_counts  # noqa: E402
+from cadasg_dist.privacy.preprocessing import value_resolution  # noqa: E402
 from cadasg_dist.synthesizer import CADASG  # noqa: E402
 
 
@@ -92,8 +89,7 @@ def utility(model: CADASG, train: pd.DataFrame, fit_real: pd.DataFrame, real: pd
     return float(np.mean(ratios))
 
 
-def study(model_dir: Path, df: pd.DataFrame, spec, scales: list[float], draws: int, samples: int,
-          compare_groups: bool) -> dict:
+def study(model_dir: Path, df: pd.DataFrame, spec, scales: list[float], draws: int, samples: int) -> dict:
     seed = int(re.match(r"seed(\d+)_", model_dir.name).group(1))
     train, test = split(df, seed=seed)
     model = CADASG.load(model_dir / "model")
@@ -101,36 +97,24 @@ def study(model_dir: Path, df: pd.DataFrame, spec, scales: list[float], draws: i
     if not own or not own.get("std"):
         raise SystemExit(f"{model_dir}: no private class histograms (a fit at epsilon <= 3 with the per-class "
                          "calibration on has them)")
-    per_stratum = exact_class_counts(model, train)
-    groups = own.get("groups")
-    exact = per_stratum if groups is None else group_rows(per_stratum, groups)
+    exact = exact_class_counts(model, train)
     real, fit_real = scoring_view(test, spec), scoring_view(train, spec)  # once per fit, not per release
     kinds = {c.name: c.kind for c in infer_schema(real).columns}
     std = float(own["std"])
     rng = np.random.default_rng(seed)
-    noise = [{k: rng.normal(0.0, std, np.shape(v)) for k, v in per_stratum.items()} for _ in range(draws)]
+    noise = [{k: rng.normal(0.0, std, v.shape) for k, v in exact.items()} for _ in range(draws)]
 
     def score(release: dict) -> float:
         model.transformer.class_marginals = release
         model._calibration = None  # refitted from the swapped release on the next sample
         return utility(model, train, fit_real, real, kinds, spec, samples)
 
-    def fresh(counts: dict[str, np.ndarray], groups: list[int] | None, s: float) -> float:
-        """Mean score of ``counts`` plus each draw's noise times ``s`` (a group's row takes the draw
-        of its first stratum's, so a grouping is compared on paired noise too)."""
-        first = None if groups is None else [groups.index(g) for g in range(max(groups) + 1)]
-        return float(np.mean([score({"std": std * s, "groups": groups,
-                                     "counts": {k: (v + s * (n[k] if first is None else n[k][first])).tolist()
-                                                for k, v in counts.items()}}) for n in noise]))
-
     row = {"fit": model_dir.name, "own": score(own),
-           "exact": score({"std": 0.0, "groups": groups, "counts": {k: v.tolist() for k, v in exact.items()}})}
+           "exact": score({"std": 0.0, "counts": {k: v.tolist() for k, v in exact.items()}})}
     for s in scales:
-        row[f"scale {s:g}"] = fresh(exact, groups, s)
-    if compare_groups:  # the other grouping: per stratum for a grouped release, else class_groups'
-        other = None if groups is not None else class_groups(model.transformer, model.nets.dims, len(train), std)
-        if other != groups:
-            row["other grouping"] = fresh(per_stratum if other is None else group_rows(per_stratum, other), other, 1.0)
+        row[f"scale {s:g}"] = float(np.mean([score({"std": std * s, "counts": {k: (v + s * n[k]).tolist()
+                                                                             for k, v in exact.items()}})
+                                             for n in noise]))
     log(" ".join(f"{k} {v:.3f}" if isinstance(v, float) else str(v) for k, v in row.items()))
     return row
 
@@ -156,9 +140,6 @@ def main() -> int:
                     help="noise sd multiples of the fit's own release, comma-separated")
     ap.add_argument("--draws", type=int, default=6, help="fresh noise draws per scale")
     ap.add_argument("--samples", type=int, default=2, help="synthetic tables scored per release")
-    ap.add_argument("--groups", action="store_true",
-                    help="also score the other grouping of the target's strata at scale 1: per stratum for "
-                         "a grouped release, else the thin classes merged as a private fit now does")
     args = ap.parse_args()
     if args.draws < 1 or args.samples < 1:
         ap.error(f"--draws and --samples must be >= 1, got {args.draws} and {args.samples}")
@@ -172,7 +153,7 @@ def main() -> int:
     torch.set_num_threads(1)
     df, spec = load_table(args.table)
     with threadpool_limits(limits=1):  # like the bench's fits: one thread each, no oversubscription
-        rows = [study(d, df, spec, args.scales, args.draws, args.samples, args.groups) for d in fits]
+        rows = [study(d, df, spec, args.scales, args.draws, args.samples) for d in fits]
     cols = [k for k in rows[0] if k != "fit"]
     lines = ["| fit | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     lines += [f"| {r['fit']} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |" for r in rows]

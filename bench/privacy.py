@@ -104,8 +104,8 @@ def fit_ours(train: pd.DataFrame, spec, eps: float, delta: float, seed: int, epo
 # Part of the cache key of a CA-DASG fit: bump it when a change that the config does not show alters
 # what a fit produces (b: the quantile grids end at the released support; c: a lone noisy bin is no bound;
 # 2026-12-04a: the fitted model is kept beside its draws; b: a numeric target's per-bin histograms;
-# 2026-12-05: a categorical target's thin classes share their class histograms).
-ENGINE_REVISION = "2026-12-05"
+# 2026-12-05: a categorical target's thin classes share one model stratum; b: two count sds per context).
+ENGINE_REVISION = "2026-12-05b"
 
 
 def ours_cached(train: pd.DataFrame, spec, eps: float, delta: float, seed: int, epochs: int | None,

@@ -107,7 +107,7 @@ class CADASG:
                                         prep.encode_seed)  # private: a secret seed, like all noise
         ids = self.extractor.ids(df)
         dims = model_dims(self.transformer.output_dim, self.transformer.spans, self.extractor.n_contexts, cfg.target,
-                          cfg.model)
+                          cfg.model, self.transformer.class_groups)
         class_span = dims.strata_span
         if prep is None:  # exact: a non-private fit reads the rows (a private one released them)
             self.transformer.class_marginals = self.transformer.context_marginals = None

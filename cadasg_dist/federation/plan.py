@@ -139,7 +139,7 @@ def build_plan(df: pd.DataFrame, cfg: CADASGConfig, fed: FederatedConfig) -> Fed
     log.info("federation plan: %d features, %d contexts, schema released with epsilon=%.3f (delta=%.2e)",
              prep.transformer.output_dim, prep.extractor.n_contexts, ledger.epsilon(), ledger.delta)
     dims = model_dims(prep.transformer.output_dim, prep.transformer.spans, prep.extractor.n_contexts, cfg.target,
-                      cfg.model)
+                      cfg.model, prep.transformer.class_groups)
     return FederationPlan(config=run_cfg, schema=prep.schema, transformer=prep.transformer,
                           extractor=prep.extractor, dims=dims,
                           preprocessing=tuple(ledger.mechanisms) if cfg.private else (),

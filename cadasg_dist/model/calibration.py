@@ -30,10 +30,7 @@ matter: correcting a count's nonzero values by class but not how often it is zer
 signal the model had put in the values (rwm5yr's docvis). A noisy histogram is first shrunk
 toward the model's own stratum distribution by how far the two differ beyond the release's known
 noise (an empirical-Bayes weight from released and generated quantities only), so a stratum too
-small for its noise keeps what the model learnt. Under DP a categorical target's thin classes are
-first merged with a neighbour into one *group* (``stratum_groups``, from released class shares):
-the group's histograms get the same noise over more rows, and its rows share one correction
-(rwm5yr at epsilon = 3: hospvis's class 3, some 40 rows, joins class 2, some 180).
+small for its noise keeps what the model learnt.
 
 Last, where the transformer holds *context marginals* (``DataTransformer.context_marginals``: per
 context, a histogram of every column but the pinned target class; ``preprocess/context_marginals``
@@ -76,9 +73,6 @@ CLASS_EDGES = ndtri(np.arange(1, CLASS_CELLS) / CLASS_CELLS)  # their inner edge
 # distribution still spans several of them (diamonds' Fair: its median depth is the 98th percentile
 # of all rows, inside the top one of the class histograms' equal-probability cells).
 CONTEXT_EDGES = np.linspace(-3.0, 3.0, 25)
-# A target stratum expected to hold fewer rows than GROUP_CELL_SDS release sds per histogram cell
-# (GROUP_CELL_SDS * CLASS_CELLS * std) shares its class histograms with a neighbour (``stratum_groups``).
-GROUP_CELL_SDS = 1.0
 MIN_CLASS_ROWS = 20  # a stratum (or context) with fewer reference rows keeps the corrections before it
 MAX_FACTOR = 50.0  # a category's factor stays within [1/MAX_FACTOR, MAX_FACTOR]
 ITERATIONS = 50
@@ -89,11 +83,15 @@ class MarginalCalibration:
     factors: dict[int, torch.Tensor] = field(default_factory=dict)  # span start -> (width,) factors
     maps: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # span start -> (x, y) knots
     strata: ModelDims | None = None  # gives a row's stratum, where the per-stratum corrections apply
-    group_of: torch.Tensor | None = None  # (strata,) each stratum's group in the release (None: its own)
+    strata_per_class: bool = False  # a release from before the bins: grouped by class, not by stratum
     class_factors: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)  # (stratum, start) -> factors
     class_maps: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     context_factors: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)  # (context, start) -> factors
     context_maps: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    # (group, target span start) -> factors on the target's classes inside a group of merged classes
+    # (``ModelDims.class_groups``), where the decoder chooses among them; ``groups`` gives a row's group
+    target_factors: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    groups: ModelDims | None = None
 
     @classmethod
     def fit(cls, probs: torch.Tensor, transformer: DataTransformer, dims: ModelDims | None = None,
@@ -118,11 +116,13 @@ class MarginalCalibration:
                 out.factors[span.start] = prior_shift(block, torch.as_tensor(t.frequencies, dtype=torch.float64))
             elif isinstance(t, ContinuousTransform) and t.encoding == "quantile" and continuous:
                 out.maps[span.start] = normal_score_map(block[:, 0].numpy(), weights.get(span.column))
+        if categorical and dims is not None and dims.class_groups is not None:
+            _fit_target_in_groups(out, probs, transformer, dims)
         release = transformer.class_marginals
         if classes and dims is not None and dims.strata > 1 and release:
-            group_of = release_groups(release, dims)
-            if group_of is not None:
-                out.strata, out.group_of = dims, torch.as_tensor(group_of)
+            groups = len(next(iter(release["counts"].values())))
+            if groups in (dims.strata, dims.classes):
+                out.strata, out.strata_per_class = dims, groups != dims.strata
                 corrected = out.apply(probs)
                 _fit_groups(corrected, out._strata(corrected).numpy(), transformer, release, CLASS_EDGES,
                             out.class_factors, out.class_maps, categorical, continuous)
@@ -136,10 +136,12 @@ class MarginalCalibration:
         """The corrected (N, D) probabilities / values (a new tensor); ``contexts`` (N,), each row's
         context, applies the per-context corrections (none without it)."""
         by_context = contexts is not None and bool(self.context_maps or self.context_factors)
-        if not self.factors and not self.maps and self.strata is None and not by_context:
+        if not self.factors and not self.maps and self.strata is None and not by_context and not self.target_factors:
             return probs
         out = probs.clone()
         _correct(out, slice(None), self.factors, self.maps)
+        if self.target_factors:
+            _correct_groups(out, self.groups.stratum(out) // self.groups.target_bins, self.target_factors, {})
         if self.strata is not None:  # the stratum of the globally corrected row, as the release counted it
             _correct_groups(out, self._strata(out), self.class_factors, self.class_maps)
         if by_context:
@@ -147,52 +149,31 @@ class MarginalCalibration:
         return out
 
     def _strata(self, probs: torch.Tensor) -> torch.Tensor:
-        """Each row's group in the class histograms (its stratum, or the merged group holding it)."""
-        return self.group_of[self.strata.stratum(probs)]
+        stratum = self.strata.stratum(probs)
+        return stratum // self.strata.target_bins if self.strata_per_class else stratum
 
 
-def release_groups(release: dict[str, Any], dims: ModelDims) -> np.ndarray | None:
-    """(strata,) the group of each of ``dims``'s strata in a class-histogram release: its "groups"
-    (``stratum_groups``), else one group per stratum, or per class for a release from before the
-    numeric target's bins; None when the release does not fit the model's strata."""
-    rows = len(next(iter(release["counts"].values())))
-    if release.get("groups") is not None:
-        groups = np.asarray(release["groups"], dtype=np.int64)
-        return groups if len(groups) == dims.strata and groups.max() + 1 == rows else None
-    if rows == dims.strata:
-        return np.arange(dims.strata)
-    if rows == dims.classes:
-        return np.arange(dims.strata) // dims.target_bins
-    return None
-
-
-def stratum_groups(expected: np.ndarray, std: float) -> list[int]:
-    """The group of each target stratum in the class histograms, from its ``expected`` rows (released
-    quantities: the row count times the target's released class shares). While some group is
-    expected to hold fewer than GROUP_CELL_SDS * CLASS_CELLS * std rows (its histogram cells would
-    hold fewer rows than GROUP_CELL_SDS noise sds on average), the smallest joins its smaller adjacent
-    neighbour (in code order: an ordinal target's next value); two groups always stay, since one
-    would void the per-class correction. Post-processing of released quantities: free."""
-    members = [[s] for s in range(len(expected))]
-    floor = GROUP_CELL_SDS * CLASS_CELLS * std
-    while len(members) > 2:
-        sizes = [float(np.sum(np.asarray(expected)[m])) for m in members]
-        i = int(np.argmin(sizes))
-        if sizes[i] >= floor:
-            break
-        j = i - 1 if i == len(members) - 1 or (i > 0 and sizes[i - 1] <= sizes[i + 1]) else i + 1
-        lo = min(i, j)
-        members[lo:lo + 2] = [members[lo] + members[lo + 1]]
-    groups = np.empty(len(expected), dtype=np.int64)
-    for g, m in enumerate(members):
-        groups[m] = g
-    return groups.tolist()
-
-
-def group_rows(counts: dict[str, np.ndarray], groups: list[int]) -> dict[str, np.ndarray]:
-    """Per-stratum histograms (``class_counts``) summed into their ``groups``' rows."""
-    g = np.asarray(groups)
-    return {k: np.stack([np.asarray(v)[g == i].sum(0) for i in range(int(g.max()) + 1)]) for k, v in counts.items()}
+def _fit_target_in_groups(out: MarginalCalibration, probs: torch.Tensor, transformer: DataTransformer,
+                          dims: ModelDims) -> None:
+    """Inside each group of merged target classes, where the decoder chooses the class, factors
+    that move the generated class shares onto the released ones (``frequencies``, restricted to
+    the group): the target's marginal then follows its release like every other column's."""
+    span = dims.strata_span
+    t = transformer.transforms[span.column]
+    if not isinstance(t, CategoricalTransform) or t.frequencies is None:
+        return
+    group = (dims.stratum(probs) // dims.target_bins).numpy()
+    of = np.asarray(dims.class_groups)
+    for g in range(dims.groups):
+        member, rows = of == g, group == g
+        if member.sum() < 2 or rows.sum() < MIN_CLASS_ROWS:
+            continue
+        inside = torch.from_numpy(member)
+        block = probs[torch.from_numpy(rows), span.start:span.stop].double()[:, inside]
+        factors = torch.ones(span.width)  # the other classes' probabilities are 0 in the group's rows
+        factors[inside] = prior_shift(block, torch.as_tensor(t.frequencies, dtype=torch.float64)[inside])
+        out.target_factors[(g, span.start)] = factors
+        out.groups = dims
 
 
 def _fit_groups(probs: torch.Tensor, groups: np.ndarray, transformer: DataTransformer, release: dict[str, Any],

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,22 +41,44 @@ class ModelDims:
     target_bins: int = 1
     # The decoder reads the stratum one-hot besides the context (False: an artifact from before).
     stratum_input: bool = False
+    # Each class's group, where a categorical target's thin classes share one stratum (runs of
+    # adjacent classes; ``class_groups``); None: a stratum per class.
+    class_groups: tuple[int, ...] | None = None
 
     @property
     def classes(self) -> int:
         return self.strata_span.width if self.strata_span is not None else 1
 
     @property
+    def groups(self) -> int:
+        """Class groups: a stratum each (times the value bins)."""
+        return self.class_groups[-1] + 1 if self.class_groups else self.classes
+
+    @property
     def strata(self) -> int:
-        return self.classes * self.target_bins
+        return self.groups * self.target_bins
+
+    def group_of(self, klass: torch.Tensor) -> torch.Tensor:
+        """(B,) the group of each class id: how many groups start at or before it (comparisons only)."""
+        if not self.class_groups:
+            return klass
+        g = self.class_groups
+        starts = torch.tensor([i for i in range(1, len(g)) if g[i] != g[i - 1]], device=klass.device)
+        return (klass[:, None] >= starts).sum(dim=1)
+
+    def members(self, group: torch.Tensor) -> torch.Tensor:
+        """(B, classes) whether each class belongs to each row's ``group``."""
+        g = torch.tensor(self.class_groups if self.class_groups else range(self.classes), device=group.device)
+        return g[None, :] == group[:, None]
 
     def stratum(self, x: torch.Tensor) -> torch.Tensor:
-        """(B,) stratum = class·bins + bin of each encoded row (B, D). Comparisons only, so it also
-        runs inside ``torch.func.vmap`` (the per-example DP gradients)."""
+        """(B,) stratum = group·bins + bin of each encoded row (B, D) (a class is its own group unless
+        ``class_groups`` merges it). Comparisons only, so it also runs inside ``torch.func.vmap``
+        (the per-example DP gradients)."""
         stratum = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         if self.strata_span is not None:
             s = self.strata_span
-            stratum = x[:, s.start:s.stop].argmax(dim=1) * self.target_bins
+            stratum = self.group_of(x[:, s.start:s.stop].argmax(dim=1)) * self.target_bins
         if self.bin_span is not None and self.target_bins > 1:
             edges = torch.distributions.Normal(0.0, 1.0).icdf(
                 torch.arange(1, self.target_bins, dtype=x.dtype, device=x.device) / self.target_bins)
@@ -85,7 +108,8 @@ class ModelDims:
                 "spans": [span(s) for s in self.spans], "target_spans": [span(s) for s in self.target_spans],
                 "strata_span": None if self.strata_span is None else span(self.strata_span),
                 "bin_span": None if self.bin_span is None else span(self.bin_span), "target_bins": self.target_bins,
-                "stratum_input": self.stratum_input}
+                "stratum_input": self.stratum_input,
+                "class_groups": None if self.class_groups is None else list(self.class_groups)}
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelDims:
@@ -95,16 +119,42 @@ class ModelDims:
             v = d.get(key)
             return None if v is None else SpanInfo(v[0], v[1], int(v[2]), int(v[3]), v[4])
         return cls(int(d["features"]), int(d["contexts"]), spans("spans"), spans("target_spans"), one("strata_span"),
-                   one("bin_span"), int(d.get("target_bins", 1)), bool(d.get("stratum_input", False)))
+                   one("bin_span"), int(d.get("target_bins", 1)), bool(d.get("stratum_input", False)),
+                   None if d.get("class_groups") is None else tuple(int(g) for g in d["class_groups"]))
 
 
 def model_dims(output_dim: int, spans: tuple[SpanInfo, ...], n_contexts: int, target: str | None,
-               cfg: ModelConfig) -> ModelDims:
-    """The dims of a model of a table with these encoded ``spans`` (the engine's and the federation's)."""
+               cfg: ModelConfig, class_groups: tuple[int, ...] | None = None) -> ModelDims:
+    """The dims of a model of a table with these encoded ``spans`` (the engine's and the federation's);
+    ``class_groups``: the target's classes merged into strata (``DataTransformer.class_groups``)."""
     target_spans = tuple(s for s in spans if s.column == target)
     bins = bin_span_for(target_spans)
-    return ModelDims(output_dim, n_contexts, spans, target_spans, strata_span_for(target_spans), bins,
-                     cfg.target_bins if bins is not None else 1, cfg.decoder_stratum)
+    span = strata_span_for(target_spans)
+    if class_groups is not None and (span is None or span.role != "value" or bins is not None
+                                     or len(class_groups) != span.width):
+        class_groups = None  # the target is not (or no longer) the categorical one they were chosen for
+    return ModelDims(output_dim, n_contexts, spans, target_spans, span, bins,
+                     cfg.target_bins if bins is not None else 1, cfg.decoder_stratum,
+                     None if class_groups is None else tuple(class_groups))
+
+
+def class_groups(expected: np.ndarray, floor: float) -> tuple[int, ...] | None:
+    """The group of each class of a categorical target, from its ``expected`` rows (released
+    quantities): while some group is expected to hold fewer than ``floor`` rows, the smallest joins
+    its smaller adjacent neighbour (in code order: an ordinal target's next value); two groups
+    always stay, since one would lose the class structure. None when nothing merges."""
+    expected = np.asarray(expected, dtype=float)
+    members = [[c] for c in range(len(expected))]
+    while len(members) > 2:
+        sizes = [float(expected[m].sum()) for m in members]
+        i = int(np.argmin(sizes))
+        if sizes[i] >= floor:
+            break
+        lo = i - 1 if i == len(members) - 1 or (i > 0 and sizes[i - 1] <= sizes[i + 1]) else i
+        members[lo:lo + 2] = [members[lo] + members[lo + 1]]
+    if len(members) == len(expected):
+        return None
+    return tuple(g for g, m in enumerate(members) for _ in m)
 
 
 MAX_STRATA = 10

@@ -22,9 +22,7 @@ from the rows comes from one of:
   bin: ``ModelDims.stratum``, from the released quantile grid, so grouping reads nothing more), a
   histogram of every other column over the encoded rows (model/calibration.py ``class_counts``;
   each row falls in one stratum, so the sensitivity is k·sqrt(T) for T histograms), which
-  sampling uses to correct each column per stratum; a categorical target's thin classes share one
-  histogram with a neighbour (``class_groups``, chosen from the released class shares and the
-  public row count: free, and still one histogram per row);
+  sampling uses to correct each column per stratum;
 * a fourth, ``preprocess/context_marginals`` (share ``privacy.context_marginals_share``), only when
   the context calibration is on (``model.calibrate_contexts``; by default at epsilon <= 3): the
   same histograms per context (``context_counts``; the pinned target class left out), which
@@ -66,8 +64,8 @@ from cadasg_dist.data.schema import (
 )
 from cadasg_dist.data.transforms import CategoricalTransform, ContinuousTransform, DataTransformer
 from cadasg_dist.errors import ConfigError, InvalidDataError, PrivacyBudgetError
-from cadasg_dist.model.calibration import class_counts, context_counts, group_rows, stratum_groups
-from cadasg_dist.model.networks import ModelDims, model_dims
+from cadasg_dist.model.calibration import class_counts, context_counts
+from cadasg_dist.model.networks import class_groups, model_dims
 from cadasg_dist.privacy import entropy
 from cadasg_dist.privacy.ledger import PrivacyLedger
 from cadasg_dist.privacy.training import CLASS_MARGINALS, CONTEXT_MARGINALS, plan_budget
@@ -88,6 +86,9 @@ MISSING_SDS = 2.0  # a missing slot is added above this (a spurious one only cos
 SUPPORT_GAP = 10  # a quantile grid's tail goes on over at most this many empty cells (``within_support``)
 CDF_SDS = 2.0  # cells at or below this many noise sds are zeroed before quantiles (else noise fills the tails)
 MAX_CONTEXTS = 1024
+# A target class expected to hold fewer rows per context than this many sds of its released count
+# shares a model stratum with a neighbour (``target_class_groups``).
+MIN_CELL_SDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,7 @@ def prepare_private(df: pd.DataFrame, cfg: CADASGConfig, *, rng: np.random.Gener
         released["preprocess/bounds"] = [f"{c.name}.bounds" for c in need_bounds]
     for col in columns:
         _settle_kind(col, cfg.data.max_categories)
-    sigma = plan.full_pass["preprocess/histograms"]
+    sigma = hist_sigma = plan.full_pass["preprocess/histograms"]
     release_histograms(frame, columns, sigma=sigma, rows_per_unit=k, bins=cfg.privacy.histogram_bins,
                        n_quantiles=cfg.data.n_quantiles, atom_share=cfg.data.atom_share, rng=rng)
     ledger.record(name="preprocess/histograms", noise_multiplier=sigma, sample_rate=1.0,
@@ -182,7 +183,11 @@ def prepare_private(df: pd.DataFrame, cfg: CADASGConfig, *, rng: np.random.Gener
     transformer.spans = transformer._layout()  # atoms add spans
     frame = conform(frame, columns, transformer)
     encode_seed, x = int(rng.integers(2**62)), None
-    dims = model_dims(transformer.output_dim, transformer.spans, extractor.n_contexts, cfg.target, cfg.model)
+    if cfg.target is not None:
+        transformer.class_groups = target_class_groups(transformer.transforms.get(cfg.target), extractor.n_contexts,
+                                                       len(frame), hist_sigma * k * math.sqrt(len(columns)))
+    dims = model_dims(transformer.output_dim, transformer.spans, extractor.n_contexts, cfg.target, cfg.model,
+                      transformer.class_groups)
     pinned = dims.strata_span
     by_stratum = by_class and dims.strata > 1
     if by_stratum or cfg.context_calibration:
@@ -191,11 +196,8 @@ def prepare_private(df: pd.DataFrame, cfg: CADASGConfig, *, rng: np.random.Gener
                       if c.categories is None and c.lo is not None}
     if by_stratum:
         sigma = plan.full_pass[CLASS_MARGINALS]
-        exact = class_counts(x, transformer, dims, resolution)
-        groups = class_groups(transformer, dims, len(frame), sigma * k * math.sqrt(len(exact)))
-        transformer.class_marginals = release_group_marginals(exact if groups is None else group_rows(exact, groups),
+        transformer.class_marginals = release_group_marginals(class_counts(x, transformer, dims, resolution),
                                                               sigma=sigma, rows_per_unit=k, rng=rng)
-        transformer.class_marginals["groups"] = groups
         ledger.record(name=CLASS_MARGINALS, noise_multiplier=sigma, sample_rate=1.0,
                       sensitivity=k * math.sqrt(len(transformer.class_marginals["counts"])))
         released[CLASS_MARGINALS] = [f"{c}.by_{cfg.target}" for c in transformer.class_marginals["counts"]]
@@ -457,16 +459,21 @@ def value_resolution(col: _Column, bins: int) -> float:
     return 0.5 if len(starts) == 0 else float(np.max(ends - starts)) / 2.0
 
 
-def class_groups(transformer: DataTransformer, dims: ModelDims, n_rows: int, std: float) -> list[int] | None:
-    """The class histograms' groups (``model.calibration.stratum_groups``) for a categorical target,
-    from its released class shares (``preprocess/histograms``) and the public row count; None (one
-    group per stratum) for a numeric target, whose equal-mass bins are not thin by construction."""
-    span, t = dims.strata_span, transformer.transforms.get(dims.target_spans[0].column)
-    if span is None or span.role != "value" or dims.target_bins != 1 or not isinstance(t, CategoricalTransform) \
-            or t.frequencies is None or len(t.frequencies) != span.width:
+def target_class_groups(t: Any, n_contexts: int, n_rows: int, std: float) -> list[int] | None:
+    """A categorical target's thin classes merged into one model stratum each
+    (``ModelDims.class_groups``). A stratum is a cell per context of the cache, the cell
+    allocation, the decoder's stratum input and the class histograms; a class expected to hold
+    fewer than MIN_CELL_SDS noise sds of rows per context (``std``: the target's released count's
+    sd) makes cells of noise, which sampling then fills with rows of that class (rwm5yr at
+    ε = 3: hospvis's classes 2 and 3, some 185 and 38 rows over 10 contexts against a count sd of
+    25, join class 1). Inside a group the decoder chooses the class, and the calibration moves its
+    choices onto the released shares. Post-processing: the target's released shares
+    (``preprocess/histograms``) times the public row count. None for a numeric target or when no
+    class is thin."""
+    if not isinstance(t, CategoricalTransform) or t.frequencies is None:
         return None
-    groups = stratum_groups(n_rows * np.asarray(t.frequencies), std)
-    return None if len(set(groups)) == len(groups) else groups
+    groups = class_groups(n_rows * np.asarray(t.frequencies), MIN_CELL_SDS * std * n_contexts)
+    return None if groups is None else list(groups)
 
 
 def release_group_marginals(exact: dict[str, np.ndarray], *, sigma: float, rows_per_unit: int,

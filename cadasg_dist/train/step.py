@@ -146,12 +146,20 @@ def generate(nets: CADASGNetworks, priors: Priors, cell: torch.Tensor, onehot: t
 
 def pin_stratum(rows: torch.Tensor, cell: torch.Tensor, dims: ModelDims) -> torch.Tensor:
     """Set the stratifying span of generated rows to their cell's class: class rates then follow
-    the cache's (noisy) counts exactly, and the generator learns features that fit the class."""
+    the cache's (noisy) counts exactly, and the generator learns features that fit the class. In a
+    cell of merged classes (``ModelDims.class_groups``) the decoder's own probabilities choose among
+    the group's classes (renormalised; uniform where it gives them none)."""
     span = dims.strata_span
     if span is None:
         return rows
-    klass = (cell % dims.strata) // dims.target_bins
-    stratum = torch.nn.functional.one_hot(klass, span.width).to(rows.dtype)  # (B, classes)
+    group = (cell % dims.strata) // dims.target_bins
+    if dims.class_groups is None:
+        stratum = torch.nn.functional.one_hot(group, span.width).to(rows.dtype)  # (B, classes)
+    else:
+        member = dims.members(group).to(rows.dtype)
+        own = rows[:, span.start:span.stop] * member
+        total = own.sum(1, keepdim=True)
+        stratum = torch.where(total > 1e-12, own / total.clamp_min(1e-12), member / member.sum(1, keepdim=True))
     return torch.cat([rows[:, :span.start], stratum, rows[:, span.stop:]], dim=1)
 
 

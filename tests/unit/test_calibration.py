@@ -11,7 +11,6 @@ import pytest
 import torch
 from scipy import stats
 
-from cadasg_dist.data.transforms import SpanInfo
 from cadasg_dist.model.calibration import (
     CLASS_CELLS,
     CONTEXT_EDGES,
@@ -20,15 +19,11 @@ from cadasg_dist.model.calibration import (
     class_counts,
     class_key,
     context_counts,
-    group_rows,
     normal_cells,
     normal_score_map,
     prior_shift,
-    release_groups,
     shrink_to_model,
-    stratum_groups,
 )
-from cadasg_dist.model.networks import ModelDims
 from cadasg_dist.privacy.preprocessing import prepare_private, released_frequencies
 from cadasg_dist.synthesizer import CADASG
 
@@ -248,46 +243,33 @@ def test_a_private_numeric_target_releases_one_histogram_per_value_bin(mixed_tab
     assert set(prep.released["preprocess/class_marginals"]) == {f"{c}.by_score" for c in release["counts"]}
 
 
-def test_thin_strata_join_their_smaller_neighbour_until_each_rises_above_the_noise():
-    std = 10.0  # a group needs CLASS_CELLS * std = 80 expected rows
-    assert stratum_groups(np.array([5000.0, 900.0, 150.0, 30.0]), std) == [0, 1, 2, 2]  # rwm5yr's hospvis at ε = 3
-    assert stratum_groups(np.array([5000.0, 60.0, 30.0, 900.0]), std) == [0, 1, 1, 2]  # 30 joins 60: 90 rows, enough
-    assert stratum_groups(np.array([40.0, 5000.0, 50.0]), std) == [0, 0, 1]  # the smaller neighbour
-    assert stratum_groups(np.array([5000.0, 900.0, 150.0]), std) == [0, 1, 2]  # nothing thin: untouched
-    assert stratum_groups(np.array([10.0, 10.0, 10.0, 10.0]), std) == [0, 0, 1, 1]  # two groups always stay
-    assert stratum_groups(np.array([5000.0, 900.0, 150.0, 30.0]), 0.0) == [0, 1, 2, 3]  # exact counts: no merging
-
-
-def test_a_release_names_the_group_of_every_stratum():
-    span = lambda w: SpanInfo("y", "softmax", 0, w, "value")  # noqa: E731
-    counts = {"a": np.arange(24.0).reshape(4, 6)}
-    merged = group_rows(counts, [0, 1, 2, 2])
-    assert merged["a"].shape == (3, 6) and (merged["a"][2] == counts["a"][2] + counts["a"][3]).all()
-    classes = ModelDims(8, 1, (), (span(4),), span(4))
-    assert release_groups({"groups": [0, 1, 2, 2], "counts": merged}, classes).tolist() == [0, 1, 2, 2]
-    assert release_groups({"counts": counts}, classes).tolist() == [0, 1, 2, 3]
-    assert release_groups({"groups": [0, 1, 2, 2], "counts": counts}, classes) is None  # rows do not match
-    # a numeric target's release from before its value bins: one row per class, each bin maps to it
-    binned = ModelDims(8, 1, (), (span(2),), span(2), SpanInfo("y", "continuous", 2, 1, "value"), 3)
-    assert release_groups({"counts": {"a": np.zeros((2, 6))}}, binned).tolist() == [0, 0, 0, 1, 1, 1]
-
-
-def test_a_private_release_merges_a_thin_target_class_and_sampling_follows_the_groups(mixed_table, tiny_config):
+def test_a_thin_target_class_shares_a_stratum_with_a_neighbour_under_dp(mixed_table, tiny_config, tmp_path):
     df = mixed_table.copy()
-    df.loc[df.index[:12], "label"] = "rare"  # 12 rows: under one noise sd per histogram cell
+    df.loc[df.index[:12], "label"] = "rare"  # 12 rows over 3 contexts: under one noise sd per context
     declared = {"group": {"categories": ["a", "b", "rare"]}, "label": {"categories": ["no", "rare", "yes"]}}
     cfg = tiny_config.replace(**{"privacy.epsilon": 4.0, "privacy.delta": 1e-5, "data.columns": declared,
                                  "model.calibrate_classes": True})
-    prep = prepare_private(df, cfg, rng=np.random.default_rng(0))
-    release = prep.transformer.class_marginals
-    groups = release["groups"]
-    assert groups[1] == groups[0] or groups[1] == groups[2]  # "rare" shares a neighbour's histograms
-    assert len(set(groups)) == 2 and np.shape(release["counts"]["flag"])[0] == 2
-    (mech,) = [m for m in prep.ledger.mechanisms if m.name == "preprocess/class_marginals"]
-    assert mech.sensitivity == pytest.approx(np.sqrt(len(release["counts"])))  # still one histogram per row
     model = CADASG(cfg).fit(df)
-    rows = model.sample(500, seed=1)
-    assert len(rows) == 500 and model._calibration.group_of.tolist() == model.transformer.class_marginals["groups"]
+    groups = model.transformer.class_groups
+    assert groups in ([0, 0, 1], [0, 1, 1])  # "rare" (code 1) joined a neighbour, chosen from released shares
+    dims = model.nets.dims
+    assert list(dims.class_groups) == groups and dims.strata == 2 and model.cache.strata == 2
+    assert np.shape(model.transformer.class_marginals["counts"]["flag"])[0] == 2  # one histogram per group
+    rows = model.sample(3000, seed=1)
+    assert set(rows["label"]) <= {"no", "rare", "yes"} and (rows["label"] == "rare").any()  # the decoder's choice
+    # ... which the calibration moves onto the released class shares inside the merged group
+    merged = np.asarray(groups) == max(set(groups), key=groups.count)
+    cells = torch.from_numpy(model.cell_allocation(4000, None, np.random.default_rng(0)))
+    probs = model.feature_probs(cells, torch.Generator().manual_seed(0))
+    span = dims.strata_span
+    inside = probs[dims.stratum(probs) == groups[int(np.argmax(merged))], span.start:span.stop].double().mean(0)
+    released = np.asarray(model.transformer.transforms["label"].frequencies)[merged]
+    assert np.allclose(inside.numpy()[merged], released / released.sum(), atol=0.02)
+    again = CADASG.load(model.save(tmp_path / "m"))  # the groups are part of the artifact
+    assert again.nets.dims == dims
+    pd.testing.assert_frame_equal(again.sample(500, seed=2), model.sample(500, seed=2))
+    plain = CADASG(tiny_config.replace(**{"data.columns": declared})).fit(df)  # exact: no merging
+    assert plain.transformer.class_groups is None and plain.nets.dims.strata == 3
 
 
 def test_class_marginals_share_is_validated():

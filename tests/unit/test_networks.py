@@ -1,12 +1,15 @@
-"""The networks' conditioning: strata from encoded rows, and the decoder's stratum input."""
+"""The networks' conditioning: strata from encoded rows (thin target classes merged), and the
+decoder's stratum input."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from cadasg_dist.config import ModelConfig
 from cadasg_dist.data.transforms import SpanInfo
-from cadasg_dist.model.networks import CADASGNetworks, ModelDims
+from cadasg_dist.model.networks import CADASGNetworks, ModelDims, class_groups
+from cadasg_dist.train.step import pin_stratum
 
 SPANS = (SpanInfo("a", "continuous", 0, 1), SpanInfo("y", "softmax", 1, 2, "atom"), SpanInfo("y", "continuous", 3, 1))
 
@@ -44,3 +47,32 @@ def test_decoder_reads_the_stratum_and_old_dims_load_without_it():
     assert not legacy.stratum_input and legacy.decoder_condition == 3
     assert torch.equal(legacy.condition(onehot, torch.tensor([2, 7])), onehot)
     assert ModelDims.from_dict(dims.to_dict()) == dims
+
+
+# --- a categorical target's thin classes merged into one stratum -----------------------------------
+
+CLASS_SPANS = (SpanInfo("a", "continuous", 0, 1), SpanInfo("y", "softmax", 1, 4, "value"))
+
+
+def test_thin_classes_join_their_smaller_neighbour_until_each_group_reaches_the_floor():
+    assert class_groups(np.array([14358.0, 1107.0, 185.0, 38.0]), 248.0) == (0, 1, 1, 1)  # rwm5yr at ε = 3
+    assert class_groups(np.array([14358.0, 1107.0, 185.0, 38.0]), 100.0) == (0, 1, 2, 2)
+    assert class_groups(np.array([40.0, 5000.0, 50.0]), 100.0) == (0, 0, 1)  # the smaller neighbour
+    assert class_groups(np.array([10.0, 10.0, 10.0, 10.0]), 100.0) == (0, 0, 1, 1)  # two groups always stay
+    assert class_groups(np.array([5000.0, 900.0, 150.0]), 100.0) is None  # nothing thin
+    assert class_groups(np.array([5000.0, 90.0]), 100.0) is None  # a binary target is never merged
+
+
+def test_merged_classes_share_a_stratum_and_the_pin_keeps_the_decoder_choice_inside_the_group():
+    dims = ModelDims(5, 2, CLASS_SPANS, CLASS_SPANS[1:], CLASS_SPANS[1], class_groups=(0, 1, 1, 1),
+                     stratum_input=True)
+    assert (dims.classes, dims.groups, dims.strata) == (4, 2, 2)
+    x = torch.cat([torch.zeros(4, 1), torch.eye(4)], dim=1)  # one row of each class
+    assert dims.stratum(x).tolist() == [0, 1, 1, 1]
+    assert ModelDims.from_dict(dims.to_dict()) == dims
+    assert ModelDims.from_dict({**dims.to_dict(), "class_groups": None}).strata == 4  # an artifact from before
+    rows = torch.tensor([[0.5, 0.1, 0.6, 0.2, 0.1], [0.5, 0.7, 0.0, 0.0, 0.0]])
+    pinned = pin_stratum(rows, torch.tensor([1, 3]), dims)  # cells: context 0 group 1, context 1 group 1
+    assert torch.allclose(pinned[0], torch.tensor([0.5, 0.0, 0.6 / 0.9, 0.2 / 0.9, 0.1 / 0.9]))
+    assert torch.allclose(pinned[1], torch.tensor([0.5, 0.0, 1 / 3, 1 / 3, 1 / 3]))  # no mass there: uniform
+    assert torch.equal(pin_stratum(rows, torch.tensor([0, 2]), dims)[:, 1:], torch.tensor([[1.0, 0, 0, 0]] * 2))
