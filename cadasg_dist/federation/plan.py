@@ -133,7 +133,7 @@ def build_plan(df: pd.DataFrame, cfg: CADASGConfig, fed: FederatedConfig) -> Fed
     prep_cfg = cfg.replace(**{"train.epochs": fed.rounds * fed.local_epochs})
     if not cfg.private:
         prep_cfg = prep_cfg.replace(**{"privacy.epsilon": fed.schema_epsilon})
-    prep = prepare_private(df, prep_cfg)
+    prep = prepare_private(df, prep_cfg, merge_classes=cfg.private)
     ledger = prep.ledger
     run_cfg = cfg.replace(**{"privacy.delta": ledger.delta}) if cfg.private else cfg
     log.info("federation plan: %d features, %d contexts, schema released with epsilon=%.3f (delta=%.2e)",

@@ -121,7 +121,7 @@ class MarginalCalibration:
         release = transformer.class_marginals
         if classes and dims is not None and dims.strata > 1 and release:
             groups = len(next(iter(release["counts"].values())))
-            if groups in (dims.strata, dims.classes):
+            if groups == dims.strata or (groups == dims.classes and dims.class_groups is None):
                 out.strata, out.strata_per_class = dims, groups != dims.strata
                 corrected = out.apply(probs)
                 _fit_groups(corrected, out._strata(corrected).numpy(), transformer, release, CLASS_EDGES,

@@ -123,10 +123,13 @@ class _Column:
     histogram: np.ndarray | None = None  # noisy [missing, per category] counts of a categorical column
 
 
-def prepare_private(df: pd.DataFrame, cfg: CADASGConfig, *, rng: np.random.Generator | None = None
-                    ) -> PrivatePreparation:
+def prepare_private(df: pd.DataFrame, cfg: CADASGConfig, *, rng: np.random.Generator | None = None,
+                    merge_classes: bool = True) -> PrivatePreparation:
     """Cap rows per unit, release what is not declared, and build schema, contexts and transforms.
 
+    ``merge_classes``: let the target's thin classes share a stratum (``target_class_groups``);
+    False for a model trained without DP on a privately released schema (a non-private federation),
+    whose exact caches have no noise to merge against.
     ``rng`` is for tests only: a real release must leave it None (secret OS entropy). Raises
     ``ConfigError`` listing the columns to declare, ``PrivacyBudgetError`` when a bound cannot be
     found under the noise, and ``InvalidDataError`` for bad columns.
@@ -183,7 +186,7 @@ def prepare_private(df: pd.DataFrame, cfg: CADASGConfig, *, rng: np.random.Gener
     transformer.spans = transformer._layout()  # atoms add spans
     frame = conform(frame, columns, transformer)
     encode_seed, x = int(rng.integers(2**62)), None
-    if cfg.target is not None:
+    if cfg.target is not None and merge_classes:
         transformer.class_groups = target_class_groups(transformer.transforms.get(cfg.target), extractor.n_contexts,
                                                        len(frame), hist_sigma * k * math.sqrt(len(columns)))
     dims = model_dims(transformer.output_dim, transformer.spans, extractor.n_contexts, cfg.target, cfg.model,
@@ -472,8 +475,9 @@ def target_class_groups(t: Any, n_contexts: int, n_rows: int, std: float) -> lis
     class is thin."""
     if not isinstance(t, CategoricalTransform) or t.frequencies is None:
         return None
-    groups = class_groups(n_rows * np.asarray(t.frequencies), MIN_CELL_SDS * std * n_contexts)
-    return None if groups is None else list(groups)
+    n = len(t.categories)  # a missing slot (last) keeps a stratum of its own: it is no class's neighbour
+    groups = class_groups(n_rows * np.asarray(t.frequencies[:n]), MIN_CELL_SDS * std * n_contexts)
+    return None if groups is None else [*groups, *([groups[-1] + 1] if len(t.frequencies) > n else [])]
 
 
 def release_group_marginals(exact: dict[str, np.ndarray], *, sigma: float, rows_per_unit: int,

@@ -142,6 +142,19 @@ def test_a_private_plan_turns_the_class_and_context_calibrations_on(plan, privat
     assert plan.config.model.calibrate_classes == "auto" and not plan.config.class_calibration
 
 
+def test_only_a_private_plan_merges_a_thin_target_class(silo_table, tiny_config):
+    df = silo_table.copy()
+    df.loc[df.index[:12], "label"] = "rare"
+    raw = declared(tiny_config).to_dict()
+    raw["data"]["columns"]["label"] = {"categories": ["no", "rare", "yes"]}
+    cfg = CADASGConfig.from_dict(raw)
+    private = build_plan(df, cfg.replace(**{"privacy.epsilon": 4.0}), FED)
+    assert private.transformer.class_groups in ([0, 0, 1], [0, 1, 1]) and private.dims.strata == 2
+    assert list(private.dims.class_groups) == private.transformer.class_groups
+    exact = build_plan(df, cfg, FED)  # the schema is released privately, but the silos train without DP
+    assert exact.transformer.class_groups is None and exact.dims.strata == 3
+
+
 def test_plan_round_trips_and_charges_preprocessing(plan, private_plan):
     again = FederationPlan.from_json(plan.to_json())
     assert again.dims == plan.dims and again.extractor.domain == plan.extractor.domain

@@ -7,8 +7,10 @@ import numpy as np
 import torch
 
 from cadasg_dist.config import ModelConfig
-from cadasg_dist.data.transforms import SpanInfo
+from cadasg_dist.data.schema import ColumnSchema
+from cadasg_dist.data.transforms import CategoricalTransform, SpanInfo
 from cadasg_dist.model.networks import CADASGNetworks, ModelDims, class_groups
+from cadasg_dist.privacy.preprocessing import target_class_groups
 from cadasg_dist.train.step import pin_stratum
 
 SPANS = (SpanInfo("a", "continuous", 0, 1), SpanInfo("y", "softmax", 1, 2, "atom"), SpanInfo("y", "continuous", 3, 1))
@@ -61,6 +63,14 @@ def test_thin_classes_join_their_smaller_neighbour_until_each_group_reaches_the_
     assert class_groups(np.array([10.0, 10.0, 10.0, 10.0]), 100.0) == (0, 0, 1, 1)  # two groups always stay
     assert class_groups(np.array([5000.0, 900.0, 150.0]), 100.0) is None  # nothing thin
     assert class_groups(np.array([5000.0, 90.0]), 100.0) is None  # a binary target is never merged
+
+
+def test_a_missing_target_slot_keeps_its_own_stratum():
+    t = CategoricalTransform(ColumnSchema("y", "categorical", "int64", True, categories=(0, 1, 2, 3)))
+    t.frequencies = [0.80, 0.15, 0.002, 0.001, 0.047]  # the missing slot comes last
+    assert target_class_groups(t, n_contexts=10, n_rows=10_000, std=5.0) == [0, 1, 1, 1, 2]
+    t.frequencies = [0.80, 0.15, 0.03, 0.019, 0.001]
+    assert target_class_groups(t, n_contexts=10, n_rows=10_000, std=5.0) is None  # only the missing slot is thin
 
 
 def test_merged_classes_share_a_stratum_and_the_pin_keeps_the_decoder_choice_inside_the_group():
