@@ -86,9 +86,6 @@ MISSING_SDS = 2.0  # a missing slot is added above this (a spurious one only cos
 SUPPORT_GAP = 10  # a quantile grid's tail goes on over at most this many empty cells (``within_support``)
 CDF_SDS = 2.0  # cells at or below this many noise sds are zeroed before quantiles (else noise fills the tails)
 MAX_CONTEXTS = 1024
-# A target class expected to hold fewer rows per context than this many sds of its released count
-# shares a model stratum with a neighbour (``target_class_groups``).
-MIN_CELL_SDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -187,8 +184,9 @@ def prepare_private(df: pd.DataFrame, cfg: CADASGConfig, *, rng: np.random.Gener
     frame = conform(frame, columns, transformer)
     encode_seed, x = int(rng.integers(2**62)), None
     if cfg.target is not None and merge_classes:
+        std = hist_sigma * k * math.sqrt(len(columns))  # of each released count of the target
         transformer.class_groups = target_class_groups(transformer.transforms.get(cfg.target), extractor.n_contexts,
-                                                       len(frame), hist_sigma * k * math.sqrt(len(columns)))
+                                                       len(frame), cfg.model.merge_class_sds * std)
     dims = model_dims(transformer.output_dim, transformer.spans, extractor.n_contexts, cfg.target, cfg.model,
                       transformer.class_groups)
     pinned = dims.strata_span
@@ -462,12 +460,12 @@ def value_resolution(col: _Column, bins: int) -> float:
     return 0.5 if len(starts) == 0 else float(np.max(ends - starts)) / 2.0
 
 
-def target_class_groups(t: Any, n_contexts: int, n_rows: int, std: float) -> list[int] | None:
+def target_class_groups(t: Any, n_contexts: int, n_rows: int, floor: float) -> list[int] | None:
     """A categorical target's thin classes merged into one model stratum each
     (``ModelDims.class_groups``). A stratum is a cell per context of the cache, the cell
     allocation, the decoder's stratum input and the class histograms; a class expected to hold
-    fewer than MIN_CELL_SDS noise sds of rows per context (``std``: the target's released count's
-    sd) makes cells of noise, which sampling then fills with rows of that class (rwm5yr at
+    fewer than ``floor`` rows per context (``model.merge_class_sds`` sds of the target's released
+    counts) makes cells of noise, which sampling then fills with rows of that class (rwm5yr at
     ε = 3: hospvis's classes 2 and 3, some 185 and 38 rows over 10 contexts against a count sd of
     25, join class 1). Inside a group the decoder chooses the class, and the calibration moves its
     choices onto the released shares. Post-processing: the target's released shares
@@ -476,7 +474,7 @@ def target_class_groups(t: Any, n_contexts: int, n_rows: int, std: float) -> lis
     if not isinstance(t, CategoricalTransform) or t.frequencies is None:
         return None
     n = len(t.categories)  # a missing slot (last) keeps a stratum of its own: it is no class's neighbour
-    groups = class_groups(n_rows * np.asarray(t.frequencies[:n]), MIN_CELL_SDS * std * n_contexts)
+    groups = class_groups(n_rows * np.asarray(t.frequencies[:n]), floor * n_contexts)
     return None if groups is None else [*groups, *([groups[-1] + 1] if len(t.frequencies) > n else [])]
 
 

@@ -68,9 +68,10 @@ def test_thin_classes_join_their_smaller_neighbour_until_each_group_reaches_the_
 def test_a_missing_target_slot_keeps_its_own_stratum():
     t = CategoricalTransform(ColumnSchema("y", "categorical", "int64", True, categories=(0, 1, 2, 3)))
     t.frequencies = [0.80, 0.15, 0.002, 0.001, 0.047]  # the missing slot comes last
-    assert target_class_groups(t, n_contexts=10, n_rows=10_000, std=5.0) == [0, 1, 1, 1, 2]
+    assert target_class_groups(t, n_contexts=10, n_rows=10_000, floor=10.0) == [0, 1, 1, 1, 2]
+    assert target_class_groups(t, n_contexts=10, n_rows=10_000, floor=0.0) is None  # model.merge_class_sds = 0
     t.frequencies = [0.80, 0.15, 0.03, 0.019, 0.001]
-    assert target_class_groups(t, n_contexts=10, n_rows=10_000, std=5.0) is None  # only the missing slot is thin
+    assert target_class_groups(t, n_contexts=10, n_rows=10_000, floor=10.0) is None  # only the missing slot is thin
 
 
 def test_merged_classes_share_a_stratum_and_the_pin_keeps_the_decoder_choice_inside_the_group():
