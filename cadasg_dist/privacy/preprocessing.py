@@ -157,11 +157,12 @@ def prepare_private(df: pd.DataFrame, cfg: CADASGConfig, *, rng: np.random.Gener
         released["preprocess/bounds"] = [f"{c.name}.bounds" for c in need_bounds]
     for col in columns:
         _settle_kind(col, cfg.data.max_categories)
-    sigma = hist_sigma = plan.full_pass["preprocess/histograms"]
+    sigma = plan.full_pass["preprocess/histograms"]
     release_histograms(frame, columns, sigma=sigma, rows_per_unit=k, bins=cfg.privacy.histogram_bins,
                        n_quantiles=cfg.data.n_quantiles, atom_share=cfg.data.atom_share, rng=rng)
-    ledger.record(name="preprocess/histograms", noise_multiplier=sigma, sample_rate=1.0,
-                  sensitivity=k * math.sqrt(len(columns)))
+    sensitivity = k * math.sqrt(len(columns))
+    hist_std = sigma * sensitivity  # of every released count, the target's class counts among them
+    ledger.record(name="preprocess/histograms", noise_multiplier=sigma, sample_rate=1.0, sensitivity=sensitivity)
     released["preprocess/histograms"] = [f"{c.name}.{s}" for c in columns
                                          for s in ("missing", *c.fitted, *(("frequencies",) if c.histogram is not None
                                                                           else ()))]
@@ -184,9 +185,8 @@ def prepare_private(df: pd.DataFrame, cfg: CADASGConfig, *, rng: np.random.Gener
     frame = conform(frame, columns, transformer)
     encode_seed, x = int(rng.integers(2**62)), None
     if cfg.target is not None and merge_classes:
-        std = hist_sigma * k * math.sqrt(len(columns))  # of each released count of the target
         transformer.class_groups = target_class_groups(transformer.transforms.get(cfg.target), extractor.n_contexts,
-                                                       len(frame), cfg.model.merge_class_sds * std)
+                                                       len(frame), cfg.model.merge_class_sds * hist_std)
     dims = model_dims(transformer.output_dim, transformer.spans, extractor.n_contexts, cfg.target, cfg.model,
                       transformer.class_groups)
     pinned = dims.strata_span
