@@ -90,7 +90,7 @@ def central_with_plan(plan: FederationPlan, rows: pd.DataFrame) -> CADASG:
     data = encode_silo(plan, rows)
     cfg = plan.config
     if cfg.private:
-        from cadasg_dist.privacy.training import fit_private
+        from cadasg_dist.private.fit import fit_private
 
         state, cache, ledger = fit_private(cfg, data.x, data.context, plan.dims, plan.schema, units=data.units,
                                            ledger=plan.silo_ledger())

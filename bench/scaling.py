@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from bench.engine import score  # noqa: E402
 from bench.splits import load_table, split  # noqa: E402
 from cadasg_dist.config import CADASGConfig, ContextConfig, TrainConfig  # noqa: E402
+from cadasg_dist.privacy.ledger import PrivacyLedger  # noqa: E402
 from cadasg_dist.synthesizer import CADASG  # noqa: E402
 from cadasg_dist.train.fit import fit_local  # noqa: E402
 
@@ -55,7 +56,8 @@ def config(spec, epochs: int, seed: int, workers: int = 1, storage: str | None =
 def run_inproc(train, spec, epochs: int, seed: int) -> dict:
     t0 = time.perf_counter()
     model = CADASG(config(spec, epochs, seed))
-    x, ids, dims = model.prepare(train)
+    prepared = model.prepare(train)
+    x, ids, dims = prepared.x, prepared.ids, prepared.dims
     marks: list[float] = []  # cumulative seconds at each epoch's end
     cpu = [time.process_time()]  # CPU seconds of this process at each epoch's end
 
@@ -65,7 +67,7 @@ def run_inproc(train, spec, epochs: int, seed: int) -> dict:
 
     state, cache = fit_local(model.config, x, ids, dims, progress=mark)
     t2 = time.perf_counter()
-    model._finish(state.nets, cache, state.history, t2 - t0, len(x))
+    model.assemble(state.nets, cache, state.history, ledger=PrivacyLedger.non_private(), seconds=t2 - t0, rows=len(x))
     epoch_s = list(np.diff([0.0, *marks]))
     return {"model": model, "train_s": float(sum(epoch_s)), "wall_s": t2 - t0, "rows": len(x), "epochs": epochs,
             "epoch_s": epoch_s, "epoch_cpu_s": list(np.diff(cpu))}

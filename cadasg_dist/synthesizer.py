@@ -18,9 +18,10 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -39,9 +40,29 @@ from cadasg_dist.model.calibration import MarginalCalibration, class_counts, con
 from cadasg_dist.model.networks import CADASGNetworks, ModelDims, model_dims
 from cadasg_dist.privacy.ledger import PrivacyLedger
 from cadasg_dist.train.fit import ProgressFn, fit_local
+from cadasg_dist.train.loop import new_cache
 from cadasg_dist.train.step import Priors, generate
 
+if TYPE_CHECKING:
+    from cadasg_dist.private.prepare import PrivatePreparation
+
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    """A table ready to train on, as ``CADASG.prepare`` returns it: the config (epochs resolved),
+    schema, contexts, transforms, the encoded rows and the model's dimensions; in a private run also
+    ``private``: the capped rows' units, the preprocessing ledger and the run's one budget plan."""
+
+    config: CADASGConfig
+    schema: Schema
+    extractor: RuleContextExtractor
+    transformer: DataTransformer
+    x: np.ndarray  # (N, D) encoded rows
+    ids: np.ndarray  # (N,) context ids
+    dims: ModelDims
+    private: PrivatePreparation | None = None
 
 
 class CADASG:
@@ -58,37 +79,25 @@ class CADASG:
         self._priors: Priors | None = None
         self._calibration: MarginalCalibration | None = None
 
+
     # --- fitting ---------------------------------------------------------------------------
     def prepare(self, data: pd.DataFrame | str | Path, *, context: list[str] | tuple[str, ...] | None = None,
-                target: str | None = None) -> tuple[np.ndarray, np.ndarray, ModelDims]:
-        """Infer schema, contexts and transforms; return the encoded table, its context ids and
-        the model dimensions. Every distributed runner starts from this."""
+                target: str | None = None) -> Prepared:
+        """Infer (or, in a private run, release) schema, contexts and transforms, encode the table
+        and plan the privacy budget; every runner starts from the ``Prepared`` this returns."""
         df = read_table(data) if isinstance(data, str | Path) else data
         if df.shape[0] == 0:
             raise InvalidDataError("the table has no rows")
-        cfg = self.config
-        if context is not None:
-            cfg = cfg.replace(**{"context.columns": list(context)})
-        if target is not None:
-            cfg = cfg.replace(target=target)
-        self.config = cfg
-        for col in cfg.context.columns:
-            if col not in df.columns:
-                raise InvalidDataError(f"unknown context column {col!r}; columns: {', '.join(map(str, df.columns))}")
-        if cfg.target is not None and cfg.target not in df.columns:
-            raise InvalidDataError(f"unknown target column {cfg.target!r}; columns: {', '.join(map(str, df.columns))}")
-        for col in (cfg.target, *cfg.context.columns):
-            if col is not None and cfg.data.columns.get(col, ColumnOverride()).kind == "derived":
-                raise InvalidDataError(f"column {col!r} is declared derived, so it is not modelled: it cannot be the "
-                                       f"target or a context column; use the column it is derived from instead")
-        self._private_prep = None
+        self.config = cfg = fit_config(self.config, context, target)
+        _check_columns(df, cfg)
         if cfg.private:  # from declarations and DP releases only; rows capped per privacy unit
-            from cadasg_dist.privacy.preprocessing import prepare_private
+            from cadasg_dist.private.prepare import prepare_private
 
             prep = prepare_private(df, cfg)
             self.schema, self.extractor, self.transformer = prep.schema, prep.extractor, prep.transformer
-            self._private_prep, df = prep, prep.frame
+            df = prep.frame
         else:
+            prep = None
             self.schema = infer_schema(df, cfg.data)
             if cfg.target is not None and cfg.target in self.schema.dropped:
                 raise InvalidDataError(f"target column {cfg.target!r} is declared an identifier")
@@ -99,55 +108,67 @@ class CADASG:
                                                exclude=self.extractor.categorical_columns,
                                                atom_share=cfg.data.atom_share).fit(df)
         self.config = cfg = cfg.replace(**{"train.epochs": cfg.resolved_epochs(len(df))})
-        prep = self._private_prep
-        if prep is not None and prep.encoded is not None:  # encoded already, for a release
-            x = prep.encoded
+        if prep is not None:
+            # encoded already when a release needed it; the tie spreading's seed is secret, like all noise
+            x = prep.encoded if prep.encoded is not None else self.transformer.encode(df, seed=prep.encode_seed)
+            dims = prep.dims
         else:
-            x = self.transformer.encode(df, seed=cfg.train.seed if prep is None else
-                                        prep.encode_seed)  # private: a secret seed, like all noise
+            x = self.transformer.encode(df, seed=cfg.train.seed)
+            dims = model_dims(self.transformer.output_dim, self.transformer.spans, self.extractor.n_contexts,
+                              cfg.target, cfg.model, self.transformer.class_groups)
         ids = self.extractor.ids(df)
-        dims = model_dims(self.transformer.output_dim, self.transformer.spans, self.extractor.n_contexts, cfg.target,
-                          cfg.model, self.transformer.class_groups)
-        class_span = dims.strata_span
         if prep is None:  # exact: a non-private fit reads the rows (a private one released them)
-            self.transformer.class_marginals = self.transformer.context_marginals = None
-            if dims.strata > 1 and cfg.class_calibration:
-                counts = class_counts(x, self.transformer, dims)
-                self.transformer.class_marginals = {"std": 0.0, "counts": {k: v.tolist() for k, v in counts.items()}}
-            if cfg.context_calibration:
-                counts = context_counts(x, self.transformer, ids, self.extractor.n_contexts,
-                                        None if class_span is None else class_span.column)
-                self.transformer.context_marginals = {"std": 0.0, "counts": {k: v.tolist() for k, v in counts.items()}}
-        return x, ids, dims
+            self._exact_marginals(x, ids, dims)
+        return Prepared(cfg, self.schema, self.extractor, self.transformer, x, ids, dims, prep)
+
+    def _exact_marginals(self, x: np.ndarray, ids: np.ndarray, dims: ModelDims) -> None:
+        cfg, t = self.config, self.transformer
+        t.class_marginals = t.context_marginals = None
+        if dims.strata > 1 and cfg.class_calibration:
+            counts = class_counts(x, t, dims)
+            t.class_marginals = {"std": 0.0, "counts": {k: v.tolist() for k, v in counts.items()}}
+        if cfg.context_calibration:
+            span = dims.strata_span
+            counts = context_counts(x, t, ids, self.extractor.n_contexts, None if span is None else span.column)
+            t.context_marginals = {"std": 0.0, "counts": {k: v.tolist() for k, v in counts.items()}}
 
     def fit(self, data: pd.DataFrame | str | Path, *, context: list[str] | tuple[str, ...] | None = None,
             target: str | None = None, progress: ProgressFn | None = None) -> CADASG:
         """Train on ``data`` (a DataFrame or a CSV/Parquet path). Returns ``self``."""
         start = time.perf_counter()
-        x, ids, dims = self.prepare(data, context=context, target=target)
-        if self.config.private:
-            from cadasg_dist.privacy.training import fit_private
+        return self.fit_prepared(self.prepare(data, context=context, target=target), progress, started=start)
 
-            prep = self._private_prep
-            state, cache, ledger = fit_private(self.config, x, ids, dims, self.schema, progress,
-                                               units=prep.units, ledger=prep.ledger)
-            self.ledger = ledger
+    def fit_prepared(self, prepared: Prepared, progress: ProgressFn | None = None, *,
+                     started: float | None = None) -> CADASG:
+        """Train in this process on what ``prepare`` returned (privately when the config says so,
+        under ``prepared.plan``). Returns ``self``."""
+        start = time.perf_counter() if started is None else started
+        cfg, p = prepared.config, prepared
+        if cfg.private:
+            from cadasg_dist.private.fit import fit_private
+
+            state, cache, ledger = fit_private(cfg, p.x, p.ids, p.dims, p.schema, progress, units=p.private.units,
+                                               ledger=p.private.ledger, plan=p.private.plan)
         else:
-            state, cache = fit_local(self.config, x, ids, dims, progress)
-            self.ledger = PrivacyLedger.non_private()
-        self._finish(state.nets, cache, state.history, time.perf_counter() - start, len(x))
-        if state.dp is not None:  # the calibrated noise, steps taken, and whether training stopped early
-            self.meta["privacy"] = state.dp.report()
-        return self
+            state, cache = fit_local(cfg, p.x, p.ids, p.dims, progress)
+            ledger = PrivacyLedger.non_private()
+        return self.assemble(state.nets, cache, state.history, ledger=ledger, seconds=time.perf_counter() - start,
+                             rows=len(p.x), privacy=None if state.dp is None else state.dp.report())
 
-    def _finish(self, nets: CADASGNetworks, cache: ContextCache, history: list[dict[str, float]],
-                seconds: float, rows: int) -> None:
+    def assemble(self, nets: CADASGNetworks, cache: ContextCache, history: list[dict[str, float]], *,
+                 ledger: PrivacyLedger, seconds: float, rows: int, privacy: dict[str, Any] | None = None) -> CADASG:
+        """Make this (prepared) model the one trained by a runner: its networks, cache, history and
+        ledger, and the artifact's metadata (``privacy``: the DP state's report). Returns ``self``."""
         self.nets, self.cache, self.history = nets.cpu().eval(), cache, history  # sampling runs on the CPU
+        self.ledger = ledger
         self._priors = self._calibration = None
         self.meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "cadasg_version": __version__,
                      "torch_version": torch.__version__, "created": datetime.now(UTC).isoformat(),
                      "fit_seconds": round(seconds, 3), "training_rows": rows,
                      "private": self.ledger.private, "epochs": len(history)}
+        if privacy is not None:  # the calibrated noise, steps taken, and whether training stopped early
+            self.meta["privacy"] = privacy
+        return self
 
     # --- sampling --------------------------------------------------------------------------
     def _require_fitted(self) -> None:
@@ -236,8 +257,7 @@ class CADASG:
             model.nets = CADASGNetworks(dims, model.config.model)
             model.nets.load_state_dict(tensors["model"])
             model.nets.eval()
-            cache = ContextCache(dims.contexts, dims.features, model.config.model.latent_dim, model.config.cache,
-                                 dims.strata)
+            cache = new_cache(dims, model.config)
             cache.load_state_dict(tensors["cache"])
             model.cache = cache
             model.ledger = PrivacyLedger.from_state_dict(parts["ledger"])
@@ -251,6 +271,19 @@ class CADASG:
     @property
     def epsilon(self) -> float:
         return self.ledger.epsilon() if self.ledger.private else math.inf
+
+
+def _check_columns(df: pd.DataFrame, cfg: CADASGConfig) -> None:
+    """The target and context columns exist and are modelled."""
+    for col in cfg.context.columns:
+        if col not in df.columns:
+            raise InvalidDataError(f"unknown context column {col!r}; columns: {', '.join(map(str, df.columns))}")
+    if cfg.target is not None and cfg.target not in df.columns:
+        raise InvalidDataError(f"unknown target column {cfg.target!r}; columns: {', '.join(map(str, df.columns))}")
+    for col in (cfg.target, *cfg.context.columns):
+        if col is not None and cfg.data.columns.get(col, ColumnOverride()).kind == "derived":
+            raise InvalidDataError(f"column {col!r} is declared derived, so it is not modelled: it cannot be the "
+                                   f"target or a context column; use the column it is derived from instead")
 
 
 def _largest_remainder(weights: np.ndarray, n: int) -> np.ndarray:

@@ -96,17 +96,20 @@ class RuleContextExtractor(ContextExtractor):
             if kind in ("categorical", "boolean"):
                 out.append([_plain(v) for v in s.tolist()])
             elif kind == "datetime":
-                out.append(_period_labels(s, self.config.periods[col]))
+                out.append(period_labels(s, self.config.periods[col]))
             else:
-                out.append(_band_labels(pd.to_numeric(s, errors="coerce").to_numpy(float), self.config.bands[col]))
+                out.append(band_labels(pd.to_numeric(s, errors="coerce").to_numpy(float), self.config.bands[col]))
         return out
 
     def fit(self, df: pd.DataFrame) -> RuleContextExtractor:
-        if not self.columns:
-            self.domain = [()]
-        else:
-            keys = set(zip(*self._labels(df)))
-            self.domain = sorted(keys, key=lambda k: tuple((v is None, str(type(v)), v) for v in k))
+        """The domain observed in ``df`` (exact: a non-private fit only)."""
+        return self.with_domain(set(zip(*self._labels(df))) if self.columns else [()], source="data")
+
+    def with_domain(self, keys: Any, *, source: str) -> RuleContextExtractor:
+        """Set the context domain to ``keys`` (label tuples, in a canonical order); ``source`` says
+        where they came from: "data" (read from rows), "declared" or "dp" (a private run)."""
+        self.domain = sorted(keys, key=lambda k: tuple((v is None, str(type(v)), v) for v in k))
+        self.domain_source = source
         self._index = {k: i for i, k in enumerate(self.domain)}
         return self
 
@@ -212,7 +215,7 @@ def _same_label(label: Label, value: Any, banded: bool) -> bool:
         return False
 
 
-def _band_labels(x: np.ndarray, edges: tuple[float, ...]) -> list[Label]:
+def band_labels(x: np.ndarray, edges: tuple[float, ...]) -> list[Label]:
     edges_arr = np.asarray(edges, dtype=float)
     idx = np.searchsorted(edges_arr, x, side="right") - 1
     labels: list[Label] = []
@@ -237,7 +240,7 @@ def _fmt(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else f"{v:g}"
 
 
-def _period_labels(s: pd.Series, period: str) -> list[Label]:
+def period_labels(s: pd.Series, period: str) -> list[Label]:
     seconds = datetime_to_seconds(s)
     ts = pd.to_datetime(pd.Series(seconds * 1e9).round().astype("Int64"), errors="coerce")
     if period == "year":

@@ -261,7 +261,7 @@ class DataTransformer:
         # Per class of the target, a histogram of every other column, for the per-class calibration
         # (cadasg_dist/model/calibration.py): {"std": noise sd per cell (0 = exact), "counts":
         # {column: [[count per cell] per class]}}, or None. Set by CADASG.prepare or, released under
-        # DP, by privacy.preprocessing.release_group_marginals.
+        # DP, by private.releases.release_group_marginals.
         self.class_marginals: dict[str, Any] | None = None
         # The same per context (cadasg_dist/model/calibration.py ``context_counts``: {"std", "counts":
         # {column: [[count per cell] per context]}}), for the per-context calibration, or None.

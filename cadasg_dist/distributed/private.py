@@ -25,27 +25,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 
-from cadasg_dist.config import CADASGConfig
+from cadasg_dist.config import CacheConfig, CADASGConfig
 from cadasg_dist.context.cache import ContextCache
 from cadasg_dist.distributed.sync import Collectives, flatten, unflatten_into
 from cadasg_dist.errors import ConfigError, PrivacyBudgetError
 from cadasg_dist.model.networks import CADASGNetworks, ModelDims
 from cadasg_dist.privacy.ledger import PrivacyLedger
-from cadasg_dist.privacy.training import (
-    FINAL_CACHE,
-    REAL_ROW_METRICS,
-    BudgetPlan,
-    DPState,
-    PrivateBatch,
-    UnitSampler,
-    cache_noise,
-    plan_budget,
-)
+from cadasg_dist.private.budget import BudgetPlan, plan_budget, private_configs
+from cadasg_dist.private.fit import poisson_batches
+from cadasg_dist.private.sampling import UnitSampler
+from cadasg_dist.private.step import REAL_ROW_METRICS, DPState
 from cadasg_dist.train.step import Batch
 
 __all__ = ["REAL_ROW_METRICS", "ShardPrivacy", "check_private_config"]
@@ -68,10 +63,11 @@ class ShardedDPState(DPState):
     """``DPState`` for one of N workers: expected batch q·n/N, noise shares, merged VAE release."""
 
     def __init__(self, cfg: CADASGConfig, plan: BudgetPlan, ledger: PrivacyLedger, *, n_rows: int, world: int,
-                 comm: Collectives, has_utility: bool, strata: int, n_cells: int) -> None:
+                 comm: Collectives, has_utility: bool, strata: int, n_cells: int,
+                 final_cache: CacheConfig | None = None) -> None:
         # No seed: every worker's noise comes from its own OS entropy (independent shares, not replayable).
         super().__init__(cfg, worker_plan(plan, world), ledger, n_units=n_rows, has_utility=has_utility,
-                         strata=strata, n_cells=n_cells)
+                         strata=strata, n_cells=n_cells, final_cache=final_cache)
         self.global_plan = plan
         self.world = world
         self.comm = comm
@@ -111,19 +107,20 @@ class ShardedDPState(DPState):
 
 
 class ShardPrivacy:
-    """A worker's private-training pieces: budget plan, noisy cache config, DP state and sampler."""
+    """A worker's private-training pieces: the run's budget plan, noisy cache config, DP state and sampler."""
 
-    def __init__(self, cfg: CADASGConfig, dims: ModelDims, ledger_state: dict[str, Any], *, n_rows: int,
-                 local_rows: int, world: int, comm: Collectives, n_cells: int) -> None:
+    def __init__(self, cfg: CADASGConfig, dims: ModelDims, ledger_state: dict[str, Any], *,
+                 plan: dict[str, Any] | None, n_rows: int, local_rows: int, world: int, comm: Collectives) -> None:
+        """``plan``: the driver's budget plan as plain data (``BudgetPlan.to_dict``; planned here when None)."""
         check_private_config(cfg)
         spent = PrivacyLedger.from_state_dict(ledger_state)
         has_utility = bool(dims.target_spans)
-        self.plan = plan_budget(cfg, n_rows=n_rows, n_units=n_rows, has_utility=has_utility, spent=spent.mechanisms)
-        self.run_cfg = dataclasses.replace(cfg, cache=cache_noise(cfg.cache, self.plan.parts["cache/ema"], 1))
-        self.final_cache = (cache_noise(cfg.cache, self.plan.full_pass[FINAL_CACHE], 1)
-                            if FINAL_CACHE in self.plan.full_pass else None)
+        self.plan = (BudgetPlan.from_dict(plan) if plan is not None else
+                     plan_budget(cfg, n_rows=n_rows, n_units=n_rows, has_utility=has_utility, spent=spent.mechanisms))
+        self.run_cfg, final_cache = private_configs(cfg, self.plan, 1)
         self.dp = ShardedDPState(self.run_cfg, self.plan, spent, n_rows=n_rows, world=world, comm=comm,
-                                 has_utility=has_utility, strata=dims.strata, n_cells=n_cells)
+                                 has_utility=has_utility, strata=dims.strata, n_cells=dims.contexts * dims.strata,
+                                 final_cache=final_cache)
         if not self.dp.next_step_fits():
             raise PrivacyBudgetError(f"epsilon={cfg.privacy.epsilon} does not cover a single training step at noise "
                                      f"multiplier {self.plan.step_sigma:.4g}; raise epsilon")
@@ -131,17 +128,10 @@ class ShardPrivacy:
         # As the engine's private fit: whole epochs of the plan's steps (budget stops may end it sooner).
         self.epochs = self.plan.steps // self.plan.steps_per_epoch
 
-    def batches(self, xs: torch.Tensor, cs: torch.Tensor):  # noqa: ANN201 - a generator of PrivateBatch
-        """One epoch of Poisson batches of this worker's rows; stops (on every worker at the same
-        step: they share the ledger) when the next step would exceed the budget."""
-        for _ in range(self.plan.steps_per_epoch):
-            if not self.dp.next_step_fits():
-                dp = self.dp
-                dp.stop_reason = (f"the next step would exceed epsilon={dp.target} (spent {dp.epsilon():.4f} "
-                                  f"after {dp.steps_taken} of {self.plan.steps} steps)")
-                return
-            rows, _ = self.sampler.sample()
-            yield PrivateBatch(xs[rows], cs[rows], units=None)
+    def batches(self, xs: torch.Tensor, cs: torch.Tensor) -> Iterator[Batch]:
+        """One epoch of Poisson batches of this worker's rows; the loop's budget guard stops every
+        worker at the same step (they share the ledger)."""
+        return poisson_batches(xs, cs, self.sampler, self.plan.steps_per_epoch, by_unit=False)
 
     def state_dict(self) -> dict[str, Any]:
         """Shared by every worker (rank 0 saves it): the ledger and the step counters."""

@@ -13,7 +13,7 @@ communication with backward, which these small MLPs do not need.
 Under DP each worker clips its examples, adds ``1/N`` of the noise variance and divides by
 ``q·n/N``; the mean over workers is then the sum of every clipped example plus noise of exactly the
 calibrated variance, divided by ``q·n``: one DP-SGD step on the global Poisson batch
-(``privacy.training`` exposes the share and the divisor).
+(``private.step`` exposes the share and the divisor).
 
 Caches. ``ShardCache`` keeps the merged (global) statistics and the worker's own updates since the
 last merge; ``sync`` all-reduces those updates, which each worker noised with ``1/N`` of the

@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cadasg_dist.context.cache import ContextCache
 from cadasg_dist.distributed.data import PREPARE_ROWS, ContextRouting, context_counts, open_table, preparation_sample
 from cadasg_dist.distributed.plan import ShardPlan, make_plan
 from cadasg_dist.distributed.worker import WorkerConfig, load_payload, train_loop_per_worker
@@ -33,6 +32,7 @@ from cadasg_dist.model.networks import CADASGNetworks, ModelDims
 from cadasg_dist.privacy.ledger import PrivacyLedger
 from cadasg_dist.synthesizer import CADASG, fit_config
 from cadasg_dist.train.fit import EpochReport, ProgressFn
+from cadasg_dist.train.loop import new_cache
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +69,15 @@ def fit_distributed(model: CADASG, data: str | Path | pd.DataFrame, *, context: 
                           f"table in the driver, which reads at most {prepare_rows} rows; this table has {total}")
     # Automatic epochs count the whole table, not the driver's sample (prepare keeps a set value).
     model.config = cfg = cfg.replace(**{"train.epochs": cfg.resolved_epochs(total)})
-    _, ids, dims = model.prepare(sample)
-    cfg = model.config
-    ledger = None
-    if cfg.private:  # the workers train on the rows as the DP preprocessing conformed them
+    prepared = model.prepare(sample)
+    cfg, ids, dims = model.config, prepared.ids, prepared.dims
+    ledger = budget = None
+    if cfg.private:  # the workers train on the rows as the DP preprocessing conformed them, under its plan
         import ray.data
 
-        prep = model._private_prep
+        prep = prepared.private
         ds, total, ledger = ray.data.from_pandas(prep.frame), len(prep.frame), prep.ledger.state_dict()
+        budget = prep.plan.to_dict()
     counts = (np.bincount(ids, minlength=dims.contexts) if len(sample) == total
               else context_counts(ds, model.schema, model.extractor.to_dict()))
     plan = make_plan(counts, 1 if local_mode else cfg.distributed.num_workers)
@@ -87,7 +88,7 @@ def fit_distributed(model: CADASG, data: str | Path | pd.DataFrame, *, context: 
     if on_plan is not None:
         on_plan(text)
     wc = WorkerConfig(cfg, model.schema, model.transformer.to_dict(), model.extractor.to_dict(), dims, plan, total,
-                      ledger=ledger, fail_at_epoch=fail_at_epoch, fail_marker=fail_marker)
+                      ledger=ledger, budget=budget, fail_at_epoch=fail_at_epoch, fail_marker=fail_marker)
     planned = time.perf_counter()
     result = make_trainer(wc, ds, local_mode).fit()
     trained = time.perf_counter()
@@ -155,18 +156,17 @@ def make_trainer(wc: WorkerConfig, ds: Any, local_mode: bool) -> Any:
 
 def finish_model(model: CADASG, payload: dict[str, Any], dims: ModelDims, seconds: float, rows: int,
                  plan: ShardPlan) -> None:
-    """Set the trained networks, the merged cache and the ledger on ``model`` (``CADASG._finish``)."""
+    """Set the trained networks, the merged cache and the ledger on ``model`` (``CADASG.assemble``)."""
     cfg = model.config
     nets = CADASGNetworks(dims, cfg.model)
     nets.load_state_dict(payload["train_state"]["nets"])
-    cache = ContextCache(dims.contexts, dims.features, cfg.model.latent_dim, cfg.cache, dims.strata)
+    cache = new_cache(dims, cfg)
     cache.load_state_dict(payload["cache"])
     privacy = payload["privacy"]
-    model.ledger = (PrivacyLedger.from_state_dict(json.loads(privacy["ledger"])) if privacy is not None
-                    else PrivacyLedger.non_private())
-    model._finish(nets, cache, list(payload["history"]), seconds, rows)
-    if privacy is not None:  # the calibrated noise, steps taken, and whether training stopped early
-        model.meta["privacy"] = json.loads(privacy["report"])
+    ledger = (PrivacyLedger.from_state_dict(json.loads(privacy["ledger"])) if privacy is not None
+              else PrivacyLedger.non_private())
+    model.assemble(nets, cache, list(payload["history"]), ledger=ledger, seconds=seconds, rows=rows,
+                   privacy=None if privacy is None else json.loads(privacy["report"]))
     steps = max(int(payload["steps"]), 1)
     workers = json.loads(payload["workers"])
     if len({round(w["params"], 6) for w in workers}) > 1:

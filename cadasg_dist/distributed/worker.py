@@ -15,6 +15,7 @@ back with the steps it had counted, so the replayed steps are counted once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -42,7 +43,8 @@ from cadasg_dist.errors import ConfigError
 from cadasg_dist.model.networks import ModelDims
 from cadasg_dist.privacy import entropy
 from cadasg_dist.train.fit import EpochReport, final_cache_pass
-from cadasg_dist.train.step import Batch, TrainState, train_step
+from cadasg_dist.train.loop import TrainingLoop, split_batches
+from cadasg_dist.train.step import Batch, TrainState
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,8 @@ class WorkerConfig:
     total_rows: int
     # The preprocessing releases of a private run (a PrivacyLedger state dict); None when not private.
     ledger: dict[str, Any] | None = None
+    # The run's budget plan (a BudgetPlan as plain data), planned once by the driver; None when not private.
+    budget: dict[str, Any] | None = None
     # Test hook: worker 1 exits at the end of this epoch once (a marker file makes it once only).
     fail_at_epoch: int | None = None
     fail_marker: str | None = None
@@ -73,14 +77,16 @@ class WorkerConfig:
     def to_dict(self) -> dict[str, Any]:
         return {"cfg": self.cfg.to_dict(), "schema": self.schema.to_dict(), "transformer": self.transformer,
                 "context": self.context, "dims": self.dims.to_dict(), "plan": self.plan.to_dict(),
-                "total_rows": self.total_rows, "ledger": self.ledger, "fail_at_epoch": self.fail_at_epoch,
+                "total_rows": self.total_rows, "ledger": self.ledger, "budget": self.budget,
+                "fail_at_epoch": self.fail_at_epoch,
                 "fail_marker": self.fail_marker}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> WorkerConfig:
         return cls(CADASGConfig.from_dict(raw["cfg"]), Schema.from_dict(raw["schema"]), raw["transformer"],
                    raw["context"], ModelDims.from_dict(raw["dims"]), ShardPlan.from_dict(raw["plan"]),
-                   int(raw["total_rows"]), raw.get("ledger"), raw.get("fail_at_epoch"), raw.get("fail_marker"))
+                   int(raw["total_rows"]), raw.get("ledger"), raw.get("budget"), raw.get("fail_at_epoch"),
+                   raw.get("fail_marker"))
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -182,8 +188,8 @@ class WorkerRun:
             from cadasg_dist.distributed.private import REAL_ROW_METRICS, ShardPrivacy
 
             self.hidden_metrics = REAL_ROW_METRICS  # computed on real rows: never reported
-            self.privacy = ShardPrivacy(cfg, wc.dims, wc.ledger or {}, n_rows=wc.total_rows, local_rows=local_rows,
-                                        world=world, comm=self.comm, n_cells=wc.dims.contexts * wc.dims.strata)
+            self.privacy = ShardPrivacy(cfg, wc.dims, wc.ledger or {}, plan=wc.budget, n_rows=wc.total_rows,
+                                        local_rows=local_rows, world=world, comm=self.comm)
             cfg = self.privacy.run_cfg  # the cache noise calibrated for the run
             seed = None  # the generator below draws the cache's noise: secret
         else:
@@ -201,6 +207,8 @@ class WorkerRun:
         self.cache = ShardCache(wc.dims.contexts, wc.dims.features, cfg.model.latent_dim, cfg.cache, wc.dims.strata,
                                 world_size=world, private=cfg.private)
         self.rng = np.random.default_rng(seed)  # shuffling (not used by a private run's Poisson batches)
+        self.loop = TrainingLoop(cfg, self.state, self.cache, guard=None if self.privacy is None else self.privacy.dp,
+                                 hidden=self.hidden_metrics, after_step=self._merge_cache)
         self.history: list[dict[str, float]] = []
         self.resumed_from = 0  # the epoch of the checkpoint this worker group restarted from (0 = fresh)
         self.first_step = 0
@@ -219,10 +227,8 @@ class WorkerRun:
         """One epoch: shuffled slices of this shard (as many as one worker would take on the whole
         table), or, when private, Poisson batches at the global sample rate."""
         if self.privacy is not None:
-            yield from self.privacy.batches(xs, cs)
-            return
-        for idx in np.array_split(self.rng.permutation(len(xs)), self.wc.steps_per_epoch):
-            yield Batch(xs[idx], cs[idx])
+            return self.privacy.batches(xs, cs)
+        return split_batches(xs, cs, self.wc.steps_per_epoch, self.rng)
 
     def epoch(self, xs: torch.Tensor, cs: torch.Tensor) -> dict[str, float]:
         start, cpu = time.perf_counter(), time.process_time()
@@ -234,36 +240,28 @@ class WorkerRun:
             self.timing["epoch_cpu_s"].append(time.process_time() - cpu)
 
     def _epoch(self, xs: torch.Tensor, cs: torch.Tensor) -> dict[str, float]:
-        every = self.wc.cfg.distributed.merge_every
-        sums: dict[str, float] = {}
-        done = 0
-        for batch in self.batches(xs, cs):
-            metrics = train_step(self.cfg, self.state, batch, self.cache)
-            done += 1
-            if self.state.step % every == 0:
-                self.cache.sync(self.comm)
-            for k, v in metrics.items():
-                if k not in self.hidden_metrics:
-                    sums[k] = sums.get(k, 0.0) + v
+        means = self.loop.run_epoch(self.batches(xs, cs))
         if self.cache.pending_updates:
             self.cache.sync(self.comm)  # epoch end: a checkpoint holds merged statistics only
-        if not done:  # a private run out of budget: every worker stops at the same step
+        if means is None:  # a private run out of budget: every worker stops at the same step
             return {}
-        means = sync_metrics({k: v / done for k, v in sums.items()}, self.comm)
+        means = sync_metrics(means, self.comm)
         self.history.append({"epoch": len(self.history) + 1, **means})
         return means
+
+    def _merge_cache(self) -> None:
+        """After each step: merge the workers' caches every ``distributed.merge_every`` steps."""
+        if self.state.step % self.wc.cfg.distributed.merge_every == 0:
+            self.cache.sync(self.comm)
 
     def finish(self, xs: torch.Tensor, cs: torch.Tensor) -> None:
         """Final cache pass over every worker's rows (one merged noisy release), then the final report."""
         start = time.perf_counter()
         if self.cfg.cache.final_pass and not self.finished:  # a group restarted after the final report skips it
-            if self.privacy is not None and self.privacy.final_cache is not None:
-                self.cache.config = self.privacy.final_cache  # its own share of the budget
-            final_cache_pass(self.cfg, self.state, self.cache, xs, cs)  # the ShardCache noises 1/N
-            self.cache.sync(self.comm)
-            self.cache.config = self.cfg.cache
-            if self.privacy is not None:
-                self.privacy.dp.account_final()
+            private = self.privacy is not None
+            with self.privacy.dp.final_release(self.cache) if private else contextlib.nullcontext():
+                final_cache_pass(self.cfg, self.state, self.cache, xs, cs)  # the ShardCache noises 1/N
+                self.cache.sync(self.comm)
         self.timing["final_pass_s"] = time.perf_counter() - start
         self.report(self.epochs, self.history[-1] if self.history else {}, final=True)
 

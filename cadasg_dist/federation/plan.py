@@ -7,7 +7,7 @@ public: it travels in every message and is saved in the artifact.
 Privacy caveats first:
 
 * The plan is built by ``build_plan`` from declarations (``data.columns``, ``context.bands``...)
-  and from the DP releases of ``privacy.preprocessing.prepare_private`` (bounds, quantiles,
+  and from the DP releases of ``private.prepare.prepare_private`` (bounds, quantiles,
   point masses, missingness; in a private run also the histograms by class and by context that
   sampling's calibrations use, on at every epsilon here: ``federated_calibration``), never from
   raw statistics. In the simulation the driver computes
@@ -123,7 +123,7 @@ def build_plan(df: pd.DataFrame, cfg: CADASGConfig, fed: FederatedConfig) -> Fed
     Raises ``ConfigError`` listing what must be declared (text categories, numeric context
     columns) and ``PrivacyBudgetError`` when a bound cannot be released under the noise.
     """
-    from cadasg_dist.privacy.preprocessing import prepare_private
+    from cadasg_dist.private.prepare import prepare_private
 
     for col in (*cfg.context.columns, *([cfg.target] if cfg.target else [])):
         if col not in df.columns:
@@ -173,7 +173,7 @@ def encode_silo(plan: FederationPlan, df: pd.DataFrame, seed: int | None = None)
     sees the same rows); None draws fresh OS entropy, and a non-private run uses ``train.seed``.
     """
     from cadasg_dist.privacy import entropy
-    from cadasg_dist.privacy.preprocessing import cap_units
+    from cadasg_dist.private.sampling import cap_units
 
     cfg = plan.config
     if seed is None:

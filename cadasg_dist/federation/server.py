@@ -36,7 +36,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedProx
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords, aggregate_metricrecords
 
-from cadasg_dist.context.cache import CacheStats, ContextCache
+from cadasg_dist.context.cache import CacheStats
 from cadasg_dist.errors import CADASGError, InvalidDataError
 from cadasg_dist.federation.config import SECAGG_MODULUS, SECAGG_QUANTIZATION, FederatedConfig
 from cadasg_dist.federation.plan import FederationPlan
@@ -52,6 +52,7 @@ from cadasg_dist.federation.records import (
 )
 from cadasg_dist.model.networks import CADASGNetworks
 from cadasg_dist.privacy.ledger import PrivacyLedger
+from cadasg_dist.train.loop import new_cache
 from cadasg_dist.train.step import TrainState
 
 log = logging.getLogger(__name__)
@@ -394,7 +395,7 @@ def assemble_model(plan: FederationPlan, weights: dict[str, torch.Tensor], cache
     cfg, dims = plan.config, plan.dims
     nets = CADASGNetworks(dims, cfg.model)
     load_model_arrays(nets, weights)
-    cache = ContextCache(dims.contexts, dims.features, cfg.model.latent_dim, cfg.cache, dims.strata)
+    cache = new_cache(dims, cfg)
     cache.stats = cache_stats
     if noise_var is not None:
         cache.noise_var = noise_var
@@ -404,10 +405,11 @@ def assemble_model(plan: FederationPlan, weights: dict[str, torch.Tensor], cache
         parsed = [PrivacyLedger.from_json(text) for text in ledgers.values()]
         if not parsed:
             raise CADASGError("no silo ledger came back in the final round: the model's guarantee is unknown")
-        model.ledger = max(parsed, key=lambda lg: lg.epsilon())
+        ledger = max(parsed, key=lambda lg: lg.epsilon())
     else:
-        model.ledger = PrivacyLedger.non_private()
+        ledger = PrivacyLedger.non_private()
     rows = sum(s["rows"] for s in summary["silos"].values())
-    model._finish(nets, cache, [r for r in summary["rounds"] if r["phase"] == "train"], summary["seconds"], rows)
+    model.assemble(nets, cache, [r for r in summary["rounds"] if r["phase"] == "train"], ledger=ledger,
+                   seconds=summary["seconds"], rows=rows)
     model.meta["federated"] = summary
     return model

@@ -4,7 +4,7 @@ context cache, and ONE privacy ledger for the whole run.
 Privacy caveats first:
 
 * Record-level DP inside the silo: when ``privacy.epsilon`` is finite every step is the engine's
-  DP step (``privacy.training.DPState`` hooks: per-unit clipping, Gaussian noise, the cache's
+  DP step (``private.step.DPState`` hooks: per-unit clipping, Gaussian noise, the cache's
   noisy statistics) with Poisson sampling of the silo's units. The noise is calibrated ONCE, for
   all ``rounds * local_epochs`` epochs plus the final cache release, on top of the plan's
   preprocessing releases; the ledger is restored from the client's state every round and keeps
@@ -22,25 +22,33 @@ Privacy caveats first:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
+import itertools
 import logging
 import math
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 
-from cadasg_dist.context.cache import CacheStats, ContextCache
+from cadasg_dist.context.cache import CacheStats
 from cadasg_dist.errors import PrivacyBudgetError
 from cadasg_dist.federation.config import FederatedConfig
 from cadasg_dist.federation.plan import FederationPlan, SiloData
 from cadasg_dist.federation.records import load_model_arrays, model_arrays
 from cadasg_dist.privacy import entropy
 from cadasg_dist.privacy.ledger import PrivacyLedger
-from cadasg_dist.train.fit import batches, final_cache_pass
-from cadasg_dist.train.step import Batch, TrainState, train_step
+from cadasg_dist.private.budget import plan_budget, private_configs
+from cadasg_dist.private.fit import poisson_batches
+from cadasg_dist.private.sampling import UnitSampler
+from cadasg_dist.private.step import REAL_ROW_METRICS, DPState
+from cadasg_dist.train.fit import final_cache_pass
+from cadasg_dist.train.loop import TrainingLoop, as_tensors, new_cache, shuffled_batches, use_threads
+from cadasg_dist.train.step import Batch, TrainState
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +78,8 @@ class SiloTrainer:
         self.rounds_done = 0
         self.final_done = False
         cfg, dims = plan.config, plan.dims
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
-        self.xs = torch.from_numpy(np.ascontiguousarray(data.x, dtype=np.float32))
-        self.cs = torch.from_numpy(data.context.astype(np.int64))
+        use_threads(cfg)
+        self.xs, self.cs = as_tensors(data.x, data.context)
         self.ledger = ledger if ledger is not None else plan.silo_ledger()
         self.budget = self.dp = self.sampler = None
         self.rows_per_unit = 1 if data.units is None else cfg.privacy.max_rows_per_unit
@@ -83,23 +89,24 @@ class SiloTrainer:
         else:
             self.cfg = cfg
             self.state = TrainState.create(dims, cfg, seed=self.seed)
-        self.cache = ContextCache(dims.contexts, dims.features, cfg.model.latent_dim, self.cfg.cache, dims.strata)
+        self.cache = new_cache(dims, self.cfg)
+        self.loop = TrainingLoop(self.cfg, self.state, self.cache, guard=self.dp,
+                                 hidden=REAL_ROW_METRICS if self.dp is not None else ())
 
     def _private_setup(self, cfg: Any) -> Any:
-        from cadasg_dist.privacy.training import DPState, UnitSampler, cache_noise, plan_budget
-
+        """The silo's own budget plan (all rounds' epochs, on top of the plan's preprocessing), DP state
+        and secret Poisson sampler; returns the config it trains with (the cache's release noise)."""
         dims, fed = self.plan.dims, self.fed
         total = cfg.replace(**{"train.epochs": fed.rounds * fed.local_epochs})
         self.budget = plan_budget(total, n_rows=self.data.n_rows, n_units=self.data.n_units,
                                   has_utility=bool(dims.target_spans), spent=self.plan.preprocessing)
-        run_cfg = dataclasses.replace(cfg, cache=cache_noise(cfg.cache, self.budget.parts["cache/ema"],
-                                                             self.rows_per_unit))
+        run_cfg, final_cache = private_configs(cfg, self.budget, self.rows_per_unit)
         self.state = TrainState.create(dims, run_cfg, seed=self.seed)
         self.state.generator.manual_seed(entropy.secret_seed())  # it draws the cache's noise: secret
-        n_cells = dims.contexts * dims.strata
         # No seed: the DP noise and the Poisson batches come from the OS's entropy, as in fit_private.
         self.dp = DPState(run_cfg, self.budget, self.ledger, n_units=self.data.n_units,
-                          has_utility=bool(dims.target_spans), strata=dims.strata, n_cells=n_cells)
+                          has_utility=bool(dims.target_spans), strata=dims.strata, n_cells=dims.contexts * dims.strata,
+                          final_cache=final_cache)
         self.dp.attach(self.state)
         units = np.arange(self.data.n_rows) if self.data.units is None else self.data.units
         self.sampler = UnitSampler(units, self.budget.sample_rate)
@@ -110,45 +117,31 @@ class SiloTrainer:
 
     # --- a round -----------------------------------------------------------------------------
     def train_round(self, global_arrays: dict[str, torch.Tensor], proximal_mu: float = 0.0) -> RoundReport:
-        """``local_epochs`` epochs of the engine's step from the global weights; returns what happened."""
+        """``local_epochs`` epochs of the one training loop from the global weights; returns what happened."""
         load_model_arrays(self.state.nets, global_arrays)
         hooks = add_proximal_term(self.state, proximal_mu) if proximal_mu > 0 else []
-        start, sums, steps = time.perf_counter(), {}, 0
+        start, steps = time.perf_counter(), self.state.step
         try:
-            for metrics in (self._private_steps() if self.dp is not None else self._steps()):
-                steps += 1
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + v
+            means = self.loop.run_epoch(self._round_batches()) or {}
         finally:
             for h in hooks:
                 h.remove()
         self.rounds_done += 1
-        means = {k: v / steps for k, v in sums.items()} if steps else {}
         self.state.history.append({"round": self.rounds_done, **means})
         stopped = self.dp is not None and self.dp.stop_reason is not None
-        return RoundReport(steps=steps, seconds=time.perf_counter() - start, epsilon=self.epsilon,
+        return RoundReport(steps=self.state.step - steps, seconds=time.perf_counter() - start, epsilon=self.epsilon,
                            stopped=stopped, metrics=means)
 
-    def _steps(self):
+    def _round_batches(self) -> Iterator[Batch]:
+        """A round's batches: ``local_epochs`` shuffled epochs, or as many epochs of Poisson batches."""
+        if self.dp is not None:
+            steps = self.fed.local_epochs * self.budget.steps_per_epoch
+            by_unit = self.data.units is not None
+            return poisson_batches(self.xs, self.cs, self.sampler, steps, by_unit)
         rng = np.random.default_rng([self.seed, self.rounds_done])
-        for _ in range(self.fed.local_epochs):
-            for idx in batches(self.data.n_rows, self.cfg.train.batch_size, rng):
-                yield train_step(self.cfg, self.state, Batch(self.xs[idx], self.cs[idx]), self.cache)
-
-    def _private_steps(self):
-        from cadasg_dist.privacy.training import REAL_ROW_METRICS, PrivateBatch
-
-        by_unit = self.data.units is not None
-        for _ in range(self.fed.local_epochs * self.budget.steps_per_epoch):
-            if not self.dp.next_step_fits():
-                self.dp.stop_reason = (f"the next step would exceed epsilon={self.dp.target} (spent "
-                                       f"{self.ledger.epsilon():.4f} after {self.dp.steps_taken} steps)")
-                log.warning("silo training stopped: %s", self.dp.stop_reason)
-                return
-            rows, local = self.sampler.sample()
-            batch = PrivateBatch(self.xs[rows], self.cs[rows], units=local if by_unit else None)
-            metrics = train_step(self.cfg, self.state, batch, self.cache)
-            yield {k: v for k, v in metrics.items() if k not in REAL_ROW_METRICS}
+        size = self.cfg.train.batch_size
+        return itertools.chain.from_iterable(shuffled_batches(self.xs, self.cs, size, rng)
+                                             for _ in range(self.fed.local_epochs))
 
     def final_release(self, global_arrays: dict[str, torch.Tensor]) -> CacheStats:
         """The silo's cache statistics under the final global encoder, as ONE noisy release (or the
@@ -157,15 +150,7 @@ class SiloTrainer:
             return self.cache.stats
         load_model_arrays(self.state.nets, global_arrays)
         if self.plan.config.cache.final_pass:
-            if self.dp is not None:
-                from cadasg_dist.privacy.training import FINAL_CACHE, cache_noise
-
-                self.cache.config = cache_noise(self.plan.config.cache, self.budget.full_pass[FINAL_CACHE],
-                                                self.rows_per_unit)
-                final_cache_pass(self.cfg, self.state, self.cache, self.xs, self.cs)
-                self.dp.account_final()
-                self.cache.config = self.cfg.cache
-            else:
+            with self.dp.final_release(self.cache) if self.dp is not None else contextlib.nullcontext():
                 final_cache_pass(self.cfg, self.state, self.cache, self.xs, self.cs)
         self.final_done = True
         return self.cache.stats

@@ -17,7 +17,7 @@ marginals match them:
 
 Then, where the transformer holds *class marginals* (``DataTransformer.class_marginals``: per
 *stratum* of the target, a histogram of every other column; a DP release in private runs,
-``privacy.preprocessing.release_group_marginals``), the same two corrections again, per stratum:
+``private.releases.release_group_marginals``), the same two corrections again, per stratum:
 each column's distribution among the rows of one stratum, and a numeric column's atom and missing
 shares, are moved onto that stratum's histograms (``model.calibrate_classes``, by default on for a
 private fit at epsilon <= 3, where it lifts utility, and off above, where it cost rwm5yr). A

@@ -1,16 +1,9 @@
-"""Local training loop: epochs of ``train_step`` over shuffled batches, then the final cache pass.
-
-This is the embedded default that ``CADASG.fit`` uses; distributed runners call the same
-``train_step`` on their shard.
-"""
+"""The local, non-private fit: the one training loop (``train.loop``) over shuffled batches, then
+the final cache pass, which every runner ends with."""
 
 from __future__ import annotations
 
 import logging
-import math
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -18,61 +11,24 @@ import torch
 from cadasg_dist.config import CADASGConfig
 from cadasg_dist.context.cache import CacheStats, ContextCache
 from cadasg_dist.model.networks import ModelDims
-from cadasg_dist.train.step import Batch, TrainState, train_step
+from cadasg_dist.train.loop import EpochReport, ProgressFn, TrainingLoop, as_tensors, new_cache, shuffled_batches, use_threads
+from cadasg_dist.train.step import TrainState
 
 log = logging.getLogger(__name__)
 
-ProgressFn = Callable[["EpochReport"], None]
-
-
-@dataclass(frozen=True)
-class EpochReport:
-    """What a training loop tells its progress callback after each epoch.
-
-    ``state`` and ``cache`` are the live networks and cache (not copies): a callback may sample
-    from them (``tuning.rounds.snapshot_of``) but must not train or change them. In a private run
-    both are DP releases, so sampling from them is post-processing and spends nothing; ``metrics``
-    then holds only the step metrics computed from already-privatised quantities."""
-
-    epoch: int
-    epochs: int
-    seconds: float
-    metrics: dict[str, float]
-    epsilon: float | None = None
-    state: TrainState | None = field(default=None, repr=False, compare=False)
-    cache: ContextCache | None = field(default=None, repr=False, compare=False)
-
-
-def batches(n_rows: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Shuffled index batches covering every row once (the last may be smaller)."""
-    perm = rng.permutation(n_rows)
-    return [perm[i:i + batch_size] for i in range(0, n_rows, batch_size)]
+__all__ = ["EpochReport", "ProgressFn", "final_cache_pass", "fit_local"]
 
 
 def fit_local(cfg: CADASGConfig, x: np.ndarray, context: np.ndarray, dims: ModelDims,
               progress: ProgressFn | None = None) -> tuple[TrainState, ContextCache]:
     """Train on (N, D) features ``x`` with (N,) context ids; returns the state and the cache."""
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    use_threads(cfg)
     state = TrainState.create(dims, cfg)
-    cache = ContextCache(dims.contexts, dims.features, cfg.model.latent_dim, cfg.cache, dims.strata)
-    xs, cs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(context.astype(np.int64))
+    cache = new_cache(dims, cfg)
+    xs, cs = as_tensors(x, context)
     rng = np.random.default_rng(cfg.train.seed)
-    start = time.perf_counter()
-    for epoch in range(cfg.train.epochs):
-        sums: dict[str, float] = {}
-        parts = batches(len(xs), cfg.train.batch_size, rng)
-        for idx in parts:
-            metrics = train_step(cfg, state, Batch(xs[idx], cs[idx]), cache)
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + v
-        means = {k: v / len(parts) for k, v in sums.items()}
-        state.history.append({"epoch": epoch + 1, **means})
-        if progress is not None:
-            progress(EpochReport(epoch + 1, cfg.train.epochs, time.perf_counter() - start, means,
-                                 state=state, cache=cache))
-        if not all(math.isfinite(v) for v in means.values()):
-            log.warning("non-finite loss at epoch %d: %s", epoch + 1, means)
+    loop = TrainingLoop(cfg, state, cache)
+    loop.train(lambda: shuffled_batches(xs, cs, cfg.train.batch_size, rng), cfg.train.epochs, progress=progress)
     if cfg.cache.final_pass:
         final_cache_pass(cfg, state, cache, xs, cs)
     return state, cache

@@ -32,7 +32,8 @@ def test_local_mode_trains_and_returns_a_model(ray_session, mixed_table, tiny_co
 
 def _worker_config(table, cfg) -> tuple[WorkerConfig, torch.Tensor, torch.Tensor]:
     model = CADASG(cfg)
-    x, ids, dims = model.prepare(table)
+    prepared = model.prepare(table)
+    x, ids, dims = prepared.x, prepared.ids, prepared.dims
     plan = make_plan(np.bincount(ids, minlength=dims.contexts), 1)
     wc = WorkerConfig(model.config, model.schema, model.transformer.to_dict(), model.extractor.to_dict(), dims,
                       plan, len(x))

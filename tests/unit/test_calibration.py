@@ -25,7 +25,8 @@ from cadasg_dist.model.calibration import (
     prior_shift,
     shrink_to_model,
 )
-from cadasg_dist.privacy.preprocessing import prepare_private, released_frequencies
+from cadasg_dist.private.prepare import prepare_private
+from cadasg_dist.private.releases import released_frequencies
 from cadasg_dist.synthesizer import CADASG
 
 
@@ -139,7 +140,8 @@ def test_shrinkage_takes_exact_counts_and_distrusts_counts_drowned_in_noise():
 
 def test_class_counts_split_every_other_column_by_the_target_class(mixed_table, tiny_config):
     model = CADASG(tiny_config.replace(**{"model.calibrate_classes": True}))
-    x, _, dims = model.prepare(mixed_table)
+    prepared = model.prepare(mixed_table)
+    x, dims = prepared.x, prepared.dims
     counts = class_counts(x, model.transformer, dims)
     t = model.transformer.transforms
     assert set(counts) == {class_key(s) for s in model.transformer.spans if s.column != "label"}
@@ -175,7 +177,8 @@ def test_sampling_follows_each_class_distribution(mixed_table, tiny_config, tmp_
 def test_a_numeric_target_splits_the_histograms_by_its_value_bin(mixed_table, tiny_config):
     """No classes to split by: the strata are the target's equal-mass value bins."""
     model = CADASG(tiny_config.replace(**{"target": "score", "model.calibrate_classes": True}))
-    x, _, dims = model.prepare(mixed_table)
+    prepared = model.prepare(mixed_table)
+    x, dims = prepared.x, prepared.dims
     assert dims.strata == tiny_config.model.target_bins == 5 and dims.strata_span is None
     counts = class_counts(x, model.transformer, dims)
     assert "score" not in counts and counts["flag"].shape == (5, 2)
@@ -320,7 +323,8 @@ def _shifted(mixed_table):
 
 def test_context_counts_split_every_column_but_the_pinned_target_by_context(mixed_table, tiny_config):
     model = CADASG(tiny_config.replace(**{"model.calibrate_contexts": True}))
-    x, ids, dims = model.prepare(mixed_table)
+    prepared = model.prepare(mixed_table)
+    x, ids, dims = prepared.x, prepared.ids, prepared.dims
     counts = context_counts(x, model.transformer, ids, model.extractor.n_contexts, dims.strata_span.column)
     assert set(counts) == {class_key(s) for s in model.transformer.spans if s.column != "label"}
     flag = model.transformer.transforms["flag"].categories.index(True)

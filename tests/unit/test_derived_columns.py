@@ -9,7 +9,7 @@ import pytest
 from cadasg_dist.config import DataConfig
 from cadasg_dist.data.schema import Schema, infer_schema
 from cadasg_dist.errors import InvalidDataError
-from cadasg_dist.privacy.preprocessing import prepare_private
+from cadasg_dist.private.prepare import prepare_private
 from cadasg_dist.synthesizer import CADASG
 
 LEVEL_IS = {f"level_is_{i}": {"kind": "derived", "of": "level", "equals": i} for i in (1, 2, 3)}

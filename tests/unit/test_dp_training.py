@@ -19,16 +19,9 @@ from cadasg_dist.model.losses import critic_real_loss
 from cadasg_dist.model.networks import CADASGNetworks, ModelDims
 from cadasg_dist.privacy import PrivacyLedger, recompute_epsilon
 from cadasg_dist.privacy.analysis import epsilon_from_history
-from cadasg_dist.privacy.training import (
-    REAL_ROW_METRICS,
-    BudgetPlan,
-    DPState,
-    PrivateBatch,
-    UnitSampler,
-    cache_noise,
-    default_delta,
-    plan_budget,
-)
+from cadasg_dist.private.budget import BudgetPlan, cache_noise, default_delta, plan_budget
+from cadasg_dist.private.sampling import UnitSampler
+from cadasg_dist.private.step import REAL_ROW_METRICS, DPState, PrivateBatch
 from cadasg_dist.synthesizer import CADASG
 from cadasg_dist.train.step import vae_terms
 
@@ -263,10 +256,11 @@ def test_privacy_unit_caps_rows_and_accounts_per_unit(mixed_table, private_confi
 
 def test_units_over_the_cap_are_refused(mixed_table, private_config):
     from cadasg_dist.errors import InvalidDataError
-    from cadasg_dist.privacy.training import fit_private
+    from cadasg_dist.private.fit import fit_private
 
     model = CADASG(private_config)
-    x, ids, dims = model.prepare(mixed_table)
+    prepared = model.prepare(mixed_table)
+    x, ids, dims = prepared.x, prepared.ids, prepared.dims
     with pytest.raises(InvalidDataError, match="max_rows_per_unit"):
         fit_private(private_config, x, ids, dims, model.schema, units=np.zeros(len(x), dtype=np.int64))
 
@@ -289,7 +283,7 @@ def test_private_fit_with_per_layer_clipping_keeps_the_budget(mixed_table, priva
 
 
 def test_weight_average_is_an_ema_of_the_iterates_loaded_at_the_end():
-    from cadasg_dist.privacy.training import WeightAverage
+    from cadasg_dist.private.fit import WeightAverage
 
     layer = torch.nn.Linear(1, 1, bias=False)
     with torch.no_grad():

@@ -10,7 +10,7 @@ from cadasg_dist.config import ModelConfig
 from cadasg_dist.data.schema import ColumnSchema
 from cadasg_dist.data.transforms import CategoricalTransform, SpanInfo
 from cadasg_dist.model.networks import CADASGNetworks, ModelDims, class_groups
-from cadasg_dist.privacy.preprocessing import target_class_groups
+from cadasg_dist.private.prepare import target_class_groups
 from cadasg_dist.train.step import pin_stratum
 
 SPANS = (SpanInfo("a", "continuous", 0, 1), SpanInfo("y", "softmax", 1, 2, "atom"), SpanInfo("y", "continuous", 3, 1))

@@ -1,0 +1,187 @@
+"""Column kinds and declarations of a private run, read without looking at any value.
+
+A private run takes each column's kind from its declaration (``data.columns.X.kind``) or, failing
+that, from its storage type (the pandas dtype: public metadata, like the column names); category
+sets and bounds come from declarations or from the DP releases of ``private.releases``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cadasg_dist.config import CADASGConfig, ColumnOverride, DataConfig
+from cadasg_dist.data.schema import (
+    _ID_NAME,
+    MAX_INTEGER_LEVELS,
+    ColumnSchema,
+    _refuse_identifier,
+    datetime_to_seconds,
+)
+from cadasg_dist.errors import ConfigError, InvalidDataError
+
+log = logging.getLogger(__name__)
+
+NUMERIC = ("continuous", "integer", "datetime")
+
+
+@dataclass
+class PrivateColumn:
+    name: str
+    kind: str
+    dtype: str
+    override: ColumnOverride
+    lo: float | None = None
+    hi: float | None = None
+    categories: tuple[Any, ...] | None = None
+    sources: dict[str, str] = field(default_factory=dict)
+    has_missing: bool = False
+    mode: Any = None  # most common category (noisy), the fill for a missing value without a slot
+    coded: bool = False  # categorical whose categories are the integers within its bounds
+    fitted: dict[str, Any] = field(default_factory=dict)  # ContinuousTransform fields
+    histogram: np.ndarray | None = None  # noisy [missing, per category] counts of a categorical column
+
+
+def unit_data_config(cfg: CADASGConfig) -> DataConfig:
+    """The data config with the unit column declared an identifier (never modelled)."""
+    unit = cfg.privacy.unit
+    if unit is None:
+        return cfg.data
+    columns = dict(cfg.data.columns)
+    columns[unit] = dataclasses.replace(columns.get(unit, ColumnOverride()), kind="identifier")
+    return dataclasses.replace(cfg.data, columns=columns)
+
+
+def read_columns(df: pd.DataFrame, data_cfg: DataConfig, cfg: CADASGConfig) -> tuple[list[PrivateColumn], list[str]]:
+    unknown = sorted(set(data_cfg.columns) - set(map(str, df.columns)))
+    if unknown:
+        raise InvalidDataError(f"config declares column {unknown[0]!r}, which the table does not have; "
+                               f"columns: {', '.join(map(str, df.columns))}")
+    columns, dropped = [], []
+    for name in map(str, df.columns):
+        override = data_cfg.columns.get(name, ColumnOverride())
+        if override.kind == "identifier":
+            dropped.append(name)
+        if override.kind in ("identifier", "derived"):  # derived: computed at sampling, never read
+            continue
+        kind = override.kind or storage_kind(df[name], name)
+        col = PrivateColumn(name, kind, str(df[name].dtype), override)
+        col.coded = kind == "categorical" and override.categories is None and numeric_dtype(col)
+        if (kind in NUMERIC or col.coded) and override.min is not None and override.max is not None:
+            col.lo, col.hi = float(override.min), float(override.max)
+            if col.lo > col.hi:
+                raise InvalidDataError(f"column {name!r}: declared min {col.lo} is above max {col.hi}")
+            col.sources["bounds"] = "declared"
+        elif kind == "boolean":
+            col.categories = (False, True) if override.categories is None else tuple(override.categories)
+            col.sources["categories"] = "declared"
+        elif kind == "categorical" and override.categories is not None:
+            col.categories = typed_categories(override.categories, df[name])
+            col.sources["categories"] = "declared"
+        elif kind not in NUMERIC + ("categorical",):
+            raise InvalidDataError(f"column {name!r}: unknown kind {kind!r}; use continuous, integer, "
+                                   "categorical, boolean, datetime or identifier")
+        columns.append(col)
+    if cfg.target is not None and cfg.target in dropped:
+        raise InvalidDataError(f"target column {cfg.target!r} is declared an identifier")
+    if not columns:
+        raise InvalidDataError("no column is left to model once identifiers are dropped")
+    return columns, dropped
+
+
+def storage_kind(s: pd.Series, name: str) -> str:
+    """Kind from the storage type alone (public metadata), never from the values."""
+    if pd.api.types.is_bool_dtype(s):
+        return "boolean"
+    if pd.api.types.is_datetime64_any_dtype(s):
+        return "datetime"
+    if _ID_NAME.match(name):
+        _refuse_identifier(name, "its name marks it as an identifier")
+    if pd.api.types.is_integer_dtype(s):
+        return "integer"
+    if pd.api.types.is_numeric_dtype(s):
+        return "continuous"
+    return "categorical"
+
+
+def typed_categories(declared: tuple[Any, ...], s: pd.Series) -> tuple[Any, ...]:
+    """Declared categories (strings from config) in the column's own type, so they match its values."""
+    if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
+        return tuple(declared)
+    out = []
+    for v in declared:
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise InvalidDataError(f"column {s.name!r} is numeric but declares category {v!r}") from None
+        out.append(int(f) if f.is_integer() else f)
+    return tuple(out)
+
+
+def check_declarations(columns: list[PrivateColumn], cfg: CADASGConfig) -> None:
+    text = [c.name for c in columns if c.kind == "categorical" and c.categories is None and not c.coded]
+    bounds = [c.name for c in columns if c.lo is None and (c.kind in NUMERIC or c.coded)]
+    if cfg.privacy.preprocessing == "declared" and bounds:
+        raise ConfigError(
+            "privacy.preprocessing is 'declared' but these columns have no declared bounds: "
+            + ", ".join(bounds) + "; declare data.columns.NAME.min and .max (or set privacy.preprocessing: dp "
+            "to estimate them with part of the budget)")
+    if text:
+        raise ConfigError(
+            "a private run cannot read category sets from the data; declare them for: " + ", ".join(text)
+            + " (data.columns.NAME.categories: [...], or kind: identifier to drop the column)")
+
+
+def numeric_dtype(col: PrivateColumn) -> bool:
+    return col.dtype.startswith(("int", "uint", "float", "Int", "UInt", "Float"))
+
+
+def settle_kind(col: PrivateColumn, max_categories: int) -> None:
+    """Post-processing of the (declared or released) bounds: a numeric-coded categorical, and an
+    undeclared integer column with at most MAX_INTEGER_LEVELS values in range (as ``infer_schema``
+    does with distinct values), get the integers within the bounds as categories."""
+    if col.kind == "integer" and col.override.kind is None and col.hi - col.lo + 1 <= MAX_INTEGER_LEVELS:
+        col.kind, col.coded = "categorical", True
+    if col.coded:
+        if col.hi - col.lo + 1 > max_categories:
+            raise ConfigError(f"column {col.name!r} is categorical but its bounds [{col.lo:g}, {col.hi:g}] hold more "
+                              f"than data.max_categories={max_categories} integers; declare its categories "
+                              f"(data.columns.{col.name}.categories)")
+        col.categories = tuple(range(int(col.lo), int(col.hi) + 1))
+        col.sources = {"categories": col.sources.pop("bounds")}
+
+
+def numeric_values(s: pd.Series, kind: str) -> np.ndarray:
+    """Float values with NaN for missing (datetimes as seconds)."""
+    if kind == "datetime":
+        out = np.full(len(s), np.nan)
+        present = s.notna().to_numpy()
+        out[present] = datetime_to_seconds(s[present])
+        return out
+    try:
+        return pd.to_numeric(s).to_numpy(dtype=float, na_value=np.nan)
+    except (TypeError, ValueError):
+        raise InvalidDataError(f"column {s.name!r} is {kind} but holds non-numeric values") from None
+
+
+def category_key(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+
+
+def schema_column(col: PrivateColumn) -> ColumnSchema:
+    dtype = col.dtype
+    if col.kind == "integer" and dtype.startswith("float"):
+        dtype = "Int64" if col.has_missing else "int64"
+    numeric = col.kind in NUMERIC
+    return ColumnSchema(name=col.name, kind=col.kind, dtype=dtype, has_missing=col.has_missing,
+                        min=col.lo if numeric else None, max=col.hi if numeric else None,
+                        categories=col.categories, sources=dict(col.sources))
