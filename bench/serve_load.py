@@ -119,8 +119,8 @@ def _finish(proc: subprocess.Popen) -> dict[str, Any]:
 def _deploy(model: str, replicas: tuple[int, int], **extra: Any) -> None:
     from ray import serve
 
-    from serving.app import bind
-    from serving.settings import ServeArgs
+    from cadasg_dist.serving.app import bind
+    from cadasg_dist.serving.settings import ServeArgs
 
     args = ServeArgs(model_dir=model, model_name="bench", keys_env="CADASG_BENCH_KEYS", rate_limit_per_s=None,
                      min_replicas=replicas[0], max_replicas=replicas[1], num_cpus=0.5, **extra)
@@ -240,7 +240,7 @@ def run_main(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from serving.auth import hash_key
+    from cadasg_dist.serving.auth import hash_key
 
     os.environ["CADASG_BENCH_KEYS"] = f"{hash_key(KEY)} model=bench"
     if args.throughput_optimized:  # Serve's documented fast path; must be set before Ray starts

@@ -107,7 +107,8 @@ def _setup_logging() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cadasg_dist.federation.simulation import prepare_run, run_simulation
+    from cadasg_dist.federation.apps import run_simulation
+    from cadasg_dist.federation.simulation import prepare_run
 
     _setup_logging()
     cfg, fed = build_configs(args)

@@ -2,7 +2,7 @@
 
     cadasg serve DIR [--port 8700] [--host 127.0.0.1] [--replicas MIN:MAX] [--keys-file FILE]
 
-Flags parse into ``serving.ServeArgs`` (the one source of defaults); a flag left out keeps its
+Flags parse into ``cadasg_dist.serving.ServeArgs`` (the one source of defaults); a flag left out keeps its
 default. The model directory, the keys and the port are checked before Ray starts, so a user error
 is one line and exit code 2. Privacy: the server returns samples and public metadata only;
 sampling spends no privacy budget.
@@ -31,13 +31,13 @@ def _replicas(value: str) -> tuple[int, int]:
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``serve`` on an ``argparse`` subparsers object; returns its parser."""
-    from serving.settings import DEFAULT_PORT
+    from cadasg_dist.serving.settings import DEFAULT_PORT
 
     p = subparsers.add_parser(
         "serve", help="serve synthetic rows over HTTP (Ray Serve)",
         description="Serve a trained model: GET /healthz, GET /v1/model, POST /v1/sample. Requests need an "
                     "API key (X-API-Key) from --keys-file or $CADASG_API_KEYS; make one with "
-                    "`python -m serving.auth new --model NAME`.")
+                    "`python -m cadasg_dist.serving.auth new --model NAME`.")
     p.add_argument("model", help="model directory written by `cadasg train`")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"HTTP port (default {DEFAULT_PORT}; not "
                    "8000, which Flower's SuperLink uses)")
@@ -53,7 +53,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def serve_args(args: argparse.Namespace) -> Any:
-    from serving.settings import ServeArgs
+    from cadasg_dist.serving.settings import ServeArgs
 
     raw: dict[str, Any] = {"model_dir": args.model}
     for flag, key in (("name", "model_name"), ("keys_file", "keys_file"),
@@ -75,21 +75,22 @@ def _check_port(host: str, port: int) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Deploy, print the URL, block until Ctrl-C, then shut Serve down. Returns 0."""
-    from serving.auth import KeyRing
-    from serving.models import load_model
+    from cadasg_dist.serving.auth import KeyRing
+    from cadasg_dist.serving.models import load_model
 
     sargs = serve_args(args)
     keys = KeyRing.from_sources(sargs.keys_file, sargs.keys_env)
     if not len(keys) and not sargs.allow_anonymous:
         raise ConfigError(f"no API keys: give --keys-file or set ${sargs.keys_env} (make one with "
-                          "`python -m serving.auth new --model NAME`), or --allow-anonymous for a local test")
+                          "`python -m cadasg_dist.serving.auth new --model NAME`), "
+                          "or --allow-anonymous for a local test")
     loaded = load_model(sargs.model_dir, name=sargs.name, version=sargs.version)  # ArtifactError: one line
     _check_port(args.host, args.port)
 
     import ray
     from ray import serve
 
-    from serving.app import build_app
+    from cadasg_dist.serving.app import build_app
 
     if not ray.is_initialized():
         ray.init(include_dashboard=False, configure_logging=False)

@@ -1,26 +1,11 @@
-"""The ServerApp: rounds, aggregation and the artifact, all in ``cadasg_dist.federation.server``.
+"""The ServerApp that ``flwr run .`` loads: ``cadasg_dist.federation.apps.build_server_app``.
 
-Under ``flwr run .`` the settings come from the run config (``[tool.flwr.app.config]``);
-``cadasg federated`` builds the app with its own settings (``build_server_app(settings)``).
+Its settings come from the run config (``[tool.flwr.app.config]``); relative paths there may point
+into this app (``federated/demo.yaml``), so the app passes its own root.
 """
 
-from __future__ import annotations
+from pathlib import Path
 
-from flwr.app import Context
-from flwr.serverapp import Grid, ServerApp
+from cadasg_dist.federation.apps import build_server_app
 
-from cadasg_dist.federation.server import ServerSettings, run_server
-from cadasg_dist.federation.simulation import settings_from_run_config
-
-
-def build_server_app(settings: ServerSettings | None = None) -> ServerApp:
-    app = ServerApp()
-
-    @app.main()
-    def main(grid: Grid, context: Context) -> None:
-        run_server(grid, context, settings or settings_from_run_config(context.run_config))
-
-    return app
-
-
-app = build_server_app()
+app = build_server_app(app_root=Path(__file__).resolve().parents[1])

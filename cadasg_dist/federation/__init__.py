@@ -4,5 +4,8 @@
 * ``plan``: the public ``FederationPlan`` (schema, transforms, context domain) every silo encodes with;
 * ``silo``: a silo's rounds of the engine's ``train_step``, its cache and its one ledger;
 * ``records``: what a silo sends (parameters and cache statistics only) and the SecAgg+ packing;
-* ``client`` / ``server``: the Flower handlers' logic; ``simulation``: driving a run.
+* ``client`` / ``server``: the Flower handlers' logic; ``simulation``: a run's settings (silos, plan,
+  run config);
+* ``apps``: the ServerApp and ClientApp (``federated/`` only exposes them to ``flwr run``) and the
+  simulation engine.
 """

@@ -1,13 +1,15 @@
-"""Driving a federated run: silo sources, the plan, the Flower run config, the simulation engine.
+"""The settings of a federated run: silo sources, the plan, the Flower run config.
 
-``cadasg federated`` (``cadasg_dist/federated_command.py``) and ``flwr run .`` (through
-``federated/server_app.py``) both end up in ``run_server``; this module turns their inputs (a table
-split by a column, or a directory with one file per silo) into ``ServerSettings``.
+``cadasg federated`` (``cadasg_dist/federated_command.py``) and ``flwr run .`` (through the
+ServerApp of ``federation.apps``) both end up in ``run_server``; this module turns their inputs (a
+table split by a column, or a directory with one file per silo) into ``ServerSettings``.
+``federation.apps.run_simulation`` runs them on the simulation engine.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,8 @@ from cadasg_dist.federation.server import ServerSettings
 log = logging.getLogger(__name__)
 
 SILO_SUFFIXES = (".csv", ".parquet", ".pq")
+# Flower run-config keys that name files or directories.
+RUN_CONFIG_PATHS = ("config", "data", "silos", "plan")
 # Flower run-config keys (pyproject.toml [tool.flwr.app.config]) -> FederatedConfig fields.
 RUN_CONFIG_FEDERATED = {"rounds": "rounds", "local-epochs": "local_epochs", "strategy": "strategy",
                         "proximal-mu": "proximal_mu", "server-lr": "server_lr",
@@ -81,16 +85,33 @@ def prepare_run(cfg: CADASGConfig, fed: FederatedConfig, *, data: str | Path | N
                           out=Path(out) if out else None)
 
 
+def anchor_app_paths(run_config: Mapping[str, Any], app_root: Path) -> dict[str, Any]:
+    """The run config with each relative path that is not under the working directory but is under
+    ``app_root`` (where the Flower app's ``federated/`` is) made absolute there.
+
+    ``flwr run`` unpacks the app (its FAB) away from the working directory, so ``federated/demo.yaml``
+    must resolve against the app; the working directory still comes first, as in ``resolve_path``.
+    """
+    rc = dict(run_config)
+    for key in RUN_CONFIG_PATHS:
+        value = rc.get(key)
+        if not value or Path(str(value)).is_absolute() or (Path.cwd() / str(value)).exists():
+            continue
+        if (app_root / str(value)).exists():
+            rc[key] = str(app_root / str(value))
+    return rc
+
+
 def resolve_path(value: str | Path) -> Path:
-    """A run-config path: absolute as is; relative against the working directory, then the app's
-    root (where ``federated/`` is), then the installed library's project root."""
+    """A run-config path: absolute as is; relative against the working directory, then the installed
+    library's project root (the ServerApp of ``flwr run`` anchors the app's own first:
+    ``anchor_app_paths``)."""
     p = Path(value)
     if p.is_absolute():
         return p
     import cadasg_dist
-    import federated
 
-    roots = (Path.cwd(), Path(federated.__file__).resolve().parents[1], Path(cadasg_dist.__file__).resolve().parents[1])
+    roots = (Path.cwd(), Path(cadasg_dist.__file__).resolve().parents[1])
     for root in roots:
         if (root / p).exists():
             return root / p
@@ -128,28 +149,3 @@ def settings_from_run_config(run_config: dict[str, Any]) -> ServerSettings:
     settings = prepare_run(cfg, fed, data=rc.get("data"), silo_column=rc.get("silo-column"),
                            silos_dir=rc.get("silos"), plan_path=rc.get("plan"), out=out)
     return settings
-
-
-def run_simulation(settings: ServerSettings, *, ray_address: str | None = None, num_cpus: int | None = None,
-                   verbose: bool = False) -> None:
-    """One simulated SuperNode per silo on the Flower simulation engine (Ray).
-
-    ``ray_address`` joins a running Ray cluster (its own processes then survive the run: Flower's
-    Ray backend calls ``ray.shutdown()`` at the end, which only disconnects this driver); without
-    it a local Ray is started with ``num_cpus`` CPUs (all by default).
-    """
-    from flwr.simulation import run_simulation as flwr_run_simulation
-
-    from federated.client_app import app as client_app
-    from federated.server_app import build_server_app
-
-    init: dict[str, Any] = {"include_dashboard": False, "log_to_driver": verbose}
-    if ray_address:
-        init["address"] = ray_address
-    else:
-        init["address"] = "local"
-        if num_cpus:
-            init["num_cpus"] = num_cpus
-    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": init}
-    flwr_run_simulation(server_app=build_server_app(settings), client_app=client_app,
-                        num_supernodes=settings.num_silos, backend_config=backend, verbose_logging=verbose)

@@ -15,9 +15,9 @@ import httpx
 import pandas as pd
 import pytest
 
-from serving.auth import hash_key
-from serving.formats import read_arrow
-from serving.settings import ServeArgs, VersionConfig
+from cadasg_dist.serving.auth import hash_key
+from cadasg_dist.serving.formats import read_arrow
+from cadasg_dist.serving.settings import ServeArgs, VersionConfig
 
 pytestmark = pytest.mark.integration
 KEY = "integration-key-93b1"
@@ -34,7 +34,7 @@ def free_port() -> int:
 def served(ray_session, tiny_model, tmp_path_factory):
     from ray import serve
 
-    from serving.app import bind
+    from cadasg_dist.serving.app import bind
 
     root = tmp_path_factory.mktemp("serve")
     first = str(tiny_model.save(root / "tiny"))

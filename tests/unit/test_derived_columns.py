@@ -103,7 +103,7 @@ def _data(columns: dict) -> DataConfig:
 
 
 def test_serving_metadata_lists_derived_columns_in_table_order(model, table):
-    from serving.models import public_metadata
+    from cadasg_dist.serving.models import public_metadata
 
     meta = public_metadata(model, name="m", version="1", loaded_at="now", valid={})
     columns = meta["schema"]["columns"]

@@ -1,6 +1,6 @@
 """The HTTP API without Ray: routes, auth, validation, formats, determinism, version swaps, client.
 
-The app is ``serving.api.create_app`` over a ``SamplingService`` holding a model trained in-process
+The app is ``cadasg_dist.serving.api.create_app`` over a ``SamplingService`` holding a model trained in-process
 (the session's ``tiny_model``); requests go through starlette's TestClient or httpx's ASGI
 transport, so nothing here starts Ray or opens a port.
 """
@@ -19,11 +19,11 @@ from fastapi.testclient import TestClient
 
 from cadasg_dist.client import Client, ServingError
 from cadasg_dist.errors import ArtifactError, ConfigError
-from serving.api import create_app
-from serving.auth import KeyRing, hash_key, parse_keys
-from serving.formats import read_arrow
-from serving.service import SamplingService
-from serving.settings import ServeArgs
+from cadasg_dist.serving.api import create_app
+from cadasg_dist.serving.auth import KeyRing, hash_key, parse_keys
+from cadasg_dist.serving.formats import read_arrow
+from cadasg_dist.serving.service import SamplingService
+from cadasg_dist.serving.settings import ServeArgs
 
 KEY, OTHER_MODEL_KEY = "test-key-7f3a9c", "other-model-key-51e2"
 HEADERS = {"X-API-Key": KEY}

@@ -7,8 +7,8 @@ import hashlib
 import pytest
 
 from cadasg_dist.errors import ConfigError
-from serving.auth import KeyRing, RateLimiter, hash_key, main, parse_keys
-from serving.settings import ServeArgs, VersionConfig
+from cadasg_dist.serving.auth import KeyRing, RateLimiter, hash_key, main, parse_keys
+from cadasg_dist.serving.settings import ServeArgs, VersionConfig
 
 
 def test_hash_key_is_sha256_hex():

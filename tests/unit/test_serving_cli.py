@@ -9,7 +9,7 @@ import pytest
 
 from cadasg_dist import serve_command
 from cadasg_dist.errors import ArtifactError, ConfigError
-from serving.auth import hash_key
+from cadasg_dist.serving.auth import hash_key
 
 
 def parse(*argv: str) -> argparse.Namespace:

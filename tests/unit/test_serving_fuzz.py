@@ -11,10 +11,10 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from serving.api import create_app
-from serving.auth import KeyRing, hash_key, parse_keys
-from serving.service import SamplingService
-from serving.settings import ServeArgs
+from cadasg_dist.serving.api import create_app
+from cadasg_dist.serving.auth import KeyRing, hash_key, parse_keys
+from cadasg_dist.serving.service import SamplingService
+from cadasg_dist.serving.settings import ServeArgs
 
 KEY = "fuzz-key-0c1d"
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))

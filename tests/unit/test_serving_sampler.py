@@ -7,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from serving import sampler
-from serving.sampler import SampleJob, merge_is_exact, sample_many
+from cadasg_dist.serving import sampler
+from cadasg_dist.serving.sampler import SampleJob, merge_is_exact, sample_many
 
 CONTEXTS = [{}, {"group": "a"}, {"group": "b"}, {"group": "rare"}]
 

@@ -10,7 +10,7 @@ A client sends its key in ``X-API-Key`` (or ``Authorization: Bearer <key>``). No
 key is 401; a known key whose ``model=`` list lacks this model's name is 403. Keys are compared by
 hash with ``hmac.compare_digest`` over every entry (no early exit), and never logged: logs and
 errors name a key by its ``label`` (default: its line). Make a key and its entry with
-``python -m serving.auth new --model NAME`` (the key is printed once; keep only the entry).
+``python -m cadasg_dist.serving.auth new --model NAME`` (the key is printed once; keep only the entry).
 
 Rate limit: a token bucket per key (``rate`` requests/s, ``burst`` at most), kept per replica:
 with R replicas a key can get up to R times the rate.
@@ -62,7 +62,7 @@ def parse_keys(text: str, origin: str) -> list[ApiKey]:
         match = _ENTRY.match(first)
         if match is None:
             raise ConfigError(f"{origin} entry {i}: expected 'sha256:<64 hex digits> model=NAME'; store key "
-                              "hashes, not keys (python -m serving.auth hash)")
+                              "hashes, not keys (python -m cadasg_dist.serving.auth hash)")
         opts = dict(f.split("=", 1) for f in fields if "=" in f)
         unknown = [f.split("=", 1)[0] for f in fields if "=" not in f or f.split("=", 1)[0] not in ("model", "label")]
         if unknown:
@@ -131,7 +131,8 @@ class RateLimiter:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serving.auth", description="make or hash CA-DASG API keys")
+    parser = argparse.ArgumentParser(prog="python -m cadasg_dist.serving.auth",
+                                     description="make or hash CA-DASG API keys")
     sub = parser.add_subparsers(dest="cmd", required=True)
     new = sub.add_parser("new", help="print a fresh key (once) and its keys-file entry")
     new.add_argument("--model", default="*", help="model name(s) it may use, comma-separated, or *")

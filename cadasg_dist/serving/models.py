@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from cadasg_dist.errors import ArtifactError
+from cadasg_dist.serving.sampler import merge_is_exact
 from cadasg_dist.synthesizer import CADASG
-from serving.sampler import merge_is_exact
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from cadasg_dist import __version__
 from cadasg_dist.errors import CADASGError, ContextError
-from serving.formats import MEDIA_TYPES, encode
-from serving.service import RequestRejected, SamplingService
+from cadasg_dist.serving.formats import MEDIA_TYPES, encode
+from cadasg_dist.serving.service import RequestRejected, SamplingService
 
 log = logging.getLogger(__name__)
 

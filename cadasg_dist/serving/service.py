@@ -21,10 +21,10 @@ from typing import Any
 import pandas as pd
 
 from cadasg_dist.errors import ConfigError
-from serving.auth import ApiKey, KeyRing, RateLimiter
-from serving.models import LoadedModel, content_hash, load_model
-from serving.sampler import SampleJob, sample_many
-from serving.settings import ServeArgs
+from cadasg_dist.serving.auth import ApiKey, KeyRing, RateLimiter
+from cadasg_dist.serving.models import LoadedModel, content_hash, load_model
+from cadasg_dist.serving.sampler import SampleJob, sample_many
+from cadasg_dist.serving.settings import ServeArgs
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,8 @@ class SamplingService:
         self.keys = keys if keys is not None else KeyRing.from_sources(args.keys_file, args.keys_env, environ)
         if not len(self.keys) and not args.allow_anonymous:
             raise ConfigError(f"no API keys: give keys_file or set {args.keys_env}, or allow_anonymous=true "
-                              "for a local experiment (python -m serving.auth new --model NAME makes a key)")
+                              "for a local experiment "
+                              "(python -m cadasg_dist.serving.auth new --model NAME makes a key)")
         self.limiter = (RateLimiter(args.rate_limit_per_s, args.rate_limit_burst)
                         if args.rate_limit_per_s else None)
         self.merge = merge

@@ -1,8 +1,8 @@
 """The Ray Serve application: one deployment class over the sampler, with a FastAPI ingress.
 
-    serve run serving.app:build_app model_dir=runs/rwm keys_file=keys.txt   # typed args (ServeArgs)
-    serve run serving/config.yaml                                            # the same, from a file
-    cadasg serve runs/rwm --port 8700 --replicas 1:2                         # the CLI
+    serve run cadasg_dist.serving.app:build_app model_dir=runs/rwm keys_file=keys.txt  # typed args (ServeArgs)
+    serve run cadasg_dist/serving/config.yaml                                         # the same, from a file
+    cadasg serve runs/rwm --port 8700 --replicas 1:2                                  # the CLI
 
 Each replica loads the artifact in ``__init__`` and keeps it; small requests (n <= merge_max_n)
 that arrive together share one pass (``@serve.batch`` of up to batch_max_requests requests, cut
@@ -26,10 +26,10 @@ from ray import serve
 from ray.serve import Application
 
 from cadasg_dist.errors import CADASGError
-from serving.api import create_app
-from serving.sampler import SampleJob
-from serving.service import SamplingService, torch_threads
-from serving.settings import ServeArgs, VersionConfig
+from cadasg_dist.serving.api import create_app
+from cadasg_dist.serving.sampler import SampleJob
+from cadasg_dist.serving.service import SamplingService, torch_threads
+from cadasg_dist.serving.settings import ServeArgs, VersionConfig
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """Typed arguments of the serving application: the one source of its defaults.
 
-``serve run serving.app:build_app model_dir=...``, ``serving/config.yaml`` (its ``args:``) and
-``cadasg serve`` all parse into :class:`ServeArgs`; unknown keys are refused. :class:`VersionConfig`
-is the deployment's ``user_config``: set ``model_dir`` there and redeploy to swap model versions in
-place, without restarting replicas.
+``serve run cadasg_dist.serving.app:build_app model_dir=...``, ``cadasg_dist/serving/config.yaml``
+(its ``args:``) and ``cadasg serve`` all parse into :class:`ServeArgs`; unknown keys are refused.
+:class:`VersionConfig` is the deployment's ``user_config``: set ``model_dir`` there and redeploy to
+swap model versions in place, without restarting replicas.
 """
 
 from __future__ import annotations
