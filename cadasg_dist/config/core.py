@@ -13,31 +13,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cadasg_dist.config import sections
 from cadasg_dist.config.parsing import build_dataclass, dataclass_of, read_yaml_mapping, require, to_plain
-from cadasg_dist.config.sections import (
-    CacheConfig,
-    ContextConfig,
-    DataConfig,
-    DistributedConfig,
-    LossConfig,
-    ModelConfig,
-    PrivacyConfig,
-    TrainConfig,
-)
 from cadasg_dist.errors import ConfigError
 
 
 @dataclass(frozen=True)
 class CADASGConfig:
+    """A whole run: one of each section, checked across sections (``validate``) when built."""
+
     target: str | None = None
-    data: DataConfig = field(default_factory=DataConfig)
-    context: ContextConfig = field(default_factory=ContextConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    cache: CacheConfig = field(default_factory=CacheConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
-    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    data: sections.DataConfig = field(default_factory=sections.DataConfig)
+    context: sections.ContextConfig = field(default_factory=sections.ContextConfig)
+    model: sections.ModelConfig = field(default_factory=sections.ModelConfig)
+    loss: sections.LossConfig = field(default_factory=sections.LossConfig)
+    cache: sections.CacheConfig = field(default_factory=sections.CacheConfig)
+    train: sections.TrainConfig = field(default_factory=sections.TrainConfig)
+    privacy: sections.PrivacyConfig = field(default_factory=sections.PrivacyConfig)
+    distributed: sections.DistributedConfig = field(default_factory=sections.DistributedConfig)
 
     def __post_init__(self) -> None:
         validate(self)
