@@ -66,7 +66,7 @@ def log(msg: str) -> None:
 
 
 def utc_now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def cache_dir(cache: str | os.PathLike, table: str, model: str, seed: int) -> Path:
@@ -187,7 +187,7 @@ def epoch_timer():
 
             return wrapped
 
-        setattr(mod, "tqdm", make())
+        mod.tqdm = make()
         patched.append((mod, orig))
     try:
         yield stamps

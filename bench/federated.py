@@ -108,7 +108,7 @@ def federated(train: pd.DataFrame, table: str, args: argparse.Namespace, plan_pa
     if not data.exists():  # the same rows for every federated run of the table
         train.to_parquet(data)
     out = work / f"{table}-fed-{'secagg' if secagg else 'plain'}-lr{server_lr:g}"
-    cmd = [sys.executable, "-m", "cadasg_dist.federated_command", str(data), "--silo-column", SILO_COLUMN[table],
+    cmd = [sys.executable, "-m", "cadasg_dist.cli", "federated", str(data), "--silo-column", SILO_COLUMN[table],
            "--plan", str(plan_path), "--rounds", str(args.rounds), "--local-epochs", str(args.local_epochs),
            "--server-lr", f"{server_lr:g}", "--secagg" if secagg else "--no-secagg",
            "--set", "federated.round_timeout=3600", "--set", "federated.secagg_max_weight=20000",

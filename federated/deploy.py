@@ -92,7 +92,7 @@ def silo_files(args: argparse.Namespace, workdir: Path) -> list[tuple[str, Path]
 
 
 def build_plan_file(args: argparse.Namespace, silos: list[tuple[str, Path]], workdir: Path) -> Path:
-    from cadasg_dist.federated_command import build_configs
+    from cadasg_dist.cli.federated import build_configs
     from cadasg_dist.federation.simulation import prepare_run
 
     cfg, fed = build_configs(args)

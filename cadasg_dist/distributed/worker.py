@@ -118,11 +118,11 @@ def worker_progress(rank: int) -> Callable[[EpochReport], None]:
     Ray Data's progress bars for reading a shard (``quiet_console``; both stay in Ray's log files)."""
     if rank != 0:
         return lambda report: None
-    from cadasg_dist.cli import Progress
+    from cadasg_dist.train.progress import epoch_line, line_due
 
     def show(report: EpochReport) -> None:
-        if Progress.due(report):  # not print(): Ray Train patches it into INFO log records
-            sys.stdout.write(Progress.line(report) + "\n")
+        if line_due(report):  # not print(): Ray Train patches it into INFO log records
+            sys.stdout.write(epoch_line(report) + "\n")
             sys.stdout.flush()
 
     return show

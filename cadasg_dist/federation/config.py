@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from cadasg_dist.config import CADASGConfig, _build, _plain, require
+from cadasg_dist.config import CADASGConfig, build_dataclass, read_yaml_mapping, require, split_section, to_plain
 from cadasg_dist.errors import ConfigError
 
 # SecAgg+ maps each masked float to an integer in [0, 2^22); the client and the server must agree.
@@ -88,10 +89,10 @@ class FederatedConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> FederatedConfig:
-        return _build(cls, raw or {}, "federated.")
+        return build_dataclass(cls, raw or {}, "federated.")
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(self)
+        return to_plain(self)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -112,20 +113,15 @@ def parse_failure(spec: str) -> tuple[int, int, str]:
     return int(parts[0]), int(parts[1]), parts[2]
 
 
-def load_configs(path: str | Path | None) -> tuple[CADASGConfig, FederatedConfig]:
-    """Both configs from one YAML file: its ``federated:`` section and everything else."""
+def load_configs(path: str | Path | None, overrides: Mapping[str, Any] | None = None
+                 ) -> tuple[CADASGConfig, FederatedConfig]:
+    """Both configs from one YAML file (its ``federated:`` section and everything else), then the
+    dotted ``overrides`` (``federated.*`` keys for the federation, the rest for the engine)."""
     if path is None:
-        return CADASGConfig(), FederatedConfig()
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config file {p} must hold a mapping at the top level")
-    federated = raw.pop("federated", None)
-    return CADASGConfig.from_dict(raw), FederatedConfig.from_dict(federated)
+        cfg, fed = CADASGConfig(), FederatedConfig()
+    else:
+        raw = read_yaml_mapping(path)
+        federated = raw.pop("federated", None)
+        cfg, fed = CADASGConfig.from_dict(raw), FederatedConfig.from_dict(federated)
+    engine, federation = split_section(overrides or {}, "federated")
+    return (cfg.replace(**engine) if engine else cfg), (fed.replace(**federation) if federation else fed)

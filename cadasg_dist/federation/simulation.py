@@ -1,6 +1,6 @@
 """The settings of a federated run: silo sources, the plan, the Flower run config.
 
-``cadasg federated`` (``cadasg_dist/federated_command.py``) and ``flwr run .`` (through the
+``cadasg federated`` (``cadasg_dist/cli/federated.py``) and ``flwr run .`` (through the
 ServerApp of ``federation.apps``) both end up in ``run_server``; this module turns their inputs (a
 table split by a column, or a directory with one file per silo) into ``ServerSettings``.
 ``federation.apps.run_simulation`` runs them on the simulation engine.
@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from cadasg_dist.config import CADASGConfig
+from cadasg_dist.config import CADASGConfig, flag_overrides
 from cadasg_dist.data.io import read_table
 from cadasg_dist.errors import ConfigError, InvalidDataError
 from cadasg_dist.federation.config import FederatedConfig, load_configs
@@ -27,13 +27,6 @@ log = logging.getLogger(__name__)
 SILO_SUFFIXES = (".csv", ".parquet", ".pq")
 # Flower run-config keys that name files or directories.
 RUN_CONFIG_PATHS = ("config", "data", "silos", "plan")
-# Flower run-config keys (pyproject.toml [tool.flwr.app.config]) -> FederatedConfig fields.
-RUN_CONFIG_FEDERATED = {"rounds": "rounds", "local-epochs": "local_epochs", "strategy": "strategy",
-                        "proximal-mu": "proximal_mu", "server-lr": "server_lr",
-                        "local-lr-scale": "local_lr_scale", "secagg": "secagg",
-                        "min-clients": "min_clients",
-                        "round-timeout": "round_timeout", "schema-epsilon": "schema_epsilon",
-                        "inject-failure": "inject_failure"}
 
 
 def silo_sources(data: str | Path | None, silo_column: str | None, silos_dir: str | Path | None
@@ -124,22 +117,11 @@ def settings_from_run_config(run_config: dict[str, Any]) -> ServerSettings:
     Empty strings mean "not given": every default comes from the config dataclasses.
     """
     rc = {k: v for k, v in run_config.items() if v != ""}
-    for key in ("config", "data", "silos", "plan"):
+    for key in RUN_CONFIG_PATHS:
         if key in rc:
             rc[key] = str(resolve_path(rc[key]))
-    cfg, fed = load_configs(rc.get("config"))
-    overrides = {field: rc[key] for key, field in RUN_CONFIG_FEDERATED.items() if key in rc}
-    if overrides:
-        fed = fed.replace(**overrides)
-    dotted: dict[str, Any] = {}
-    if "target" in rc:
-        dotted["target"] = rc["target"]
-    if "context" in rc:
-        dotted["context.columns"] = [c.strip() for c in str(rc["context"]).split(",") if c.strip()]
-    if "epsilon" in rc:
-        dotted["privacy.epsilon"] = rc["epsilon"]
-    if dotted:
-        cfg = cfg.replace(**dotted)
+    # The run config's keys are the `cadasg federated` flags, hyphens for underscores (config.flags).
+    cfg, fed = load_configs(rc.get("config"), flag_overrides({k.replace("-", "_"): v for k, v in rc.items()}))
     out = rc.get("out")
     if "plan" in rc and "data" not in rc and "silos" not in rc:  # deployment: silos bring their own rows
         plan = FederationPlan.from_json(Path(rc["plan"]).read_text())

@@ -11,7 +11,15 @@ import torch
 from cadasg_dist.config import CADASGConfig
 from cadasg_dist.context.cache import CacheStats, ContextCache
 from cadasg_dist.model.networks import ModelDims
-from cadasg_dist.train.loop import EpochReport, ProgressFn, TrainingLoop, as_tensors, new_cache, shuffled_batches, use_threads
+from cadasg_dist.train.loop import (
+    EpochReport,
+    ProgressFn,
+    TrainingLoop,
+    as_tensors,
+    new_cache,
+    shuffled_batches,
+    use_threads,
+)
 from cadasg_dist.train.step import TrainState
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from cadasg_dist.config import CADASGConfig
+from cadasg_dist.config import CADASGConfig, read_yaml
 from cadasg_dist.errors import ConfigError
 
 DEFAULT_SPACE = Path(__file__).resolve().parents[2] / "configs" / "tune" / "default.yaml"
@@ -105,16 +105,8 @@ class SearchSpace:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> SearchSpace:
-        import yaml
-
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"search space file not found: {p}")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"search space {p} is not valid YAML: {exc}") from None
-        return cls.from_dict(raw, where=str(p))
+        raw = read_yaml(path, "search space file")
+        return cls.from_dict(raw, where=str(Path(path)))
 
     @classmethod
     def from_dict(cls, raw: Any, where: str = "search space") -> SearchSpace:

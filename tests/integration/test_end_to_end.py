@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cadasg_dist.demo import binarize_target, demo_config, split
+from cadasg_dist.cli.demo import binarize_target, demo_config, split
 from cadasg_dist.evaluate import evaluate
 from cadasg_dist.synthesizer import CADASG
 

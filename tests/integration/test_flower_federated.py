@@ -49,7 +49,7 @@ def silo_inputs(mixed_table, tmp_path_factory):
 
 
 def cadasg_federated(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "cadasg_dist.federated_command", *args]
+    cmd = [sys.executable, "-m", "cadasg_dist.cli", "federated", *args]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-6000:]

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from cadasg_dist import tune_command
+from cadasg_dist.cli import tune as tune_command
 from cadasg_dist.synthesizer import CADASG
 from cadasg_dist.tuning.front import OBJECTIVES, dominates, parse_pick, select
 from cadasg_dist.tuning.search import run_search

@@ -75,3 +75,22 @@ def test_demo_rejects_a_negative_worker_count(capsys, tmp_path):
     out = tmp_path / "demo"
     assert "--num-workers -1" in _error(capsys, ["demo", "--out", str(out), "--num-workers", "-1"])
     assert not out.exists()
+
+
+def test_federated_flags_and_the_flower_run_config_give_the_same_configs(monkeypatch):
+    from cadasg_dist.cli import make_parser
+    from cadasg_dist.cli.federated import build_configs
+    from cadasg_dist.federation import simulation
+
+    seen = {}
+    monkeypatch.setattr(simulation, "prepare_run", lambda cfg, fed, **kwargs: seen.update(cfg=cfg, fed=fed))
+    simulation.settings_from_run_config({"target": "label", "context": "group, site", "epsilon": 3.0, "rounds": 4,
+                                         "local-epochs": 1, "secagg": False, "strategy": "", "data": "",
+                                         "inject-failure": "0:2:raise"})
+    args = make_parser().parse_args(["federated", "t.csv", "--silo-column", "site", "--target", "label",
+                                     "--context", "group,site", "--epsilon", "3", "--rounds", "4",
+                                     "--local-epochs", "1", "--no-secagg",
+                                     "--set", "federated.inject_failure=0:2:raise"])
+    cfg, fed = build_configs(args)
+    assert (cfg, fed) == (seen["cfg"], seen["fed"])
+    assert cfg.context.columns == ("group", "site") and fed.rounds == 4 and not fed.secagg

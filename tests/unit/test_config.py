@@ -81,3 +81,23 @@ def test_class_calibration_is_on_for_small_private_budgets_and_switches_like_a_b
     assert not private.replace(**{"model.calibrate_marginals": "off"}).class_calibration
     with pytest.raises(ConfigError, match="calibrate_classes must be one of"):
         CADASGConfig.from_dict({"model": {"calibrate_classes": "sometimes"}})
+
+
+def test_flag_names_map_to_dotted_keys_through_one_table():
+    from cadasg_dist.config import flag_overrides
+
+    values = {"epsilon": 3.0, "context": "year, female", "seed": None, "rounds": 4, "secagg": False, "out": "m"}
+    assert flag_overrides(values) == {"privacy.epsilon": 3.0, "context.columns": ["year", "female"],
+                                      "federated.rounds": 4, "federated.secagg": False}
+    assert flag_overrides({"context": ""}) == {}  # an empty column list keeps the config's
+
+
+def test_federated_keys_go_to_the_federation_and_the_rest_to_the_engine(tmp_path):
+    from cadasg_dist.federation.config import load_configs
+
+    path = tmp_path / "c.yaml"
+    path.write_text("train: {epochs: 2}\nfederated: {rounds: 3, local_epochs: 4}\n")
+    cfg, fed = load_configs(path, {"train.seed": 7, "federated.rounds": 9})
+    assert (cfg.train.epochs, cfg.train.seed, fed.rounds, fed.local_epochs) == (2, 7, 9, 4)
+    with pytest.raises(ConfigError, match="unknown config key 'federated.nope'"):
+        load_configs(None, {"federated.nope": 1})

@@ -8,9 +8,9 @@ import pytest
 
 from cadasg_dist.data.schema import infer_schema
 from cadasg_dist.errors import ConfigError, PrivacyBudgetError
+from cadasg_dist.private.fit import fit_private
 from cadasg_dist.private.prepare import prepare_private
 from cadasg_dist.private.releases import credible_cells, within_support
-from cadasg_dist.private.fit import fit_private
 
 
 def _rng() -> np.random.Generator:

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cadasg_dist.cli.evaluate import add_parser, load_model_files, run
 from cadasg_dist.data.schema import infer_schema
 from cadasg_dist.errors import ArtifactError, CADASGError
-from cadasg_dist.evaluate.command import add_parser, load_model_files, run
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -436,7 +436,7 @@ def test_initial_weights_are_parameters_only(plan):
 # --- the command line ------------------------------------------------------------------------------
 
 def test_cli_refuses_undeclared_categories_in_one_line(table_path, tmp_path, capsys):
-    from cadasg_dist.federated_command import main
+    from cadasg_dist.cli.federated import main
 
     rc = main([str(table_path), "--silo-column", "site", "--target", "label", "--context", "group",
                "--out", str(tmp_path / "m")])
@@ -445,7 +445,7 @@ def test_cli_refuses_undeclared_categories_in_one_line(table_path, tmp_path, cap
 
 
 def test_cli_writes_the_public_plan(table_path, tmp_path, capsys):
-    from cadasg_dist.federated_command import main
+    from cadasg_dist.cli.federated import main
 
     config = tmp_path / "c.yaml"
     config.write_text("target: label\ncontext: {columns: [group]}\ndata: {columns: {group: {categories: [a, b, rare]},"

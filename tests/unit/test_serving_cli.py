@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from cadasg_dist import serve_command
+from cadasg_dist.cli import serve as serve_command
 from cadasg_dist.errors import ArtifactError, ConfigError
 from cadasg_dist.serving.auth import hash_key
 

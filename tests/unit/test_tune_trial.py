@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from cadasg_dist import tune_command
+from cadasg_dist.cli import tune as tune_command
 from cadasg_dist.errors import CADASGError, ConfigError
 from cadasg_dist.tuning.front import PickError
 from cadasg_dist.tuning.trainable import TrialJob, _train_local, _train_private, round_ends, scalar_score

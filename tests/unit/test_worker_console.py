@@ -2,9 +2,9 @@
 
 import logging
 
-from cadasg_dist.cli import Progress
 from cadasg_dist.distributed.worker import _NoRayInfo
 from cadasg_dist.train.fit import EpochReport
+from cadasg_dist.train.progress import epoch_line, line_due
 
 
 def _record(path: str, level: int) -> logging.LogRecord:
@@ -21,6 +21,6 @@ def test_ray_train_and_data_info_records_are_dropped_warnings_kept():
 
 
 def test_progress_lines_are_due_about_ten_times_a_run():
-    due = [e for e in range(1, 80) if Progress.due(EpochReport(e, 79, 1.0, {}))]
+    due = [e for e in range(1, 80) if line_due(EpochReport(e, 79, 1.0, {}))]
     assert due[0] == 1 and due[-1] == 79 and 10 <= len(due) <= 13
-    assert "epoch 7/79" in Progress.line(EpochReport(7, 79, 1.0, {"loss_vae": 2.0}))
+    assert "epoch 7/79" in epoch_line(EpochReport(7, 79, 1.0, {"loss_vae": 2.0}))

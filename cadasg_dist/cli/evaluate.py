@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cadasg_dist.config import csv_list
 from cadasg_dist.data.io import read_table
 from cadasg_dist.data.schema import Schema
 from cadasg_dist.errors import ArtifactError
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     synthetic = read_table(args.synthetic)
     train = read_table(args.train) if args.train else None
     schema, ledger = load_model_files(args.model) if args.model else (None, None)
-    context = [c.strip() for c in (args.context or "").split(",") if c.strip()]
+    context = csv_list(args.context or "")
     extra = {} if args.seed is None else {"seed": args.seed}
     result = evaluate(real, synthetic, target=args.target, context=context, train=train, schema=schema,
                       privacy=ledger, **extra)

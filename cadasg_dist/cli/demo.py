@@ -10,20 +10,40 @@ with Ray Train and ``num_workers`` workers, each holding a shard of the contexts
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from cadasg_dist.cli.common import Progress
 from cadasg_dist.config import CADASGConfig, ColumnOverride, ContextConfig, DataConfig, TrainConfig
 from cadasg_dist.errors import ConfigError
-from cadasg_dist.synthesizer import CADASG
+
+if TYPE_CHECKING:
+    from cadasg_dist.synthesizer import CADASG
 
 DEMO_TARGET = "hospvis"
 DEMO_CONTEXT = ("year", "female")
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("demo", help="train on the bundled table, sample, and write a report")
+    p.add_argument("--out", default="runs/demo", help="where the model, samples and report go")
+    p.add_argument("--epochs", type=int, help="override the demo's epochs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-workers", type=int, default=2,
+                   help="Ray Train workers on a local Ray (default 2); 0 trains in this process")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_demo(out_dir=Path(args.out), epochs=args.epochs, seed=args.seed or 0, num_workers=args.num_workers)
 
 
 def demo_config(epochs: int | None = None, seed: int = 0) -> CADASGConfig:
@@ -63,10 +83,10 @@ def context_table(real: pd.DataFrame, synthetic: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_demo(out_dir: Path, epochs: int | None = None, seed: int = 0, num_workers: int = 2) -> int:
-    from cadasg_dist.cli import Progress
     from cadasg_dist.data.io import write_table
     from cadasg_dist.datasets import load_rwm5yr
     from cadasg_dist.evaluate import evaluate, write_report
+    from cadasg_dist.synthesizer import CADASG  # late: torch, only once a demo runs
 
     if num_workers < 0:
         raise ConfigError(f"--num-workers {num_workers}: use 0 to train in this process, or 1 or more Ray workers")
@@ -79,7 +99,7 @@ def run_demo(out_dir: Path, epochs: int | None = None, seed: int = 0, num_worker
           f"{len(holdout)}; target {DEMO_TARGET}, contexts {' x '.join(DEMO_CONTEXT)}; "
           f"{cfg.resolved_epochs(len(train))} epochs, {where}; NOT PRIVATE (ε = ∞, demo only)", flush=True)
     if num_workers:
-        model = fit_on_local_ray(cfg.replace(**{"distributed.num_workers": num_workers}), train)
+        model = fit_on_local_ray(cfg, train, num_workers)
     else:
         model = CADASG(cfg).fit(train, progress=Progress())
     fit_s = time.perf_counter() - t0
@@ -114,13 +134,13 @@ def run_demo(out_dir: Path, epochs: int | None = None, seed: int = 0, num_worker
     return 0
 
 
-def fit_on_local_ray(cfg: CADASGConfig, train: pd.DataFrame) -> CADASG:
+def fit_on_local_ray(cfg: CADASGConfig, train: pd.DataFrame, num_workers: int) -> CADASG:
     """Train with Ray Train on a local Ray (``fit_distributed`` starts it; rank 0's epoch lines come
     through Ray's log relay), and stop the Ray it started."""
     import ray
     import ray.data
 
-    from cadasg_dist.distributed.trainer import fit_distributed
+    from cadasg_dist.distributed.fit import fit_on_ray
 
     started = not ray.is_initialized()
     if started:
@@ -134,7 +154,7 @@ def fit_on_local_ray(cfg: CADASGConfig, train: pd.DataFrame) -> CADASG:
     level = data_log.level
     data_log.setLevel(logging.ERROR)
     try:
-        return fit_distributed(CADASG(cfg), train, on_plan=lambda text: print(text, flush=True))
+        return fit_on_ray(cfg, train, num_workers=num_workers, on_plan=lambda text: print(text, flush=True))
     finally:
         data_log.setLevel(level)
         if started:

@@ -15,6 +15,7 @@ import socket
 import time
 from typing import Any
 
+from cadasg_dist.cli.common import run_alone
 from cadasg_dist.errors import ConfigError
 
 
@@ -113,19 +114,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m cadasg_dist.serve_command DIR ...``: the subcommand on its own (same flags)."""
-    import sys
-
-    from cadasg_dist.errors import CADASGError
-
-    parser = argparse.ArgumentParser(prog="cadasg")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return run(args)
-    except CADASGError as exc:
-        print(f"cadasg: error: {exc}", file=sys.stderr)
-        return 2
+    """``python -m cadasg_dist.cli.serve DIR ...``: the subcommand on its own (same flags)."""
+    return run_alone("serve", add_parser, argv)
 
 
 if __name__ == "__main__":

@@ -21,14 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cadasg_dist.cli.common import EXIT_INTERRUPTED, add_config_flags, build_config, privacy_line
 from cadasg_dist.errors import CADASGError
-
-EXIT_INTERRUPTED = 130
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    from cadasg_dist.cli import _add_config_flags
-
     p = subparsers.add_parser("tune", help="search loss weights and noise levels; write the Pareto front")
     p.add_argument("data", help="CSV or Parquet file (or a directory of Parquet parts)")
     p.add_argument("--target", help="target column (required)")
@@ -39,7 +36,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: CPUs / search.cpus_per_trial)")
     p.add_argument("--verbose", action="store_true", help="show Tune's status tables")
     p.add_argument("--out", required=True, help="search directory (rerun with the same one to resume)")
-    _add_config_flags(p)
+    add_config_flags(p)
     p.set_defaults(func=run)
     return p
 
@@ -54,16 +51,12 @@ class TuneJob:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cadasg_dist.cli import privacy_line
-
     job = build_job(args)
-    outcome = _search(job)
-    return _finish(outcome, job, privacy_line)
+    return _finish(_search(job), job)
 
 
 def build_job(args: argparse.Namespace) -> TuneJob:
     """Parse the flags into a search request; every user error is raised before any trial runs."""
-    from cadasg_dist.cli import build_config
     from cadasg_dist.config import CADASGConfig
     from cadasg_dist.data.io import read_table
     from cadasg_dist.tuning.front import parse_pick
@@ -116,7 +109,7 @@ def _search(job: TuneJob) -> Any:
             ray.shutdown()
 
 
-def _finish(outcome: Any, job: TuneJob, privacy_line: Any) -> int:
+def _finish(outcome: Any, job: TuneJob) -> int:
     from cadasg_dist.tuning.final import train_picked
     from cadasg_dist.tuning.report import privacy_note, write_outputs
 

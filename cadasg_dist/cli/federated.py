@@ -18,10 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cadasg_dist.cli import parse_epsilon
+from cadasg_dist.cli.common import add_engine_flags, flag_values, run_alone
 from cadasg_dist.errors import CADASGError
-
-EXIT_USAGE = 2
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -45,12 +43,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-secagg", dest="secagg", action="store_false", help="Flower SecAgg+ off")
     p.add_argument("--min-clients", type=int, help="fewest silos a round is aggregated from")
     p.add_argument("--round-timeout", type=float, help="seconds to wait for the silos each round")
-    p.add_argument("--epsilon", type=parse_epsilon, help="privacy budget per silo (inf = explicitly non-private)")
-    p.add_argument("--delta", type=float, help="privacy delta")
-    p.add_argument("--privacy-unit", help="column identifying a person within a silo")
-    p.add_argument("--seed", type=int, help="random seed")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any config value by dotted key, federated.* included (repeatable)")
+    add_engine_flags(p, {"--epsilon": "privacy budget per silo (inf = explicitly non-private)",
+                         "--delta": "privacy delta", "--privacy-unit": "column identifying a person within a silo",
+                         "--seed": "random seed",
+                         "--set": "any config value by dotted key, federated.* included (repeatable)"})
     p.add_argument("--plan", help="use this public federation plan instead of building one (its engine config "
                                   "is the run's; the federated settings still come from flags and --config)")
     p.add_argument("--write-plan", metavar="FILE", help="build the public plan, write it to FILE and stop")
@@ -61,36 +57,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def build_configs(args: argparse.Namespace) -> tuple[Any, Any]:
-    import yaml
-
+    """``CADASGConfig`` and ``FederatedConfig`` from ``--config`` and the flags (``--set`` last)."""
     from cadasg_dist.federation.config import load_configs
 
-    cfg, fed = load_configs(args.config)
-    dotted: dict[str, Any] = {}
-    fed_values: dict[str, Any] = {}
-    for flag, key in {"target": "target", "epsilon": "privacy.epsilon", "delta": "privacy.delta",
-                      "privacy_unit": "privacy.unit", "seed": "train.seed"}.items():
-        if getattr(args, flag, None) is not None:
-            dotted[key] = getattr(args, flag)
-    if args.context:
-        dotted["context.columns"] = [c.strip() for c in args.context.split(",") if c.strip()]
-    for flag in ("rounds", "local_epochs", "strategy", "proximal_mu", "server_lr", "local_lr_scale", "secagg",
-                 "min_clients", "round_timeout"):
-        if getattr(args, flag, None) is not None:
-            fed_values[flag] = getattr(args, flag)
-    for item in args.set:
-        if "=" not in item:
-            raise CADASGError(f"--set expects KEY=VALUE, got {item!r}")
-        key, text = (s.strip() for s in item.split("=", 1))
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            value = text
-        if key.startswith("federated."):
-            fed_values[key.removeprefix("federated.")] = value
-        else:
-            dotted[key] = value
-    return (cfg.replace(**dotted) if dotted else cfg), (fed.replace(**fed_values) if fed_values else fed)
+    return load_configs(args.config, flag_values(args))
 
 
 def _setup_logging() -> None:
@@ -154,14 +124,8 @@ def report(out: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cadasg")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["federated", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.func(args) or 0)
-    except CADASGError as exc:
-        print(f"cadasg: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    """``python -m cadasg_dist.cli.federated DATA ...``: the subcommand on its own (same flags)."""
+    return run_alone("federated", add_parser, argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,41 @@
+"""The ``cadasg`` command line.
+
+    cadasg train DATA --target COL --context COL[,COL] [--epochs N] [--epsilon E] [--config FILE] --out DIR
+                 [--num-workers N [--use-gpu] [--address auto|ray://HOST:PORT]]
+    cadasg sample DIR --n N [--context COL=VALUE ...] [--seed S] --out FILE.csv|FILE.parquet
+    cadasg evaluate --real HOLDOUT --synthetic SYN [--train TRAIN] [--model DIR] --target COL --context COLS --out DIR
+    cadasg privacy DIR
+    cadasg demo [--out DIR]
+    cadasg serve DIR | cadasg federated DATA | cadasg tune DATA   (serving/, federated/, docs/tuning.md)
+
+One module per subcommand, each with ``add_parser(subparsers)`` registering its parser with
+``set_defaults(func=run)``; ``COMMANDS`` lists them. Flags parse into ``CADASGConfig`` (the one
+source of defaults; ``common.py``): a flag left out keeps the value of ``--config`` or the
+dataclass default. A user error prints one line and exits with code 2, and nothing is left
+half-written (tables and model directories are written to a temporary name and renamed into place).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from cadasg_dist.cli.common import EXIT_USAGE, dispatch
+
+# The subcommands, in the order ``cadasg --help`` lists them: modules of this package.
+COMMANDS = ("train", "sample", "privacy", "demo", "evaluate", "serve", "federated", "tune")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cadasg", description="CA-DASG synthetic data generator")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMANDS:  # imported here, not at the top: `python -m cadasg_dist.cli.NAME` runs one alone
+        importlib.import_module(f"{__name__}.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    return dispatch(make_parser().parse_args(argv))
+
+
+__all__ = ["COMMANDS", "EXIT_USAGE", "main", "make_parser"]
