@@ -38,7 +38,7 @@ class CADASGConfig:
     # --- conversions -------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> CADASGConfig:
-        return build_dataclass(cls, raw, "")
+        return build_dataclass(cls, _moved_keys(raw), "")
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
@@ -112,8 +112,8 @@ def validate(cfg: CADASGConfig) -> None:
          f"cache.ema_alpha must be in [0.9, 0.99] (or 1.0 for plain sums), got {cfg.cache.ema_alpha}"),
         (cfg.model.latent_dim >= 1, f"model.latent_dim must be >= 1, got {cfg.model.latent_dim}"),
         (cfg.model.target_bins >= 1, f"model.target_bins must be >= 1, got {cfg.model.target_bins}"),
-        (cfg.model.merge_class_sds >= 0,
-         f"model.merge_class_sds must be >= 0 (0: never merge a thin class), got {cfg.model.merge_class_sds}"),
+        (cfg.privacy.merge_class_sds >= 0,
+         f"privacy.merge_class_sds must be >= 0 (0: never merge a thin class), got {cfg.privacy.merge_class_sds}"),
         (cfg.model.class_calibration_max_epsilon > 0,
          f"model.class_calibration_max_epsilon must be > 0, got {cfg.model.class_calibration_max_epsilon}"),
         (cfg.model.context_calibration_max_epsilon > 0,
@@ -145,3 +145,21 @@ def validate(cfg: CADASGConfig) -> None:
         checks.append((ok, f"context.bands[{band_col!r}] must be >= 2 increasing edges, got {list(edges)}"))
     require(checks)
 
+
+# Keys that moved to the section that reads them: (old section, key) -> new section. Configs and
+# artifacts written with the old place still load.
+MOVED_KEYS = {("model", "merge_class_sds"): "privacy"}
+
+
+def _moved_keys(raw: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        return raw
+    out = dict(raw)
+    for (old, key), new in MOVED_KEYS.items():
+        section = out.get(old)
+        if isinstance(section, dict) and key in section:
+            section = dict(section)
+            value = section.pop(key)
+            out[old] = section
+            out[new] = {key: value, **(out.get(new) or {})}
+    return out

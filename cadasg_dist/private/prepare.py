@@ -137,7 +137,7 @@ def prepare_private(df: pd.DataFrame, cfg: CADASGConfig, *, rng: np.random.Gener
     encode_seed = int(rng.integers(2**62))
     if cfg.target is not None and merge_classes:
         transformer.class_groups = target_class_groups(transformer.transforms.get(cfg.target), extractor.n_contexts,
-                                                       len(frame), cfg.model.merge_class_sds * hist_std)
+                                                       len(frame), cfg.privacy.merge_class_sds * hist_std)
     dims = model_dims(transformer.output_dim, transformer.spans, extractor.n_contexts, cfg.target, cfg.model,
                       transformer.class_groups)
     x = run.release_marginals(frame, columns, transformer, extractor, dims, encode_seed)
@@ -247,7 +247,7 @@ def target_class_groups(t: Any, n_contexts: int, n_rows: int, floor: float) -> l
     """A categorical target's thin classes merged into one model stratum each
     (``ModelDims.class_groups``). A stratum is a cell per context of the cache, the cell
     allocation, the decoder's stratum input and the class histograms; a class expected to hold
-    fewer than ``floor`` rows per context (``model.merge_class_sds`` sds of the target's released
+    fewer than ``floor`` rows per context (``privacy.merge_class_sds`` sds of the target's released
     counts) makes cells of noise, which sampling then fills with rows of that class (rwm5yr at
     ε = 3: hospvis's classes 2 and 3, some 185 and 38 rows over 10 contexts against a count sd of
     25, join class 1). Inside a group the decoder chooses the class, and the calibration moves its

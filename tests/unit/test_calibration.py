@@ -274,10 +274,10 @@ def test_a_thin_target_class_shares_a_stratum_with_a_neighbour_under_dp(mixed_ta
     pd.testing.assert_frame_equal(again.sample(500, seed=2), model.sample(500, seed=2))
     plain = CADASG(tiny_config.replace(**{"data.columns": declared})).fit(df)  # exact: no merging
     assert plain.transformer.class_groups is None and plain.nets.dims.strata == 3
-    never = prepare_private(df, cfg.replace(**{"model.merge_class_sds": 0.0}), rng=np.random.default_rng(0))
+    never = prepare_private(df, cfg.replace(**{"privacy.merge_class_sds": 0.0}), rng=np.random.default_rng(0))
     assert never.transformer.class_groups is None  # switched off
-    with pytest.raises(ConfigError, match="model.merge_class_sds must be >= 0"):
-        cfg.replace(**{"model.merge_class_sds": -1.0})
+    with pytest.raises(ConfigError, match="privacy.merge_class_sds must be >= 0"):
+        cfg.replace(**{"privacy.merge_class_sds": -1.0})
 
 
 def test_class_marginals_share_is_validated():

@@ -69,7 +69,7 @@ def test_a_missing_target_slot_keeps_its_own_stratum():
     t = CategoricalTransform(ColumnSchema("y", "categorical", "int64", True, categories=(0, 1, 2, 3)))
     t.frequencies = [0.80, 0.15, 0.002, 0.001, 0.047]  # the missing slot comes last
     assert target_class_groups(t, n_contexts=10, n_rows=10_000, floor=10.0) == [0, 1, 1, 1, 2]
-    assert target_class_groups(t, n_contexts=10, n_rows=10_000, floor=0.0) is None  # model.merge_class_sds = 0
+    assert target_class_groups(t, n_contexts=10, n_rows=10_000, floor=0.0) is None  # privacy.merge_class_sds = 0
     t.frequencies = [0.80, 0.15, 0.03, 0.019, 0.001]
     assert target_class_groups(t, n_contexts=10, n_rows=10_000, floor=10.0) is None  # only the missing slot is thin
 
