@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cadasg_dist import __version__
+from cadasg_dist._version import __version__
 from cadasg_dist.artifact import FORMAT, FORMAT_VERSION, load_artifact, save_artifact
 from cadasg_dist.config import CADASGConfig, ColumnOverride, ContextConfig
 from cadasg_dist.context.cache import ContextCache
