@@ -1,4 +1,4 @@
-"""The ServerApp: rounds, aggregation and the artifact, all in ``cadasg_dist.federation.server``.
+"""The ServerApp: rounds, aggregation and the artifact, all in ``cadasg_dist.federation`` (``server.run_server``).
 
 Under ``flwr run .`` the settings come from the run config (``[tool.flwr.app.config]``);
 ``cadasg federated`` builds the app with its own settings (``build_server_app(settings)``).
