@@ -124,5 +124,6 @@ def test_every_docstring_example_is_a_doctest_or_a_sketch() -> None:
     assert set(plain) == UNCONVERTED, (
         "turn these usage blocks into doctests (>>>) or introduce them with a line ending in "
         "'sketch ...::' when they cannot run in a unit test:\n"
-        + "\n".join(f"{path}:\n{textwrap.indent(text, '    ')}" for path, text in plain.items() if path not in UNCONVERTED)
+        + "\n".join(f"{path}:\n{textwrap.indent(text, '    ')}" for path, text in plain.items()
+                    if path not in UNCONVERTED)
     )
