@@ -43,7 +43,7 @@ from bench.engine import CACHE, scoring_view  # noqa: E402
 from bench.splits import load_table, split  # noqa: E402
 from cadasg_dist.data.schema import infer_schema  # noqa: E402
 from cadasg_dist.evaluate.utility import measure_utility  # noqa: E402
-from cadasg_dist.model.calibration import class_counts  # noqa: E402
+from cadasg_dist.model.histograms import class_counts  # noqa: E402
 from cadasg_dist.private.releases import value_resolution  # noqa: E402
 from cadasg_dist.synthesizer import CADASG  # noqa: E402
 

@@ -1,7 +1,7 @@
 """Which continuous encoding? Gaussian quantile map vs affine standardisation, measured.
 
 Trains CA-DASG with each encoding (everything else equal) on the same split and prints column
-shape, pair trend and the utility ratio per table. ``cadasg_dist/data/transforms.py`` cites this.
+shape, pair trend and the utility ratio per table. ``cadasg_dist/data/continuous.py`` cites this.
 
     .venv/bin/python bench/encodings.py --tables MedExp,SLID --epochs 40
 """

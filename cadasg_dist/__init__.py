@@ -1,15 +1,23 @@
 """CA-DASG: Context-Aware Distribution-Adaptive Synthetic Generator.
 
-    from cadasg_dist import CADASG, CADASGConfig
-    model = CADASG(CADASGConfig(epochs=...)).fit(df, context=["year", "female"], target="hospvis")
-    synthetic = model.sample(10_000, context={"female": 1}, seed=7)
+Fit on a table with context columns and a target, then sample rows for any context (one epoch
+here to keep the example fast; leave ``epochs`` at 0 for the automatic count):
+
+>>> from cadasg_dist import CADASG, CADASGConfig
+>>> from cadasg_dist.config import TrainConfig
+>>> from cadasg_dist.datasets import load_rwm5yr
+>>> df = load_rwm5yr().drop(columns=["id"])
+>>> model = CADASG(CADASGConfig(train=TrainConfig(epochs=1))).fit(df, context=["year", "female"], target="hospvis")
+>>> synthetic = model.sample(1_000, context={"female": 1}, seed=7)
+>>> len(synthetic), synthetic["female"].unique().tolist()
+(1000, [1])
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from cadasg_dist._version import __version__
 
 __all__ = ["CADASG", "CADASGConfig", "__version__", "evaluate"]
 

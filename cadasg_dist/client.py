@@ -1,5 +1,7 @@
 """A small client for the CA-DASG sampling endpoint (``cadasg serve``); rows come back as pandas.
 
+A sketch (it needs a running endpoint, so the docs test does not run it)::
+
     from cadasg_dist.client import Client
     with Client("http://127.0.0.1:8700", api_key="...") as c:   # or $CADASG_API_KEY
         info = c.model()                                         # schema, contexts, ε, δ, version

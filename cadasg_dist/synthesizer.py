@@ -1,9 +1,16 @@
 """``CADASG``: fit on a table, sample synthetic rows per context, save and load.
 
-    model = CADASG(CADASGConfig(target="hospvis", context=ContextConfig(columns=("year", "female"))))
-    model.fit(df)
-    rows = model.sample(1000, context={"female": 1}, seed=7)
-    model.save("runs/rwm"); CADASG.load("runs/rwm")
+    >>> import tempfile
+    >>> from cadasg_dist.config import CADASGConfig, ContextConfig, TrainConfig
+    >>> from cadasg_dist.datasets import load_rwm5yr
+    >>> df = load_rwm5yr().drop(columns=["id"])
+    >>> config = CADASGConfig(target="hospvis", context=ContextConfig(columns=("year", "female")),
+    ...                       train=TrainConfig(epochs=1))
+    >>> model = CADASG(config).fit(df)
+    >>> rows = model.sample(1000, context={"female": 1}, seed=7)
+    >>> path = model.save(tempfile.mkdtemp() + "/rwm")
+    >>> CADASG.load(path).sample(1000, context={"female": 1}, seed=7).equals(rows)
+    True
 
 Sampling for a context c draws z from the cache's q_c(z) and decodes it with c: a minority
 context is generated directly, never by rejection. A partial context (some context columns
@@ -27,7 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cadasg_dist import __version__
+from cadasg_dist._version import __version__
 from cadasg_dist.artifact import FORMAT, FORMAT_VERSION, load_artifact, save_artifact
 from cadasg_dist.config import CADASGConfig, ColumnOverride, ContextConfig
 from cadasg_dist.context.cache import ContextCache
@@ -36,7 +43,8 @@ from cadasg_dist.data.io import read_table
 from cadasg_dist.data.schema import Schema, infer_schema
 from cadasg_dist.data.transforms import DataTransformer
 from cadasg_dist.errors import ArtifactError, ContextError, InvalidDataError
-from cadasg_dist.model.calibration import MarginalCalibration, class_counts, context_counts, reference_draw
+from cadasg_dist.model.calibration import MarginalCalibration, reference_draw
+from cadasg_dist.model.histograms import class_counts, context_counts
 from cadasg_dist.model.networks import CADASGNetworks, ModelDims, model_dims
 from cadasg_dist.privacy.ledger import PrivacyLedger
 from cadasg_dist.train.fit import ProgressFn, fit_local

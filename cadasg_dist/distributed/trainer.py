@@ -1,5 +1,7 @@
 """The driver: plan the shards, run a ``TorchTrainer``, and turn its final checkpoint into a model.
 
+A sketch (it starts Ray Train, so the docs test does not run it)::
+
     model = fit_distributed(CADASG(cfg), "data/parts/", context=["region"], target="y")
 
 ``cfg.distributed`` says how many workers, whether each gets a GPU, which cluster to join

@@ -19,6 +19,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
+from cadasg_dist.data.categorical import category_key
 from cadasg_dist.data.schema import Schema
 from cadasg_dist.data.transforms import CategoricalTransform, ContinuousTransform, DataTransformer
 from cadasg_dist.evaluate.prepare import NUMERIC_KINDS, numeric_values
@@ -44,23 +45,14 @@ def widened_schema(schema: Schema, frames: list[pd.DataFrame]) -> Schema:
                                                max=max(highs, default=0.0)))
             continue
         cats = list(col.categories or ())
-        seen = {_key(c) for c in cats}
+        seen = {category_key(c) for c in cats}
         for f in frames:
             for v in pd.unique(f[col.name].dropna()):
-                if _key(v) not in seen:
-                    seen.add(_key(v))
+                if category_key(v) not in seen:
+                    seen.add(category_key(v))
                     cats.append(v.item() if isinstance(v, np.generic) else v)
         columns.append(dataclasses.replace(col, has_missing=has_missing, categories=tuple(cats)))
     return Schema(columns=tuple(columns), dropped=schema.dropped)
-
-
-def _key(v: object) -> object:
-    # the same normalisation CategoricalTransform uses for its look-ups (1.0 and 1 are one category)
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    return v
 
 
 def fit_encoder(schema: Schema, real: pd.DataFrame) -> DataTransformer:

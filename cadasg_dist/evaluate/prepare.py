@@ -12,11 +12,11 @@ missing as its own bin, which is what the contingency (pair) metrics and Cramér
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from cadasg_dist.data.categorical import category_key
 from cadasg_dist.data.schema import Schema
 from cadasg_dist.errors import ContextError, InvalidDataError
 
@@ -88,21 +88,13 @@ def category_keys(s: pd.Series, kind: str) -> np.ndarray:
         keys = np.where(whole, np.where(missing, 0, x).astype(np.int64).astype(str), x.astype(str))
     else:
         missing = s.isna().to_numpy()
-        keys = s.map(_plain_key).to_numpy(dtype=object).astype(str)
+        keys = s.map(category_key).to_numpy(dtype=object).astype(str)
     if kind == "boolean":
         keys = np.array([_BOOL_SPELLINGS.get(k.lower(), k) for k in keys], dtype=object).astype(str)
     return np.where(missing, MISSING, keys)
 
 
 _BOOL_SPELLINGS = {"1": "True", "true": "True", "yes": "True", "0": "False", "false": "False", "no": "False"}
-
-
-def _plain_key(v: Any) -> Any:
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    return v
 
 
 def joint_views(kinds: dict[str, str], real: pd.DataFrame, synthetic: pd.DataFrame

@@ -16,21 +16,21 @@ marginals match them:
   dependence between columns, are kept).
 
 Then, where the transformer holds *class marginals* (``DataTransformer.class_marginals``: per
-*stratum* of the target, a histogram of every other column; a DP release in private runs,
-``private.releases.release_group_marginals``), the same two corrections again, per stratum:
-each column's distribution among the rows of one stratum, and a numeric column's atom and missing
-shares, are moved onto that stratum's histograms (``model.calibrate_classes``, by default on for a
-private fit at epsilon <= 3, where it lifts utility, and off above, where it cost rwm5yr). A
-stratum is the model's (``ModelDims.stratum``): a categorical target's class, or a numeric target's
-value bin (``model.target_bins`` equal-mass bins, times whether it sits on its point mass). This
-restores what a downstream model learns first, how each feature shifts with the target, which
-DP-SGD at a small epsilon blurs (docs/privacy.md, "Per-class calibration"; for a numeric target,
-"2026-12-04": diamonds' price lost most of what clarity and color add to carat). The atom shares
-matter: correcting a count's nonzero values by class but not how often it is zero erased the
-signal the model had put in the values (rwm5yr's docvis). A noisy histogram is first shrunk
-toward the model's own stratum distribution by how far the two differ beyond the release's known
-noise (an empirical-Bayes weight from released and generated quantities only), so a stratum too
-small for its noise keeps what the model learnt.
+*stratum* of the target, a histogram of every other column, counted by ``model.histograms``; a DP
+release in private runs, ``private.releases.release_group_marginals``), the same two
+corrections again, per stratum: each column's distribution among the rows of one stratum, and a
+numeric column's atom and missing shares, are moved onto that stratum's histograms
+(``model.calibrate_classes``, by default on for a private fit at epsilon <= 3, where it lifts
+utility, and off above, where it cost rwm5yr). A stratum is the model's (``ModelDims.stratum``): a
+categorical target's class, or a numeric target's value bin (``model.target_bins`` equal-mass bins,
+times whether it sits on its point mass). This restores what a downstream model learns first, how
+each feature shifts with the target, which DP-SGD at a small epsilon blurs (docs/privacy.md,
+"Per-class calibration"; for a numeric target, "2026-12-04": diamonds' price lost most of what
+clarity and color add to carat). The atom shares matter: correcting a count's nonzero values by
+class but not how often it is zero erased the signal the model had put in the values (rwm5yr's
+docvis). A noisy histogram is first shrunk toward the model's own stratum distribution by how far
+the two differ beyond the release's known noise (an empirical-Bayes weight from released and
+generated quantities only), so a stratum too small for its noise keeps what the model learnt.
 
 Last, where the transformer holds *context marginals* (``DataTransformer.context_marginals``: per
 context, a histogram of every column but the pinned target class; ``preprocess/context_marginals``
@@ -56,23 +56,29 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.special import ndtr, ndtri
+from scipy.special import ndtri
 
-from cadasg_dist.data.transforms import CategoricalTransform, ContinuousTransform, DataTransformer, SpanInfo
+from cadasg_dist.data.transforms import CategoricalTransform, ContinuousTransform, DataTransformer
+from cadasg_dist.model.histograms import (
+    CLASS_CELLS,
+    CLASS_EDGES,
+    CONTEXT_EDGES,
+    cell_levels,
+    class_counts,
+    class_key,
+    context_counts,
+    normal_cells,
+    value_weights,
+)
 from cadasg_dist.model.networks import ModelDims
+
+# The sampler and the private preprocessing count their histograms through this module.
+__all__ = ["MarginalCalibration", "cell_score_map", "class_counts", "context_counts", "normal_score_map",
+           "prior_shift", "reference_draw", "shrink_to_model"]
 
 REFERENCE_ROWS = 20_000
 REFERENCE_SEED = 20_261_128
 LEVELS = 199  # interior levels of a continuous map
-# A continuous column's class histogram counts its normal scores in this many equal-probability
-# cells of N(0, 1) (the quantile encoding makes the released marginal N(0, 1), so the cells are public).
-CLASS_CELLS = 8
-CLASS_EDGES = ndtri(np.arange(1, CLASS_CELLS) / CLASS_CELLS)  # their inner edges, as normal scores
-# A continuous column's context histogram counts its normal scores in cells of equal *width* in score
-# (the two tails beyond +-3 are cells too): a context that lives in the tail of the table's
-# distribution still spans several of them (diamonds' Fair: its median depth is the 98th percentile
-# of all rows, inside the top one of the class histograms' equal-probability cells).
-CONTEXT_EDGES = np.linspace(-3.0, 3.0, 25)
 MIN_CLASS_ROWS = 20  # a stratum (or context) with fewer reference rows keeps the corrections before it
 MAX_FACTOR = 50.0  # a category's factor stays within [1/MAX_FACTOR, MAX_FACTOR]
 ITERATIONS = 50
@@ -105,7 +111,7 @@ class MarginalCalibration:
         out, spans = cls(), transformer.spans
         pinned = None if dims is None else dims.strata_span
         pinned_start = None if pinned is None else pinned.start
-        weights = _value_weights(probs, spans)
+        weights = value_weights(probs, spans)
         categorical, continuous = kinds in ("both", "categorical"), kinds in ("both", "continuous")
         for span in spans:
             if span.start == pinned_start or span.role != "value":
@@ -183,7 +189,7 @@ def _fit_groups(probs: torch.Tensor, groups: np.ndarray, transformer: DataTransf
     """Per group (a target class, a context) corrections of every span the release holds a histogram
     of, on top of those already applied to ``probs``; written into ``factors`` and ``maps``."""
     std, counts = float(release["std"]), release["counts"]
-    weights = _value_weights(probs, transformer.spans)
+    weights = value_weights(probs, transformer.spans)
     for span in transformer.spans:
         key = class_key(span)
         if key not in counts:
@@ -247,93 +253,6 @@ def normal_score_map(values: np.ndarray, weights: np.ndarray | None) -> tuple[np
     return cell_score_map(values, w, np.full(CLASS_CELLS, 1.0 / CLASS_CELLS))
 
 
-def normal_cells(values: np.ndarray, edges: np.ndarray = CLASS_EDGES) -> np.ndarray:
-    """The cell (0..len(edges)) of each normal score, cut at the inner ``edges`` (by default the
-    class histograms' CLASS_CELLS equal-probability cells of N(0, 1))."""
-    return np.searchsorted(edges, values, side="right")
-
-
-def _cell_levels(edges: np.ndarray) -> np.ndarray:
-    """N(0, 1)'s CDF at the cells' edges, outer ends included: (len(edges) + 2,)."""
-    return np.r_[0.0, ndtr(edges), 1.0]
-
-
-def class_counts(x: np.ndarray, transformer: DataTransformer, dims: ModelDims,
-                 resolution: dict[str, float] | None = None) -> dict[str, np.ndarray]:
-    """Per span of every column but the target (keyed by ``class_key``), a (strata, CLASS_CELLS)
-    histogram of encoded rows ``x`` by their stratum (``ModelDims.stratum``: the target's class, or
-    a numeric target's value bin) (``group_counts``)."""
-    target = dims.target_spans[0].column if dims.target_spans else None
-    strata = dims.stratum(torch.as_tensor(np.asarray(x, dtype=np.float32))).numpy()
-    return group_counts(x, transformer, strata, dims.strata, target, CLASS_EDGES, resolution)
-
-
-def context_counts(x: np.ndarray, transformer: DataTransformer, contexts: np.ndarray, n_contexts: int,
-                   target: str | None, resolution: dict[str, float] | None = None) -> dict[str, np.ndarray]:
-    """Per span of every column but the target, a (contexts, cells) histogram of encoded rows ``x``
-    by context (``contexts``: each row's id), continuous values in the CONTEXT_EDGES cells."""
-    return group_counts(x, transformer, np.asarray(contexts), n_contexts, target, CONTEXT_EDGES, resolution)
-
-
-def group_counts(x: np.ndarray, transformer: DataTransformer, groups: np.ndarray, n_groups: int, skip: str | None,
-                 edges: np.ndarray, resolution: dict[str, float] | None = None) -> dict[str, np.ndarray]:
-    """Per span of every column but ``skip`` (keyed by ``class_key``), a (groups, cells) histogram
-    of encoded rows ``x`` by their group: a categorical column's slots, a numeric column's atom and
-    missing indicators, and a quantile-encoded continuous value's normal score in the cells cut at
-    ``edges``, over the rows whose value is used (not its atom, not missing). Each row adds at most
-    1 to each histogram (L2 sensitivity sqrt(len(result)) over all of them).
-
-    A continuous row is counted as the values within ``resolution[column]`` (default: 0.5 for an
-    integer column, else 0) of its own would be: its weight is split over the cells that the
-    quantile grid maps that interval to. The decoder turns a whole interval of normal scores into
-    one tied value (an integer, or a value inside one cell of a DP histogram, where the grid is
-    linear), while the encoder puts every row of that value at one score; counted as points, tied
-    values would pile up in one cell and the calibration would chase the pile."""
-    used = _value_weights(torch.from_numpy(np.asarray(x)), transformer.spans)
-    levels = _cell_levels(edges)
-    cells = len(edges) + 1
-    out: dict[str, np.ndarray] = {}
-    for span in transformer.spans:
-        if span.column == skip:
-            continue
-        t = transformer.transforms[span.column]
-        if span.kind == "softmax":  # a categorical column, or a numeric one's atom or missing indicator
-            mass = np.asarray(x[:, span.start:span.stop], dtype=float)
-        elif t.encoding == "quantile":
-            half = (resolution or {}).get(span.column, 0.5 if t.schema.kind == "integer" else 0.0)
-            lo, hi = _cdf_interval(np.asarray(x[:, span.start], dtype=float), t, half)
-            width = np.maximum(hi - lo, 1e-12)
-            overlap = np.clip(np.minimum(hi[:, None], levels[None, 1:]) - np.maximum(lo[:, None], levels[None, :-1]),
-                              0.0, None)
-            point = (hi - lo) < 1e-12  # a row at one score: its cell
-            own = np.minimum(np.searchsorted(levels, lo, side="right") - 1, cells - 1).clip(0)
-            mass = np.where(point[:, None], np.eye(cells)[own], overlap / width[:, None])
-            mass = mass * (used[span.column][:, None] if span.column in used else 1.0)
-        else:
-            continue
-        out[class_key(span)] = np.stack([mass[groups == g].sum(0) for g in range(n_groups)])
-    return out
-
-
-def class_key(span: SpanInfo) -> str:
-    """A span's name in the class histograms: the column, or "column.atom" / "column.missing" for a
-    numeric column's indicators (how often the value is the atom or missing differs by class too)."""
-    return span.column if span.role == "value" else f"{span.column}.{span.role}"
-
-
-def _cdf_interval(scores: np.ndarray, t: ContinuousTransform, half: float) -> tuple[np.ndarray, np.ndarray]:
-    """The grid's CDF levels of value ± ``half`` for each encoded score (the value read back on the
-    unrounded grid); ``half`` = 0 gives the encoded level itself."""
-    u = ndtr(scores)
-    if half <= 0:
-        return u, u
-    levels = np.linspace(0.0, 1.0, len(t.quantiles))
-    value = np.interp(u, levels, t.quantiles)
-    lo = np.interp(value - half, t.quantiles, levels, left=0.0, right=1.0)
-    hi = np.interp(value + half, t.quantiles, levels, left=0.0, right=1.0)
-    return np.minimum(lo, u), np.maximum(hi, u)
-
-
 def shrink_to_model(released: np.ndarray, own: np.ndarray, std: float) -> np.ndarray:
     """Cell probabilities for one class: the released counts, pulled toward the model's own shares
     ``own`` with the weight d / (d + W·std²), where d = max(0, ||r - n·own||² - W·std²) estimates
@@ -363,7 +282,7 @@ def cell_score_map(values: np.ndarray, weights: np.ndarray, shares: np.ndarray,
     levels = np.arange(1, LEVELS + 1) / (LEVELS + 1)
     x = np.interp(levels * cdf[-1], cdf - w / 2, v)
     cum = np.r_[0.0, np.cumsum(shares + 1e-9)]
-    u = np.interp(levels, cum / cum[-1], _cell_levels(edges))
+    u = np.interp(levels, cum / cum[-1], cell_levels(edges))
     y = ndtri(np.clip(u, 1e-6, 1 - 1e-6))
     # A tie in the generated values (a run of equal knots) is one knot at the mean of its levels'
     # normal scores: the tied mass lands at the centre of its share, and the mapped mean stays right.
@@ -382,16 +301,6 @@ def _interp_linear_ends(v: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarr
     out = np.where(v < x[0], y[0] + (v - x[0]) * lo_slope, out)
     return np.where(v > x[-1], y[-1] + (v - x[-1]) * hi_slope, out)
 
-
-def _value_weights(probs: torch.Tensor, spans: tuple[SpanInfo, ...]) -> dict[str, np.ndarray]:
-    """Per numeric column, the probability that a row's value is used (not the atom, not missing):
-    the continuous map is fitted on the values that will be decoded."""
-    weights: dict[str, np.ndarray] = {}
-    for span in spans:
-        if span.role in ("atom", "missing"):
-            used = probs[:, span.start].double().numpy()  # slot 0: "other" / "present"
-            weights[span.column] = weights.get(span.column, 1.0) * used
-    return weights
 
 
 def reference_draw(model, rows: int = REFERENCE_ROWS) -> tuple[torch.Tensor, np.ndarray]:

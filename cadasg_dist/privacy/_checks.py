@@ -8,59 +8,40 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 
 from cadasg_dist.errors import ConfigError
 
 
 def check_noise_multiplier(value: float, *, name: str = "noise_multiplier", allow_zero: bool = False) -> float:
     """Return ``value`` as a float; raise unless it is finite and > 0 (or >= 0 with ``allow_zero``)."""
-    value = _as_float(value, name)
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(
-            f"{name} must be finite and {bound}, got {value!r}; a private mechanism needs Gaussian "
-            f"noise (sigma = {name} x sensitivity), use PrivacyLedger.non_private() for a run without it."
-        )
-    return value
+    return _checked(value, name, lambda v: math.isfinite(v) and v >= 0 and (v > 0 or allow_zero),
+                    f"finite and {'>= 0' if allow_zero else '> 0'}",
+                    f"a private mechanism needs Gaussian noise (sigma = {name} x sensitivity), use "
+                    "PrivacyLedger.non_private() for a run without it.")
 
 
 def check_sample_rate(value: float, *, name: str = "sample_rate") -> float:
     """Return ``value`` as a float; raise unless it lies in (0, 1]."""
-    value = _as_float(value, name)
-    if not 0.0 < value <= 1.0:
-        raise ConfigError(
-            f"{name} must be in (0, 1], got {value!r}; it is the Poisson sampling probability of "
-            f"one row (expected batch size / number of rows), 1.0 for a full pass."
-        )
-    return value
+    return _checked(value, name, lambda v: 0.0 < v <= 1.0, "in (0, 1]",
+                    "it is the Poisson sampling probability of one row (expected batch size / number of "
+                    "rows), 1.0 for a full pass.")
 
 
 def check_delta(value: float, *, name: str = "delta") -> float:
     """Return ``value`` as a float; raise unless it lies in (0, 1)."""
-    value = _as_float(value, name)
-    if not 0.0 < value < 1.0:
-        raise ConfigError(
-            f"{name} must be in (0, 1), got {value!r}; pick delta well below 1/n_rows (e.g. 1e-5)."
-        )
-    return value
+    return _checked(value, name, lambda v: 0.0 < v < 1.0, "in (0, 1)",
+                    "pick delta well below 1/n_rows (e.g. 1e-5).")
 
 
 def check_epsilon(value: float, *, name: str = "target_epsilon") -> float:
     """Return ``value`` as a float; raise unless it is finite and > 0."""
-    value = _as_float(value, name)
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigError(
-            f"{name} must be finite and > 0, got {value!r}; a non-private run needs no calibration."
-        )
-    return value
+    return _checked(value, name, _finite_positive, "finite and > 0", "a non-private run needs no calibration.")
 
 
 def check_positive(value: float, *, name: str) -> float:
     """Return ``value`` as a float; raise unless it is finite and > 0."""
-    value = _as_float(value, name)
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"{name} must be finite and > 0, got {value!r}.")
-    return value
+    return _checked(value, name, _finite_positive, "finite and > 0")
 
 
 def check_steps(value: int, *, name: str = "steps", minimum: int = 1) -> int:
@@ -78,3 +59,16 @@ def _as_float(value: float, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ConfigError(f"{name} must be a number, got {value!r}.")
     return float(value)
+
+
+def _finite_positive(value: float) -> bool:
+    return math.isfinite(value) and value > 0
+
+
+def _checked(value: float, name: str, ok: Callable[[float], bool], requirement: str, fix: str = "") -> float:
+    """``value`` as a float if ``ok`` holds for it; else the one message shape of every check: what
+    ``name`` must be, the value it got, and how to fix it."""
+    value = _as_float(value, name)
+    if not ok(value):
+        raise ConfigError(f"{name} must be {requirement}, got {value!r}" + (f"; {fix}" if fix else "."))
+    return value

@@ -169,14 +169,6 @@ def numeric_values(s: pd.Series, kind: str) -> np.ndarray:
         raise InvalidDataError(f"column {s.name!r} is {kind} but holds non-numeric values") from None
 
 
-def category_key(v: Any) -> Any:
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    return v
-
-
 def schema_column(col: PrivateColumn) -> ColumnSchema:
     dtype = col.dtype
     if col.kind == "integer" and dtype.startswith("float"):

@@ -20,7 +20,7 @@ from the rows comes from one of:
   the target gives strata and the class calibration is on (``model.calibrate_classes``; by
   default at epsilon <= 3): per stratum of the target (its class, or a numeric target's value
   bin: ``ModelDims.stratum``, from the released quantile grid, so grouping reads nothing more), a
-  histogram of every other column over the encoded rows (model/calibration.py ``class_counts``;
+  histogram of every other column over the encoded rows (model/histograms.py ``class_counts``;
   each row falls in one stratum, so the sensitivity is k·sqrt(T) for T histograms), which
   sampling uses to correct each column per stratum;
 * a fourth, ``preprocess/context_marginals`` (share ``privacy.context_marginals_share``), only when
@@ -58,7 +58,7 @@ from cadasg_dist.data.schema import (
 )
 from cadasg_dist.data.transforms import CategoricalTransform, ContinuousTransform, DataTransformer
 from cadasg_dist.errors import ConfigError, InvalidDataError
-from cadasg_dist.model.calibration import class_counts, context_counts
+from cadasg_dist.model.histograms import class_counts, context_counts
 from cadasg_dist.model.networks import ModelDims, class_groups, model_dims
 from cadasg_dist.privacy import entropy
 from cadasg_dist.privacy.ledger import PrivacyLedger

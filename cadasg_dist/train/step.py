@@ -11,7 +11,7 @@ The step is three small updates and a cache update:
 
 Privacy: the terms that read real rows are the critic's real part and gradient penalty, the
 utility predictor's loss and the VAE term; each is computed per example so that
-``privacy.gradients`` can clip and noise it (DP-SGD) when ``state.dp`` is set. The adversarial,
+``privacy.per_sample`` can clip and noise it (DP-SGD) when ``state.dp`` is set. The adversarial,
 covariance and utility terms of the generator read only generated rows, the DP critic and
 predictor, and the noisy cache: post-processing, no extra cost. Balancing reads the norms of the
 privatised gradients only.

@@ -1,5 +1,7 @@
 """Hyperparameter search with Ray Tune: a fidelity / utility / privacy Pareto front, and a pick.
 
+A sketch (it starts Ray Tune, so the docs test does not run it)::
+
     from cadasg_dist.tuning import tune, train_picked
     outcome = tune(df, target="whi", context=["region"], trials=16, epsilon=3.0, out="runs/tune",
                    config=CADASGConfig.from_yaml("my_declarations.yaml"))

@@ -1,5 +1,7 @@
 """The Tune search: OptunaSearch over the space, ASHA on a scalar score, resumable from its storage.
 
+A sketch (it starts Ray Tune, so the docs test does not run it)::
+
     request = SearchRequest(base=cfg, space=space, trials=16, out=Path("runs/tune"))
     outcome = run_search(request, frame)      # a second call with the same out resumes
     outcome.front()                           # the completed trials no other trial dominates

@@ -1,5 +1,5 @@
-"""Marginal calibration (cadasg_dist/model/calibration.py): the corrections themselves, the
-frequencies the private preprocessing releases for them, and sampling with them on."""
+"""Marginal calibration (cadasg_dist/model/calibration.py and histograms.py): the corrections
+themselves, the frequencies the private preprocessing releases for them, and sampling with them on."""
 
 from __future__ import annotations
 
@@ -13,17 +13,19 @@ from scipy import stats
 
 from cadasg_dist.errors import ConfigError
 from cadasg_dist.model.calibration import (
-    CLASS_CELLS,
-    CONTEXT_EDGES,
     _interp_linear_ends,
     cell_score_map,
+    normal_score_map,
+    prior_shift,
+    shrink_to_model,
+)
+from cadasg_dist.model.histograms import (
+    CLASS_CELLS,
+    CONTEXT_EDGES,
     class_counts,
     class_key,
     context_counts,
     normal_cells,
-    normal_score_map,
-    prior_shift,
-    shrink_to_model,
 )
 from cadasg_dist.private.prepare import prepare_private
 from cadasg_dist.private.releases import released_frequencies

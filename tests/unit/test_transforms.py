@@ -4,6 +4,7 @@ import pytest
 
 from cadasg_dist.config import ColumnOverride, DataConfig
 from cadasg_dist.data import DataTransformer, infer_schema, read_table, write_table
+from cadasg_dist.data.categorical import category_key
 from cadasg_dist.errors import InvalidDataError
 
 
@@ -126,3 +127,13 @@ def test_declared_categories_of_a_numeric_column_match_its_values():
     assert schema["level"].categories == (1, 2, 3, 4)
     tr = DataTransformer(schema).fit(df)
     assert tr.decode(tr.encode(df), np.random.default_rng(0))["level"].tolist() == df["level"].tolist()
+
+
+def test_category_key_makes_one_category_of_equal_numbers():
+    # Prepare: the same category as a CSV, a Parquet file and numpy would hand it over
+    spellings = [1, 1.0, np.int64(1), np.float32(1.0)]
+    # Execute
+    keys = {category_key(v) for v in spellings}
+    # Assert: one key, a plain int; a fractional float and a string stay themselves
+    assert keys == {1} and type(next(iter(keys))) is int
+    assert category_key(1.5) == 1.5 and category_key("1") == "1"
