@@ -12,6 +12,9 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 DISTRIBUTION = "cadasg-dist"
+# The package's own folder (shipped to a Ray client's cluster) and the checkout or install root above it.
+PACKAGE_DIR = Path(__file__).resolve().parent
+PROJECT_ROOT = PACKAGE_DIR.parent
 
 
 def _read_version() -> str:
@@ -19,7 +22,7 @@ def _read_version() -> str:
         return version(DISTRIBUTION)
     except PackageNotFoundError:
         # A source checkout on the path without `pip install`: its own pyproject.toml is the truth.
-        pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+        pyproject = PROJECT_ROOT / "pyproject.toml"
         if pyproject.is_file():
             return str(tomllib.loads(pyproject.read_text())["project"]["version"])
         return "0+unknown"

@@ -115,10 +115,10 @@ def ensure_ray(address: str | None) -> None:
         return
     kwargs: dict[str, Any] = {"address": address, "configure_logging": False}
     if address is not None and address.startswith("ray://"):
-        import cadasg_dist
+        from cadasg_dist._version import PACKAGE_DIR
 
         # A Ray client's cluster cannot see this machine's files: ship the package with the job.
-        kwargs["runtime_env"] = {"py_modules": [str(Path(cadasg_dist.__file__).parent)]}
+        kwargs["runtime_env"] = {"py_modules": [str(PACKAGE_DIR)]}
     ray.init(**kwargs)
 
 

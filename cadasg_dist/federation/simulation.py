@@ -102,9 +102,9 @@ def resolve_path(value: str | Path) -> Path:
     p = Path(value)
     if p.is_absolute():
         return p
-    import cadasg_dist
+    from cadasg_dist._version import PROJECT_ROOT
 
-    roots = (Path.cwd(), Path(cadasg_dist.__file__).resolve().parents[1])
+    roots = (Path.cwd(), PROJECT_ROOT)
     for root in roots:
         if (root / p).exists():
             return root / p

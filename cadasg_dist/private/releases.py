@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cadasg_dist.errors import PrivacyBudgetError
 from cadasg_dist.data.categorical import category_key
+from cadasg_dist.errors import PrivacyBudgetError
 from cadasg_dist.private.columns import PrivateColumn, numeric_values
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from cadasg_dist import __version__
+from cadasg_dist._version import __version__
 from cadasg_dist.errors import CADASGError, ContextError
 from cadasg_dist.serving.formats import MEDIA_TYPES, encode
 from cadasg_dist.serving.service import RequestRejected, SamplingService
@@ -93,37 +93,42 @@ def create_app(service: SamplingService) -> FastAPI:
     @app.post("/v1/sample", openapi_extra={"requestBody": body_schema},
               responses={200: ok, **{k: v for k, v in _ERRORS.items()}})
     async def sample(request: Request, _: None = Security(caller)) -> Response:
-        start = time.perf_counter()
-        req = await _parse(request, service.args.max_body_bytes)
-        if req.n > service.args.max_rows:
-            raise RequestRejected(413, f"n={req.n} is above this server's maximum of {service.args.max_rows} "
-                                  "rows; ask for fewer rows per request")
-        loaded = service.model()
-        if req.context:
-            try:
-                loaded.model.extractor.resolve(req.context)
-            except ContextError as exc:
-                raise RequestRejected(422, str(exc), valid=loaded.valid_context) from None
-        seed = req.seed if req.seed is not None else secrets.randbits(63)
-        try:
-            out = await service.sample(loaded, req.n, req.context, seed)
-        except CADASGError as exc:  # a library check we did not repeat above: still the caller's input
-            raise RequestRejected(422, str(exc)) from None
-        headers = {"X-Model": quote(loaded.name), "X-Model-Version": quote(loaded.version), "X-Seed": str(seed),
-                   "X-Rows": str(len(out.frame)), "X-Batch-Requests": str(out.batch_requests)}
-        envelope = {"model": loaded.name, "model_version": loaded.version, "seed": seed, "n": len(out.frame)}
-        chunks = encode(out.frame, req.format, header=envelope, chunk_rows=service.args.chunk_rows)
-        media = MEDIA_TYPES[req.format]
-        if req.n <= service.args.merge_max_n:
-            body = b"".join(chunks)
-            headers["Server-Timing"] = f"app;dur={(time.perf_counter() - start) * 1000:.1f}"
-            return Response(body, media_type=media, headers=headers)
-        if req.n <= service.args.chunk_rows:
-            body = await asyncio.get_running_loop().run_in_executor(service.pool, b"".join, chunks)
-            return Response(body, media_type=media, headers=headers)
-        return StreamingResponse((c for c in chunks if c), media_type=media, headers=headers)
+        return await sample_response(service, request)
 
     return app
+
+
+async def sample_response(service: SamplingService, request: Request) -> Response:
+    """One /v1/sample request: checks, the rows (batched with concurrent requests), the encoded answer."""
+    start = time.perf_counter()
+    req = await _parse(request, service.args.max_body_bytes)
+    if req.n > service.args.max_rows:
+        raise RequestRejected(413, f"n={req.n} is above this server's maximum of {service.args.max_rows} "
+                              "rows; ask for fewer rows per request")
+    loaded = service.model()
+    if req.context:
+        try:
+            loaded.model.extractor.resolve(req.context)
+        except ContextError as exc:
+            raise RequestRejected(422, str(exc), valid=loaded.valid_context) from None
+    seed = req.seed if req.seed is not None else secrets.randbits(63)
+    try:
+        out = await service.sample(loaded, req.n, req.context, seed)
+    except CADASGError as exc:  # a library check we did not repeat above: still the caller's input
+        raise RequestRejected(422, str(exc)) from None
+    headers = {"X-Model": quote(loaded.name), "X-Model-Version": quote(loaded.version), "X-Seed": str(seed),
+               "X-Rows": str(len(out.frame)), "X-Batch-Requests": str(out.batch_requests)}
+    envelope = {"model": loaded.name, "model_version": loaded.version, "seed": seed, "n": len(out.frame)}
+    chunks = encode(out.frame, req.format, header=envelope, chunk_rows=service.args.chunk_rows)
+    media = MEDIA_TYPES[req.format]
+    if req.n <= service.args.merge_max_n:
+        body = b"".join(chunks)
+        headers["Server-Timing"] = f"app;dur={(time.perf_counter() - start) * 1000:.1f}"
+        return Response(body, media_type=media, headers=headers)
+    if req.n <= service.args.chunk_rows:
+        body = await asyncio.get_running_loop().run_in_executor(service.pool, b"".join, chunks)
+        return Response(body, media_type=media, headers=headers)
+    return StreamingResponse((c for c in chunks if c), media_type=media, headers=headers)
 
 
 async def _parse(request: Request, max_bytes: int) -> SampleRequest:
