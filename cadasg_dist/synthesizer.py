@@ -123,7 +123,7 @@ class CADASG:
         else:
             x = self.transformer.encode(df, seed=cfg.train.seed)
             dims = model_dims(self.transformer.output_dim, self.transformer.spans, self.extractor.n_contexts,
-                              cfg.target, cfg.model, self.transformer.class_groups)
+                              cfg.target, cfg.model)
         ids = self.extractor.ids(df)
         if prep is None:  # exact: a non-private fit reads the rows (a private one released them)
             self._exact_marginals(x, ids, dims)

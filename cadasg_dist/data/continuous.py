@@ -17,6 +17,7 @@ come from the schema (declared, or released by the private preprocessing).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,39 @@ from scipy.special import ndtr, ndtri
 from cadasg_dist.data.schema import ColumnSchema, datetime_to_seconds
 
 _U_EPS = 1e-6  # levels are kept inside [eps, 1 - eps] so the Gaussian map stays finite (|y| <= 4.75)
+
+
+def atom_index(counts: np.ndarray, *, total: float, distinct: int, atom_share: float) -> int | None:
+    """Index of the value in ``counts`` that gets its own span: the most common one, when it holds
+    at least ``atom_share`` of ``total`` rows and the column has more than two distinct values."""
+    if atom_share >= 1 or distinct <= 2 or not len(counts):
+        return None
+    top = int(np.argmax(counts))
+    return top if counts[top] >= atom_share * total else None
+
+
+def histogram_fit(lows: np.ndarray, highs: np.ndarray, mass: np.ndarray, *, n_quantiles: int, lo: float,
+                  hi: float) -> dict[str, Any]:
+    """Quantile grid, mean and sd of a column from a histogram of cells [low, high] (a point when
+    low == high) in position order, mass spread uniformly inside each cell: what ``fit`` reads from
+    rows, from (released) counts instead. An empty histogram gives an even grid over [lo, hi]."""
+    total = mass.sum()
+    if total <= 0:
+        quantiles = np.linspace(lo, hi, n_quantiles)
+    else:
+        cum = np.cumsum(mass)
+        target = np.linspace(0.0, 1.0, n_quantiles) * total
+        j = np.minimum(np.searchsorted(cum, target, side="left"), len(cum) - 1)
+        before = cum[j] - mass[j]
+        frac = np.divide(target - before, mass[j], out=np.zeros_like(target), where=mass[j] > 0)
+        quantiles = lows[j] + np.clip(frac, 0, 1) * (highs[j] - lows[j])
+        inside = np.flatnonzero(mass > 0)
+        quantiles[0], quantiles[-1] = lows[inside[0]], highs[inside[-1]]
+    mid = (lows + highs) / 2
+    weights = mass / total if total > 0 else np.full(len(mass), 1.0 / len(mass))
+    mean = float((weights * mid).sum())
+    var = float((weights * ((mid - mean) ** 2 + (highs - lows) ** 2 / 12)).sum())
+    return {"quantiles": np.maximum.accumulate(quantiles), "mean": mean, "std": math.sqrt(var) or 1.0}
 
 
 class ContinuousTransform:
@@ -55,11 +89,13 @@ class ContinuousTransform:
         return pd.to_numeric(s, errors="coerce").to_numpy(dtype=float)
 
     def fit(self, s: pd.Series) -> None:
+        """Fit on the rows (exact: a non-private fit; a private one uses ``fit_fields`` with
+        ``histogram_fit`` on released cell counts)."""
         x = self._numeric(s.dropna())
         x = np.clip(x, self.schema.min, self.schema.max)
         values, counts = np.unique(x, return_counts=True)
-        top = int(np.argmax(counts))
-        if self.atom_share < 1 and counts[top] >= self.atom_share * len(x) and len(values) > 2:
+        top = atom_index(counts, total=len(x), distinct=len(values), atom_share=self.atom_share)
+        if top is not None:
             self.atom = float(values[top])
             x = x[x != self.atom]
         if self.encoding == "quantile":
@@ -70,6 +106,11 @@ class ContinuousTransform:
         else:
             self.mean = float(x.mean())
             self.std = float(x.std()) or 1.0
+
+    def set_fitted(self, *, quantiles: np.ndarray, atom: float | None, mean: float, std: float) -> None:
+        """Set what ``fit`` would read from the rows from elsewhere (a private run's releases);
+        the caller then lays out the spans again (``DataTransformer.relayout``: an atom adds one)."""
+        self.quantiles, self.atom, self.mean, self.std = quantiles, atom, mean, std
 
     def encode(self, s: pd.Series, rng: np.random.Generator) -> np.ndarray:
         x = self._numeric(s)

@@ -63,9 +63,6 @@ class DataTransformer:
         # The same per context (cadasg_dist/model/calibration.py ``context_counts``: {"std", "counts":
         # {column: [[count per cell] per context]}}), for the per-context calibration, or None.
         self.context_marginals: dict[str, Any] | None = None
-        # A categorical target's thin classes merged into one stratum each (class -> group; see
-        # ``ModelDims.class_groups``), chosen under DP from released shares, or None.
-        self.class_groups: list[int] | None = None
         for col in schema.columns:
             if col.name in self.exclude:
                 continue
@@ -73,6 +70,10 @@ class DataTransformer:
                 self.transforms[col.name] = CategoricalTransform(col)
             else:
                 self.transforms[col.name] = ContinuousTransform(col, encoding, n_quantiles, atom_share)
+        self.spans = self._layout()
+
+    def relayout(self) -> None:
+        """Lay out the spans again after a transform's fields were set (an atom adds a span)."""
         self.spans = self._layout()
 
     def _layout(self) -> tuple[SpanInfo, ...]:
@@ -181,7 +182,6 @@ class DataTransformer:
             "transforms": {name: t.to_dict() for name, t in self.transforms.items()},
             "class_marginals": self.class_marginals,
             "context_marginals": self.context_marginals,
-            "class_groups": self.class_groups,
         }
 
     @classmethod
@@ -191,7 +191,6 @@ class DataTransformer:
             t.load_dict(d["transforms"][name])
         dt.class_marginals = d.get("class_marginals")
         dt.context_marginals = d.get("context_marginals")
-        dt.class_groups = d.get("class_groups")
         dt.spans = dt._layout()
         return dt
 

@@ -37,7 +37,7 @@ from cadasg_dist.data.schema import Schema, datetime_to_seconds
 from cadasg_dist.data.transforms import DataTransformer
 from cadasg_dist.errors import InvalidDataError
 from cadasg_dist.federation.config import FederatedConfig
-from cadasg_dist.model.networks import ModelDims, model_dims
+from cadasg_dist.model.networks import ModelDims
 from cadasg_dist.privacy.ledger import Mechanism, PrivacyLedger
 
 log = logging.getLogger(__name__)
@@ -138,10 +138,8 @@ def build_plan(df: pd.DataFrame, cfg: CADASGConfig, fed: FederatedConfig) -> Fed
     run_cfg = cfg.replace(**{"privacy.delta": ledger.delta}) if cfg.private else cfg
     log.info("federation plan: %d features, %d contexts, schema released with epsilon=%.3f (delta=%.2e)",
              prep.transformer.output_dim, prep.extractor.n_contexts, ledger.epsilon(), ledger.delta)
-    dims = model_dims(prep.transformer.output_dim, prep.transformer.spans, prep.extractor.n_contexts, cfg.target,
-                      cfg.model, prep.transformer.class_groups)
     return FederationPlan(config=run_cfg, schema=prep.schema, transformer=prep.transformer,
-                          extractor=prep.extractor, dims=dims,
+                          extractor=prep.extractor, dims=prep.dims,
                           preprocessing=tuple(ledger.mechanisms) if cfg.private else (),
                           schema_ledger=ledger.state_dict())
 

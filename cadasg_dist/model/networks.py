@@ -126,7 +126,7 @@ class ModelDims:
 def model_dims(output_dim: int, spans: tuple[SpanInfo, ...], n_contexts: int, target: str | None,
                cfg: ModelConfig, class_groups: tuple[int, ...] | None = None) -> ModelDims:
     """The dims of a model of a table with these encoded ``spans`` (the engine's and the federation's);
-    ``class_groups``: the target's classes merged into strata (``DataTransformer.class_groups``)."""
+    ``class_groups``: the target's classes merged into strata (``private.prepare.target_class_groups``)."""
     target_spans = tuple(s for s in spans if s.column == target)
     bins = bin_span_for(target_spans)
     span = strata_span_for(target_spans)

@@ -135,11 +135,12 @@ def prepare_private(df: pd.DataFrame, cfg: CADASGConfig, *, rng: np.random.Gener
     transformer = released_transformer(cfg, schema, extractor, by_name)
     frame = conform(frame, columns, transformer)
     encode_seed = int(rng.integers(2**62))
+    groups = None
     if cfg.target is not None and merge_classes:
-        transformer.class_groups = target_class_groups(transformer.transforms.get(cfg.target), extractor.n_contexts,
-                                                       len(frame), cfg.privacy.merge_class_sds * hist_std)
+        groups = target_class_groups(transformer.transforms.get(cfg.target), extractor.n_contexts, len(frame),
+                                     cfg.privacy.merge_class_sds * hist_std)
     dims = model_dims(transformer.output_dim, transformer.spans, extractor.n_contexts, cfg.target, cfg.model,
-                      transformer.class_groups)
+                      None if groups is None else tuple(groups))
     x = run.release_marginals(frame, columns, transformer, extractor, dims, encode_seed)
     plan = plan_budget(cfg, n_rows=len(frame), n_units=n_units, has_utility=bool(dims.target_spans),
                        spent=run.ledger.mechanisms)
@@ -235,11 +236,10 @@ def released_transformer(cfg: CADASGConfig, schema: Schema, extractor: RuleConte
     for name, t in transformer.transforms.items():
         col = columns[name]
         if isinstance(t, ContinuousTransform):
-            for key, value in col.fitted.items():
-                setattr(t, key, value)
+            t.set_fitted(**col.fitted)
         elif col.histogram is not None:
             t.frequencies = released_frequencies(col.histogram, col.has_missing)
-    transformer.spans = transformer._layout()  # atoms add spans
+    transformer.relayout()  # atoms add spans
     return transformer
 
 

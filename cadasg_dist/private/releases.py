@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from cadasg_dist.data.categorical import category_key
+from cadasg_dist.data.continuous import atom_index, histogram_fit
 from cadasg_dist.errors import PrivacyBudgetError
 from cadasg_dist.private.columns import PrivateColumn, numeric_values
 
@@ -162,40 +163,24 @@ def released_frequencies(noisy: np.ndarray, has_missing: bool) -> list[float]:
 
 def _fit_numeric(col: PrivateColumn, points: np.ndarray, starts: np.ndarray, ends: np.ndarray, counts: np.ndarray,
                  std: float, *, n_quantiles: int, atom_share: float) -> dict[str, Any]:
-    """ContinuousTransform fields from noisy cell counts (mirrors ``ContinuousTransform.fit``)."""
+    """``ContinuousTransform`` fields from noisy cell counts: the data layer's atom rule and
+    histogram fit (``data.continuous``), on the released cells with the noise's tails cut."""
     n_points = len(points)
     lows, highs = np.r_[points, starts], np.r_[points, ends]
     atom = None
-    # ``ContinuousTransform.fit``'s "more than two distinct values", from the public cell layout (noisy presence would
-    # hide the small values that make a point mass worth its own span)
-    if n_points and atom_share < 1 and len(counts) > 2:
-        top = int(np.argmax(counts[:n_points]))
-        if counts[top] >= atom_share * counts.sum():
-            atom = float(points[top])
-            counts = counts.copy()
-            counts[top] = 0.0
+    # "More than two distinct values" from the public cell layout (noisy presence would hide the
+    # small values that make a point mass worth its own span).
+    top = atom_index(counts[:n_points], total=counts.sum(), distinct=len(counts), atom_share=atom_share)
+    if top is not None:
+        atom = float(points[top])
+        counts = counts.copy()
+        counts[top] = 0.0
     col.sources["quantiles"] = "dp"
     counts = np.where(counts > CDF_SDS * std, counts, 0.0)
     order = np.lexsort((highs - lows > 0, lows))  # by position, a point before the interval it starts
-    lows, highs, mass = lows[order], highs[order], within_support(counts[order], std)
-    total = mass.sum()
-    if total <= 0:
-        quantiles = np.linspace(col.lo, col.hi, n_quantiles)
-    else:
-        cum = np.cumsum(mass)
-        target = np.linspace(0.0, 1.0, n_quantiles) * total
-        j = np.minimum(np.searchsorted(cum, target, side="left"), len(cum) - 1)
-        before = cum[j] - mass[j]
-        frac = np.divide(target - before, mass[j], out=np.zeros_like(target), where=mass[j] > 0)
-        quantiles = lows[j] + np.clip(frac, 0, 1) * (highs[j] - lows[j])
-        inside = np.flatnonzero(mass > 0)
-        quantiles[0], quantiles[-1] = lows[inside[0]], highs[inside[-1]]
-    mid = (lows + highs) / 2
-    weights = mass / total if total > 0 else np.full(len(mass), 1.0 / len(mass))
-    mean = float((weights * mid).sum())
-    var = float((weights * ((mid - mean) ** 2 + (highs - lows) ** 2 / 12)).sum())
-    return {"quantiles": np.maximum.accumulate(quantiles), "atom": atom, "mean": mean,
-            "std": math.sqrt(var) or 1.0}
+    fields = histogram_fit(lows[order], highs[order], within_support(counts[order], std), n_quantiles=n_quantiles,
+                           lo=col.lo, hi=col.hi)
+    return {"quantiles": fields["quantiles"], "atom": atom, "mean": fields["mean"], "std": fields["std"]}
 
 
 def within_support(mass: np.ndarray, std: float) -> np.ndarray:
