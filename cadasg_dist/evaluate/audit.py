@@ -39,6 +39,7 @@ from cadasg_dist.data.schema import infer_schema
 from cadasg_dist.errors import InvalidDataError
 from cadasg_dist.evaluate.evaluation import EVAL_THREADS
 from cadasg_dist.evaluate.features import encode, fit_encoder, widened_schema
+from cadasg_dist.evaluate.prepare import NUMERIC_KINDS
 from cadasg_dist.evaluate.privacy_metrics import dcr_share, mia_auc
 from cadasg_dist.evaluate.result import to_jsonable
 from cadasg_dist.privacy.audit import (
@@ -120,6 +121,11 @@ def auditor_encoder(train: pd.DataFrame, holdout: pd.DataFrame, *others: pd.Data
     cols = list(train.columns if columns is None else columns)
     frames = [f[cols] for f in (train, holdout, *others)]
     schema = widened_schema(infer_schema(frames[1]), frames)
+    # A refit's samples, met only after the encoder is fitted, may hold a missing category (a DP
+    # release can keep a missing slot): an extra one-hot slot, zero on every present value, so it
+    # moves no distance between complete rows. Numeric columns encode a gap as their fill value.
+    schema = dataclasses.replace(schema, columns=tuple(
+        dataclasses.replace(c, has_missing=True) if c.kind not in NUMERIC_KINDS else c for c in schema.columns))
     enc = fit_encoder(schema, frames[1])
     return lambda df: encode(enc, df[cols])
 
