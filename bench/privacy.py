@@ -285,43 +285,47 @@ def main() -> int:
     OVERRIDES.update(parse_overrides(args.set))
     epsilons = [float(e) for e in args.epsilons.split(",")]
     for table in args.tables.split(","):
-        df, spec = load_table(table)
-        train, test = split(df, seed=args.seed)
-        delta = min(1e-5, 1.0 / len(train) ** 2)
-        rows, audits, shadows = [], {}, {}
-        for eps in epsilons:
-            log(f"{table}: CA-DASG at epsilon={eps:g}")
-            fits = []
-            for i in range(args.fits):
-                draws, meta = ours_cached(train, spec, eps, delta, args.seed, args.epochs, args.draws, fit=i)
-                fits.append({**average_draws([score("CA-DASG", eps, s, train, test, spec, args.seed) for s in draws]),
-                             **meta})
-                log(f"{table}: CA-DASG eps={eps:g} fit {i + 1}/{args.fits}: utility {fits[-1]['utility_ratio']:.3f} "
-                    f"(sd {fits[-1]['utility_sd'] or 0:.3f} over {len(draws)} draws)")
-                if i == 0:
-                    synthetic = draws[0]
-            rows.append(average_fits(fits))
-            for name in baselines:
-                if not math.isfinite(eps) and name in ("mst", "aim"):
-                    continue  # no non-private mode; the SDV baselines of bench/engine.py are the ε = ∞ reference
-                syn = run_baseline(table, name, eps, delta, args.seed, args.timeout)
-                if syn is not None:
-                    rows.append(score(name, eps, syn, train, test, spec, args.seed))
-            if args.audit:
-                log(f"{table}: canary audit at epsilon={eps:g}")
-                audits[f"{eps:g}"] = canary_audit(train, test, spec, eps, delta, args.seed, args.epochs)
-            if args.shadow:
-                log(f"{table}: shadow attack at epsilon={eps:g}")
-                shadows[f"{eps:g}"] = shadow(train, test, spec, eps, delta, args.seed, args.epochs, synthetic)
-        text = render(table, rows, audits, shadows, len(train), delta)
-        print(text, flush=True)
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / f"privacy_{table}{args.tag}.md").write_text(text + "\n")
-        (RESULTS / f"privacy_{table}{args.tag}.json").write_text(json.dumps(
-            {"rows": rows, "audits": audits, "shadows": shadows, "delta": delta, "overrides": OVERRIDES,
-             "private_profile": private_profile()}, indent=1, default=str) + "\n")
+        run_table(table, epsilons, baselines, args)
     return 0
 
+
+def run_table(table: str, epsilons: list[float], baselines: list[str], args: argparse.Namespace) -> None:
+    """Every ε on one table: fit (or read the cache), score, attack; print and write the results."""
+    df, spec = load_table(table)
+    train, test = split(df, seed=args.seed)
+    delta = min(1e-5, 1.0 / len(train) ** 2)
+    rows, audits, shadows = [], {}, {}
+    for eps in epsilons:
+        log(f"{table}: CA-DASG at epsilon={eps:g}")
+        fits = []
+        for i in range(args.fits):
+            draws, meta = ours_cached(train, spec, eps, delta, args.seed, args.epochs, args.draws, fit=i)
+            fits.append({**average_draws([score("CA-DASG", eps, s, train, test, spec, args.seed) for s in draws]),
+                         **meta})
+            log(f"{table}: CA-DASG eps={eps:g} fit {i + 1}/{args.fits}: utility {fits[-1]['utility_ratio']:.3f} "
+                f"(sd {fits[-1]['utility_sd'] or 0:.3f} over {len(draws)} draws)")
+            if i == 0:
+                synthetic = draws[0]
+        rows.append(average_fits(fits))
+        for name in baselines:
+            if not math.isfinite(eps) and name in ("mst", "aim"):
+                continue  # no non-private mode; the SDV baselines of bench/engine.py are the ε = ∞ reference
+            syn = run_baseline(table, name, eps, delta, args.seed, args.timeout)
+            if syn is not None:
+                rows.append(score(name, eps, syn, train, test, spec, args.seed))
+        if args.audit:
+            log(f"{table}: canary audit at epsilon={eps:g}")
+            audits[f"{eps:g}"] = canary_audit(train, test, spec, eps, delta, args.seed, args.epochs)
+        if args.shadow:
+            log(f"{table}: shadow attack at epsilon={eps:g}")
+            shadows[f"{eps:g}"] = shadow(train, test, spec, eps, delta, args.seed, args.epochs, synthetic)
+    text = render(table, rows, audits, shadows, len(train), delta)
+    print(text, flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"privacy_{table}{args.tag}.md").write_text(text + "\n")
+    (RESULTS / f"privacy_{table}{args.tag}.json").write_text(json.dumps(
+        {"rows": rows, "audits": audits, "shadows": shadows, "delta": delta, "overrides": OVERRIDES,
+         "private_profile": private_profile()}, indent=1, default=str) + "\n")
 
 if __name__ == "__main__":
     np.seterr(all="ignore")
