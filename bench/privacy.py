@@ -6,8 +6,11 @@
 One table per run is the intended use (a private fit takes minutes here). On the 80/20 split of
 ``bench/splits.py``, δ = min(1e-5, 1/n²) with n the training rows. For every ε:
 
-* CA-DASG: ``privacy.epsilon = ε`` with the engine's defaults (bounds and categories DP releases,
-  DP-SGD on every network, the DP cache; ``--epochs`` caps the epochs). The ε it reports is the
+* CA-DASG: ``privacy.epsilon = ε`` with the settings of ``configs/private.yaml``, read at every
+  run (its model, cache and train sections; its target, contexts, columns and privacy unit are
+  rwm5yr's, so each table's come from ``bench/splits.py`` instead, with rows as the privacy unit);
+  bounds and categories not declared there are DP releases, DP-SGD on every network, the DP cache;
+  ``--epochs`` caps the epochs; ε = ∞ keeps the engine's defaults. The ε it reports is the
   ledger's. Its scores are the means over ``--draws`` synthetic tables of the one fit (3;
   ``utility_sd`` is their spread: one draw's utility ratio moves by about ±0.02 on rwm5yr, as much
   as the margins to the goals). ``--fits N`` repeats the fit N times and averages them
@@ -21,13 +24,21 @@ One table per run is the intended use (a private fit takes minutes here). On the
   fidelity, exact-match rate, DCR share and the distance attack's AUC (members = training rows,
   non-members = holdout rows).
 
-``--audit``: a second CA-DASG run per finite ε with canaries: 200 of the holdout's least typical
-rows, each added to the training rows with probability 1/2; the attacker scores each canary by
-minus its distance to the closest synthetic row and the one-run audit (Steinke et al. 2023,
-``cadasg_dist.privacy.audit``) turns its guesses into an ε lower bound at 95% confidence.
-``--shadow``: the shadow-model attack with 3 shadow CA-DASG models at the same ε, each trained on
-2,000 rows of the holdout's first half (the attacker's population sample), scored on 1,000
-training rows vs 1,000 rows of the holdout's second half.
+``--audit``: a second CA-DASG run per ε with canaries: 200 of the holdout's least typical rows,
+each added to the training rows with probability 1/2; the attacker scores each canary by minus its
+distance to the closest synthetic row and the one-run audit (Steinke et al. 2023) turns its
+guesses into an ε lower bound at 95% confidence. ``--shadow``: the shadow-model attack with 3
+shadow CA-DASG models at the same ε, each trained on 2,000 rows of the holdout's first half (the
+attacker's population sample), scored on 1,000 training rows vs 1,000 rows of the holdout's second
+half. Both are ``cadasg_dist.evaluate.audit`` (what ``cadasg audit`` runs on a saved model).
+
+Cache: each CA-DASG fit is kept with its model and draws under
+``bench/.cache/{table}/cadasg_eps{ε}/seed{S}_{key}[_fit{i}]/``, ``key`` a sha256 (``fit_key``) of
+what determines the fit: the resolved config, the training rows by content (the table and its
+split), the engine's source and the torch and numpy versions. The engine's source is every
+``cadasg_dist/**/*.py`` but the command line (``cli``, ``*_command.py``), ``evaluate/`` (scoring
+and the audits), ``demo.py`` and ``client.py``, which a fit and its sampling never import; the
+runners (``distributed/``, ``federation/``, ``tuning/``) stay in, so an edit there refits too.
 
 Prints markdown and writes it with the raw numbers to bench/results/privacy_{table}.{md,json}.
 """
@@ -36,14 +47,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -52,9 +66,7 @@ from bench.engine import BENCH_PY, CACHE, average_draws, cached  # noqa: E402
 from bench.engine import score as engine_score  # noqa: E402
 from bench.splits import DECLARED, derived_columns, load_table, split  # noqa: E402
 from cadasg_dist.config import CADASGConfig, ContextConfig, TrainConfig, parse_overrides  # noqa: E402
-from cadasg_dist.data.schema import infer_schema  # noqa: E402
-from cadasg_dist.evaluate.features import encode, fit_encoder, widened_schema  # noqa: E402
-from cadasg_dist.privacy.audit import make_canaries, nearest_distance, one_run_audit, shadow_attack  # noqa: E402
+from cadasg_dist.evaluate import audit  # noqa: E402
 from cadasg_dist.synthesizer import CADASG  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -66,11 +78,14 @@ BASELINES = {
     "dpgan": f"{sys.executable} {ROOT / 'bench' / 'dpgan.py'} --epsilon {{eps}} --delta {{delta}} --seed {{seed}} "
              "{train} {out}",
 }
-CANARIES = 200
 # Finite ε: the settings of configs/private.yaml (fewer, larger steps, a smaller latent space and
-# utility head, tighter cache clips); ε = ∞ keeps the engine's defaults. --set overrides both.
-PRIVATE_PROFILE = {"model.latent_dim": 16, "model.utility_hidden": [64], "cache.clip_x": 5.0, "cache.clip_z": 5.0,
-                   "cache.ema_alpha": 0.99, "train.epochs": 30, "train.batch_size": 1000}
+# utility head, tighter cache clips) less what it says about its one table; ε = ∞ keeps the engine's
+# defaults. --set overrides both.
+PROFILE_FILE = ROOT / "configs" / "private.yaml"
+# What configs/private.yaml declares about rwm5yr alone: each table's target, contexts and columns
+# come from bench/splits.py, rows are the privacy unit here, and ε, δ come from the run.
+TABLE_KEYS = ("target", "context", "data.columns", "privacy.epsilon", "privacy.delta", "privacy.unit",
+              "privacy.max_rows_per_unit")
 OVERRIDES: dict = {}  # --set KEY=VALUE
 
 
@@ -78,10 +93,21 @@ def log(msg: str) -> None:
     print(f"[privacy {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def private_profile(path: Path = PROFILE_FILE) -> dict[str, Any]:
+    """The run settings of ``path`` as dotted keys, less ``TABLE_KEYS``."""
+    CADASGConfig.from_yaml(path)  # refuses an unknown key or a bad value
+    raw = yaml.safe_load(path.read_text()) or {}
+    flat = {f"{section}.{key}": value for section, body in raw.items() if isinstance(body, dict)
+            for key, value in body.items()}
+    flat.update({key: value for key, value in raw.items() if not isinstance(value, dict)})
+    return {key: value for key, value in flat.items()
+            if key not in TABLE_KEYS and key.split(".")[0] not in TABLE_KEYS}
+
+
 def config(spec, eps: float, delta: float, seed: int, epochs: int | None) -> CADASGConfig:
     cfg = CADASGConfig(target=spec.target, context=ContextConfig(columns=tuple(spec.contexts)),
                        train=TrainConfig(seed=seed))
-    private = {**PRIVATE_PROFILE, "data.columns": DECLARED.get(spec.name, {})} if math.isfinite(eps) else {}
+    private = {**private_profile(), "data.columns": DECLARED.get(spec.name, {})} if math.isfinite(eps) else {}
     over = {**private, **OVERRIDES,
             "privacy.epsilon": eps, "privacy.delta": delta if math.isfinite(eps) else None}
     if epochs:
@@ -101,24 +127,42 @@ def fit_ours(train: pd.DataFrame, spec, eps: float, delta: float, seed: int, epo
     return model, time.perf_counter() - t0
 
 
-# Part of the cache key of a CA-DASG fit: bump it when a change that the config does not show alters
-# what a fit produces (b: the quantile grids end at the released support; c: a lone noisy bin is no bound;
-# 2026-12-04a: the fitted model is kept beside its draws; b: a numeric target's per-bin histograms;
-# 2026-12-05: a categorical target's thin classes share one model stratum; b: two count sds per context).
-ENGINE_REVISION = "2026-12-05b"
+# Not read by a fit or its sampling: the command line, the scoring and the audits, the demo, the
+# serving client. Everything else under cadasg_dist/ (the runners too: a conservative miss) is the engine.
+NOT_ENGINE = ("cli", "evaluate", "demo.py", "client.py")
+
+
+def engine_digest() -> str:
+    """sha256 over the engine's source files (path and content, in sorted order)."""
+    package = ROOT / "cadasg_dist"
+    h = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        rel = path.relative_to(package)
+        if rel.parts[0] in NOT_ENGINE or rel.stem == "cli" or rel.stem.endswith("_command"):
+            continue
+        h.update(rel.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def fit_key(cfg: CADASGConfig, train: pd.DataFrame) -> str:
+    """Cache key of a fit: what determines it. The resolved config, the training rows (the table
+    and its split, by content), the engine's source and the numeric libraries' versions."""
+    import torch
+
+    rows = hashlib.sha256(json.dumps([str(c) for c in train.columns]).encode())
+    rows.update(pd.util.hash_pandas_object(train, index=True).to_numpy().tobytes())
+    text = json.dumps({"config": cfg.to_dict(), "rows": rows.hexdigest(), "engine": engine_digest(),
+                       "torch": torch.__version__, "numpy": np.__version__}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def ours_cached(train: pd.DataFrame, spec, eps: float, delta: float, seed: int, epochs: int | None,
                 draws: int = 1, fit: int = 0) -> tuple[list[pd.DataFrame], dict]:
     """``draws`` synthetic tables of CA-DASG at ``eps`` (seeds seed, seed + 1, ...) and its fit facts,
-    cached with the fitted model by its config and ``ENGINE_REVISION``: a rerun that adds a
-    baseline, an attack or draws does not refit. ``fit`` > 0 names a further fit of the same config
-    (the DP noise comes from OS entropy, so each fit differs)."""
-    import hashlib
-
-    cfg = config(spec, eps, delta, seed, epochs)
-    text = json.dumps(cfg.to_dict(), sort_keys=True, default=str) + str(len(train)) + ENGINE_REVISION
-    key = hashlib.sha256(text.encode()).hexdigest()[:12]
+    cached with the fitted model by ``fit_key``: a rerun that adds a baseline, an attack or draws
+    does not refit, and a change to the engine, the config or the rows does. ``fit`` > 0 names a
+    further fit of the same config (the DP noise comes from OS entropy, so each fit differs)."""
+    key = fit_key(config(spec, eps, delta, seed, epochs), train)
     d = CACHE / spec.name / f"cadasg_eps{eps:g}" / (f"seed{seed}_{key}" + (f"_fit{fit}" if fit else ""))
     if (d / "meta.json").exists():
         meta = json.loads((d / "meta.json").read_text())
@@ -175,46 +219,14 @@ def run_baseline(table: str, name: str, eps: float, delta: float, seed: int, tim
     return hit[0] if hit else None
 
 
-def features(train: pd.DataFrame, test: pd.DataFrame, *others: pd.DataFrame):
-    """An auditor's encoder (fitted on the holdout, never released) and the encode function."""
-    schema = widened_schema(infer_schema(test), [train, test, *others])
-    enc = fit_encoder(schema, test)
-    return lambda df: encode(enc, df[train.columns])
-
-
 def canary_audit(train, test, spec, eps, delta, seed, epochs) -> dict:
-    rng = np.random.default_rng(seed + 17)
-    enc = features(train, test)
-    picks = make_canaries(enc(test), CANARIES, rng)
-    canaries = test.iloc[picks]
-    included = rng.random(CANARIES) < 0.5
-    audited = pd.concat([train, canaries[included]], ignore_index=True)
-    model, _ = fit_ours(audited, spec, eps, delta, seed, epochs)
-    synthetic = model.sample(len(audited), seed=seed)
-    enc = features(audited, test, synthetic)
-    scores = -nearest_distance(enc(synthetic), enc(canaries))[:, 0]
-    result = one_run_audit(scores, included, delta=delta)
-    # The same attack against a "generator" that releases its training rows: the audit's power.
-    copied = one_run_audit(-nearest_distance(enc(audited), enc(canaries))[:, 0], included, delta=delta)
-    return {**result.to_dict(), "epsilon_claimed": spent(model), "copier_epsilon_lower": copied.epsilon_lower}
+    cfg = config(spec, eps, delta, seed, epochs)
+    return audit.canary_audit(cfg, train, test, canaries=audit.CANARIES, seed=seed, delta=delta).to_dict()
 
 
 def shadow(train, test, spec, eps, delta, seed, epochs, target_synthetic) -> dict:
-    rng = np.random.default_rng(seed + 29)
-    half = len(test) // 2
-    population_df, holdout_df = test.iloc[:half], test.iloc[half:]
-    enc = features(train, test, target_synthetic)
-
-    def fit_sample(indices: np.ndarray, s: int) -> np.ndarray:
-        picked = population_df.iloc[indices]
-        model, _ = fit_ours(picked, spec, eps, delta, s, epochs)
-        return enc(model.sample(len(picked), seed=s))
-
-    pop = enc(population_df)
-    result = shadow_attack(fit_sample, population=pop, target_synthetic=enc(target_synthetic),
-                           members=enc(train.sample(frac=1.0, random_state=seed)), non_members=enc(holdout_df),
-                           shadows=3, shadow_rows=min(2000, len(pop) // 3), rng=rng)
-    return dataclasses.asdict(result)
+    cfg = config(spec, eps, delta, seed, epochs)
+    return dataclasses.asdict(audit.shadow_audit(cfg, train, test, target_synthetic, seed=seed))
 
 
 def render(table: str, rows: list[dict], audits: dict, shadows: dict, n: int, delta: float) -> str:
@@ -273,43 +285,47 @@ def main() -> int:
     OVERRIDES.update(parse_overrides(args.set))
     epsilons = [float(e) for e in args.epsilons.split(",")]
     for table in args.tables.split(","):
-        df, spec = load_table(table)
-        train, test = split(df, seed=args.seed)
-        delta = min(1e-5, 1.0 / len(train) ** 2)
-        rows, audits, shadows = [], {}, {}
-        for eps in epsilons:
-            log(f"{table}: CA-DASG at epsilon={eps:g}")
-            fits = []
-            for i in range(args.fits):
-                draws, meta = ours_cached(train, spec, eps, delta, args.seed, args.epochs, args.draws, fit=i)
-                fits.append({**average_draws([score("CA-DASG", eps, s, train, test, spec, args.seed) for s in draws]),
-                             **meta})
-                log(f"{table}: CA-DASG eps={eps:g} fit {i + 1}/{args.fits}: utility {fits[-1]['utility_ratio']:.3f} "
-                    f"(sd {fits[-1]['utility_sd'] or 0:.3f} over {len(draws)} draws)")
-                if i == 0:
-                    synthetic = draws[0]
-            rows.append(average_fits(fits))
-            for name in baselines:
-                if not math.isfinite(eps) and name in ("mst", "aim"):
-                    continue  # no non-private mode; the SDV baselines of bench/engine.py are the ε = ∞ reference
-                syn = run_baseline(table, name, eps, delta, args.seed, args.timeout)
-                if syn is not None:
-                    rows.append(score(name, eps, syn, train, test, spec, args.seed))
-            if args.audit:
-                log(f"{table}: canary audit at epsilon={eps:g}")
-                audits[f"{eps:g}"] = canary_audit(train, test, spec, eps, delta, args.seed, args.epochs)
-            if args.shadow:
-                log(f"{table}: shadow attack at epsilon={eps:g}")
-                shadows[f"{eps:g}"] = shadow(train, test, spec, eps, delta, args.seed, args.epochs, synthetic)
-        text = render(table, rows, audits, shadows, len(train), delta)
-        print(text, flush=True)
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / f"privacy_{table}{args.tag}.md").write_text(text + "\n")
-        (RESULTS / f"privacy_{table}{args.tag}.json").write_text(json.dumps(
-            {"rows": rows, "audits": audits, "shadows": shadows, "delta": delta, "overrides": OVERRIDES,
-             "private_profile": PRIVATE_PROFILE}, indent=1, default=str) + "\n")
+        run_table(table, epsilons, baselines, args)
     return 0
 
+
+def run_table(table: str, epsilons: list[float], baselines: list[str], args: argparse.Namespace) -> None:
+    """Every ε on one table: fit (or read the cache), score, attack; print and write the results."""
+    df, spec = load_table(table)
+    train, test = split(df, seed=args.seed)
+    delta = min(1e-5, 1.0 / len(train) ** 2)
+    rows, audits, shadows = [], {}, {}
+    for eps in epsilons:
+        log(f"{table}: CA-DASG at epsilon={eps:g}")
+        fits = []
+        for i in range(args.fits):
+            draws, meta = ours_cached(train, spec, eps, delta, args.seed, args.epochs, args.draws, fit=i)
+            fits.append({**average_draws([score("CA-DASG", eps, s, train, test, spec, args.seed) for s in draws]),
+                         **meta})
+            log(f"{table}: CA-DASG eps={eps:g} fit {i + 1}/{args.fits}: utility {fits[-1]['utility_ratio']:.3f} "
+                f"(sd {fits[-1]['utility_sd'] or 0:.3f} over {len(draws)} draws)")
+            if i == 0:
+                synthetic = draws[0]
+        rows.append(average_fits(fits))
+        for name in baselines:
+            if not math.isfinite(eps) and name in ("mst", "aim"):
+                continue  # no non-private mode; the SDV baselines of bench/engine.py are the ε = ∞ reference
+            syn = run_baseline(table, name, eps, delta, args.seed, args.timeout)
+            if syn is not None:
+                rows.append(score(name, eps, syn, train, test, spec, args.seed))
+        if args.audit:
+            log(f"{table}: canary audit at epsilon={eps:g}")
+            audits[f"{eps:g}"] = canary_audit(train, test, spec, eps, delta, args.seed, args.epochs)
+        if args.shadow:
+            log(f"{table}: shadow attack at epsilon={eps:g}")
+            shadows[f"{eps:g}"] = shadow(train, test, spec, eps, delta, args.seed, args.epochs, synthetic)
+    text = render(table, rows, audits, shadows, len(train), delta)
+    print(text, flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"privacy_{table}{args.tag}.md").write_text(text + "\n")
+    (RESULTS / f"privacy_{table}{args.tag}.json").write_text(json.dumps(
+        {"rows": rows, "audits": audits, "shadows": shadows, "delta": delta, "overrides": OVERRIDES,
+         "private_profile": private_profile()}, indent=1, default=str) + "\n")
 
 if __name__ == "__main__":
     np.seterr(all="ignore")

@@ -1,4 +1,4 @@
-"""Reading and writing tables (CSV and Parquet), atomically on write."""
+"""Reading and writing tables (CSV and Parquet) and text files, atomically on write."""
 
 from __future__ import annotations
 
@@ -56,6 +56,20 @@ def write_table(df: pd.DataFrame, path: str | Path) -> Path:
             df.to_csv(tmp, index=False)
         else:
             df.to_parquet(tmp, index=False)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) through a temporary file and a rename: a failure leaves no partial file."""
+    p = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -10,14 +10,13 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
-import os
-import tempfile
 from html import escape
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from cadasg_dist.data.io import write_text
 from cadasg_dist.errors import ConfigError, InvalidDataError
 from cadasg_dist.evaluate import plots
 from cadasg_dist.evaluate import report_html as h
@@ -56,22 +55,10 @@ def write_report(result: EvaluationResult, out_dir: str | Path, *, real: pd.Data
         raise ConfigError(f"cannot write the report to {out}: {exc.strerror or exc}") from None
     metrics = json.dumps(result.to_dict(), indent=2, allow_nan=False)
     page = render_html(result, real, synthetic)
-    _atomic_write(out / "metrics.json", metrics)
-    report = _atomic_write(out / "report.html", page)
+    write_text(out / "metrics.json", metrics)
+    report = write_text(out / "report.html", page)
     logger.info("wrote %s and %s", out / "metrics.json", report)
     return report
-
-
-def _atomic_write(path: Path, text: str) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _sample(df: pd.DataFrame, seed: int) -> pd.DataFrame:
