@@ -23,7 +23,7 @@ import importlib
 from cadasg_dist.cli.common import EXIT_USAGE, dispatch
 
 # The subcommands, in the order ``cadasg --help`` lists them: modules of this package.
-COMMANDS = ("train", "sample", "privacy", "demo", "evaluate", "serve", "federated", "tune")
+COMMANDS = ("train", "sample", "privacy", "audit", "demo", "evaluate", "serve", "federated", "tune")
 
 
 def make_parser() -> argparse.ArgumentParser:

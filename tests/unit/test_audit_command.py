@@ -4,35 +4,19 @@ on a one-epoch non-private model of a slice of rwm5yr."""
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import math
 from pathlib import Path
-from types import ModuleType
 
 import pandas as pd
 import pytest
 
-import cadasg_dist
+from cadasg_dist.cli import audit as audit_cli
 from cadasg_dist.config import CADASGConfig
 from cadasg_dist.datasets import load_rwm5yr
 from cadasg_dist.errors import CADASGError, InvalidDataError
 from cadasg_dist.evaluate.audit import audit_model, distance_attack
 from cadasg_dist.synthesizer import CADASG
-
-
-def _audit_command() -> ModuleType:
-    """``cadasg_dist.cli.audit``; read from its file where a ``cli.py`` module shadows the ``cli/`` package."""
-    try:
-        return importlib.import_module("cadasg_dist.cli.audit")
-    except ModuleNotFoundError:
-        path = Path(cadasg_dist.__file__).parent / "cli" / "audit.py"
-        spec = importlib.util.spec_from_file_location("cadasg_cli_audit", path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +66,7 @@ def test_audit_refuses_a_holdout_without_the_model_columns(model_dir: Path, tabl
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="cadasg")
-    _audit_command().add_parser(parser.add_subparsers(dest="command", required=True))
+    audit_cli.add_parser(parser.add_subparsers(dest="command", required=True))
     return parser.parse_args(argv)
 
 
