@@ -101,3 +101,13 @@ def test_federated_keys_go_to_the_federation_and_the_rest_to_the_engine(tmp_path
     assert (cfg.train.epochs, cfg.train.seed, fed.rounds, fed.local_epochs) == (2, 7, 9, 4)
     with pytest.raises(ConfigError, match="unknown config key 'federated.nope'"):
         load_configs(None, {"federated.nope": 1})
+
+
+def test_a_key_moved_to_the_section_that_reads_it_still_loads_from_the_old_place():
+    old = CADASGConfig().to_dict()
+    old["model"]["merge_class_sds"] = 3.0  # where configs and artifacts before the move kept it
+    del old["privacy"]["merge_class_sds"]
+    cfg = CADASGConfig.from_dict(old)
+    assert cfg.privacy.merge_class_sds == 3.0 and "merge_class_sds" not in cfg.to_dict()["model"]
+    with pytest.raises(ConfigError, match="model"):
+        CADASGConfig().replace(**{"model.merge_class_sds": 1.0})  # new code writes the new place only
