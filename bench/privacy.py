@@ -36,7 +36,7 @@ Cache: each CA-DASG fit is kept with its model and draws under
 ``bench/.cache/{table}/cadasg_eps{ε}/seed{S}_{key}[_fit{i}]/``, ``key`` a sha256 (``fit_key``) of
 what determines the fit: the resolved config, the training rows by content (the table and its
 split), the engine's source and the torch and numpy versions. The engine's source is every
-``cadasg_dist/**/*.py`` but the command line (``cli``, ``*_command.py``), ``evaluate/`` (scoring
+``cadasg_dist/**/*.py`` but the command line (``cli/``), ``evaluate/`` (scoring
 and the audits), ``demo.py`` and ``client.py``, which a fit and its sampling never import; the
 runners (``distributed/``, ``federation/``, ``tuning/``) stay in, so an edit there refits too.
 
