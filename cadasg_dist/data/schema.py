@@ -251,6 +251,22 @@ def _infer_column(s: pd.Series, name: str, override: ColumnOverride, max_categor
                         categories=cats, sources=sources)
 
 
+def storage_kind(s: pd.Series, name: str) -> str:
+    """Kind from the storage type alone (public metadata), never from the values: what a private
+    run reads where a column's kind is not declared (``infer_schema`` also reads the values)."""
+    if pd.api.types.is_bool_dtype(s):
+        return "boolean"
+    if pd.api.types.is_datetime64_any_dtype(s):
+        return "datetime"
+    if _ID_NAME.match(name):
+        _refuse_identifier(name, "its name marks it as an identifier")
+    if pd.api.types.is_integer_dtype(s):
+        return "integer"
+    if pd.api.types.is_numeric_dtype(s):
+        return "continuous"
+    return "categorical"
+
+
 def _guess_kind(present: pd.Series, name: str, n_rows: int, max_categories: int) -> str:
     n_unique = present.nunique()
     if pd.api.types.is_bool_dtype(present):

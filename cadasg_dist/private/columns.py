@@ -17,11 +17,10 @@ import pandas as pd
 
 from cadasg_dist.config import CADASGConfig, ColumnOverride, DataConfig
 from cadasg_dist.data.schema import (
-    _ID_NAME,
     MAX_INTEGER_LEVELS,
     ColumnSchema,
-    _refuse_identifier,
     datetime_to_seconds,
+    storage_kind,
 )
 from cadasg_dist.errors import ConfigError, InvalidDataError
 
@@ -92,21 +91,6 @@ def read_columns(df: pd.DataFrame, data_cfg: DataConfig, cfg: CADASGConfig) -> t
     if not columns:
         raise InvalidDataError("no column is left to model once identifiers are dropped")
     return columns, dropped
-
-
-def storage_kind(s: pd.Series, name: str) -> str:
-    """Kind from the storage type alone (public metadata), never from the values."""
-    if pd.api.types.is_bool_dtype(s):
-        return "boolean"
-    if pd.api.types.is_datetime64_any_dtype(s):
-        return "datetime"
-    if _ID_NAME.match(name):
-        _refuse_identifier(name, "its name marks it as an identifier")
-    if pd.api.types.is_integer_dtype(s):
-        return "integer"
-    if pd.api.types.is_numeric_dtype(s):
-        return "continuous"
-    return "categorical"
 
 
 def typed_categories(declared: tuple[Any, ...], s: pd.Series) -> tuple[Any, ...]:
