@@ -5,8 +5,11 @@
     cadasg sample DIR --n N [--context COL=VALUE ...] [--seed S] --out FILE.csv|FILE.parquet
     cadasg evaluate --real HOLDOUT --synthetic SYN [--train TRAIN] [--model DIR] --target COL --context COLS --out DIR
     cadasg privacy DIR
+    cadasg audit DIR --train TRAIN --holdout HOLDOUT [--canaries M] [--shadows K] [--out FILE]
     cadasg demo [--out DIR]
-    cadasg serve DIR | cadasg federated DATA | cadasg tune DATA   (serving/, federated/, docs/tuning.md)
+    cadasg serve DIR        (cadasg_dist/serving/README.md)
+    cadasg federated DATA   (docs/federated.md)
+    cadasg tune DATA        (docs/tuning.md)
 
 One module per subcommand, each with ``add_parser(subparsers)`` registering its parser with
 ``set_defaults(func=run)``; ``COMMANDS`` lists them. Flags parse into ``CADASGConfig`` (the one

@@ -1,4 +1,4 @@
-"""The silo's message handler, as plain functions over Flower records (``federated/client_app.py``
+"""The silo's message handler, as plain functions over Flower records (``federation.apps.build_client_app``
 only wires them to a ``ClientApp``).
 
 A train message carries the global model and a config: the phase ("train" or "final-cache"), the
