@@ -164,7 +164,8 @@ def infer_schema(df: pd.DataFrame, config: DataConfig | None = None) -> Schema:
         raise InvalidDataError("the table has no rows")
     unknown = sorted(set(config.columns) - set(df.columns))
     if unknown:
-        raise InvalidDataError(f"config declares column {unknown[0]!r}, which the table does not have; "
+        raise InvalidDataError(f"data.columns (the config or a codebook) declares column {unknown[0]!r}, "
+                               "which the table does not have; "
                                f"columns: {', '.join(map(str, df.columns))}")
     derived = declared_derived(df, config)
     columns, dropped = [], []

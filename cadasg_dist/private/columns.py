@@ -61,7 +61,8 @@ def unit_data_config(cfg: CADASGConfig) -> DataConfig:
 def read_columns(df: pd.DataFrame, data_cfg: DataConfig, cfg: CADASGConfig) -> tuple[list[PrivateColumn], list[str]]:
     unknown = sorted(set(data_cfg.columns) - set(map(str, df.columns)))
     if unknown:
-        raise InvalidDataError(f"config declares column {unknown[0]!r}, which the table does not have; "
+        raise InvalidDataError(f"data.columns (the config or a codebook) declares column {unknown[0]!r}, "
+                               "which the table does not have; "
                                f"columns: {', '.join(map(str, df.columns))}")
     columns, dropped = [], []
     for name in map(str, df.columns):
