@@ -72,6 +72,8 @@ def read_columns(df: pd.DataFrame, data_cfg: DataConfig, cfg: CADASGConfig) -> t
         if override.kind in ("identifier", "derived"):  # derived: computed at sampling, never read
             continue
         kind = override.kind or storage_kind(df[name], name)
+        if override.kind is None and override.categories is not None and kind != "boolean":
+            kind = "categorical"  # a declared category set declares the kind (a float column of codes with gaps)
         col = PrivateColumn(name, kind, str(df[name].dtype), override)
         col.coded = kind == "categorical" and override.categories is None and numeric_dtype(col)
         if (kind in NUMERIC or col.coded) and override.min is not None and override.max is not None:
