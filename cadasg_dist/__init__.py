@@ -19,7 +19,7 @@ from typing import Any
 
 from cadasg_dist._version import __version__
 
-__all__ = ["CADASG", "CADASGConfig", "__version__", "evaluate"]
+__all__ = ["CADASG", "CADASGConfig", "Codebook", "__version__", "evaluate"]
 
 
 def __getattr__(name: str) -> Any:
@@ -32,6 +32,10 @@ def __getattr__(name: str) -> Any:
         from cadasg_dist.config import CADASGConfig
 
         return CADASGConfig
+    if name == "Codebook":
+        from cadasg_dist.data.codebook import Codebook
+
+        return Codebook
     if name == "evaluate":
         from cadasg_dist.evaluate import evaluate
 

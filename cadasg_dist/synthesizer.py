@@ -39,6 +39,7 @@ from cadasg_dist.artifact import FORMAT, FORMAT_VERSION, load_artifact, save_art
 from cadasg_dist.config import CADASGConfig, ColumnOverride, ContextConfig
 from cadasg_dist.context.cache import ContextCache
 from cadasg_dist.context.extractor import RuleContextExtractor
+from cadasg_dist.data.codebook import Codebook
 from cadasg_dist.data.io import read_table
 from cadasg_dist.data.schema import Schema, infer_schema
 from cadasg_dist.data.transforms import DataTransformer
@@ -90,13 +91,16 @@ class CADASG:
 
     # --- fitting ---------------------------------------------------------------------------
     def prepare(self, data: pd.DataFrame | str | Path, *, context: list[str] | tuple[str, ...] | None = None,
-                target: str | None = None) -> Prepared:
+                target: str | None = None, codebook: Codebook | str | Path | None = None) -> Prepared:
         """Infer (or, in a private run, release) schema, contexts and transforms, encode the table
-        and plan the privacy budget; every runner starts from the ``Prepared`` this returns."""
+        and plan the privacy budget; every runner starts from the ``Prepared`` this returns.
+
+        ``codebook`` (a ``Codebook`` or its YAML file): declarations merged into ``data.columns``,
+        the config's own entries winning (``Codebook.apply_to``); declared, so public and free."""
         df = read_table(data) if isinstance(data, str | Path) else data
         if df.shape[0] == 0:
             raise InvalidDataError("the table has no rows")
-        self.config = cfg = fit_config(self.config, context, target)
+        self.config = cfg = fit_config(self.config, context, target, codebook, df)
         _check_columns(df, cfg)
         if cfg.private:  # from declarations and DP releases only; rows capped per privacy unit
             from cadasg_dist.private.prepare import prepare_private
@@ -141,10 +145,13 @@ class CADASG:
             t.context_marginals = {"std": 0.0, "counts": {k: v.tolist() for k, v in counts.items()}}
 
     def fit(self, data: pd.DataFrame | str | Path, *, context: list[str] | tuple[str, ...] | None = None,
-            target: str | None = None, progress: ProgressFn | None = None) -> CADASG:
-        """Train on ``data`` (a DataFrame or a CSV/Parquet path). Returns ``self``."""
+            target: str | None = None, progress: ProgressFn | None = None,
+            codebook: Codebook | str | Path | None = None) -> CADASG:
+        """Train on ``data`` (a DataFrame or a CSV/Parquet path), with the declarations of
+        ``codebook`` if given (see ``prepare``). Returns ``self``."""
         start = time.perf_counter()
-        return self.fit_prepared(self.prepare(data, context=context, target=target), progress, started=start)
+        return self.fit_prepared(self.prepare(data, context=context, target=target, codebook=codebook), progress,
+                                 started=start)
 
     def fit_prepared(self, prepared: Prepared, progress: ProgressFn | None = None, *,
                      started: float | None = None) -> CADASG:
@@ -304,12 +311,22 @@ def _largest_remainder(weights: np.ndarray, n: int) -> np.ndarray:
     return counts
 
 
-def fit_config(config: CADASGConfig, context: list[str] | None, target: str | None) -> CADASGConfig:
-    """Merge API arguments into a config (used by the CLI and tests)."""
+def fit_config(config: CADASGConfig, context: list[str] | None, target: str | None,
+               codebook: Codebook | str | Path | None = None, df: pd.DataFrame | None = None) -> CADASGConfig:
+    """Merge API arguments into a config (used by the CLI and tests); a codebook last, after a
+    check that it declares no column the table (``df``) lacks."""
     if context is not None:
         config = config.replace(**{"context.columns": list(context)})
     if target is not None:
         config = config.replace(target=target)
+    if codebook is not None:
+        book = Codebook.load(codebook)
+        absent = [name for name in book.names if df is not None and name not in set(map(str, df.columns))]
+        if absent:
+            raise InvalidDataError(f"the codebook declares column {absent[0]!r}, which the table does not have "
+                                   f"({len(absent)} such); `cadasg schema DATA --check CODEBOOK` lists every "
+                                   "difference")
+        config = book.apply_to(config)
     return config
 
 

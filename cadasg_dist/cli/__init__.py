@@ -1,7 +1,9 @@
 """The ``cadasg`` command line.
 
-    cadasg train DATA --target COL --context COL[,COL] [--epochs N] [--epsilon E] [--config FILE] --out DIR
-                 [--num-workers N [--use-gpu] [--address auto|ray://HOST:PORT]]
+    cadasg schema DATA [--out FILE [--force]] [--target COL] [--context COL[,COL]]
+    cadasg schema DATA --check FILE [--private]
+    cadasg train DATA --target COL --context COL[,COL] [--epochs N] [--epsilon E] [--config FILE]
+                 [--codebook FILE] --out DIR [--num-workers N [--use-gpu] [--address auto|ray://HOST:PORT]]
     cadasg sample DIR --n N [--context COL=VALUE ...] [--seed S] --out FILE.csv|FILE.parquet
     cadasg evaluate --real HOLDOUT --synthetic SYN [--train TRAIN] [--model DIR] --target COL --context COLS --out DIR
     cadasg privacy DIR
@@ -26,7 +28,7 @@ import importlib
 from cadasg_dist.cli.common import EXIT_USAGE, dispatch
 
 # The subcommands, in the order ``cadasg --help`` lists them: modules of this package.
-COMMANDS = ("train", "sample", "privacy", "audit", "demo", "evaluate", "serve", "federated", "tune")
+COMMANDS = ("schema", "train", "sample", "privacy", "audit", "demo", "evaluate", "serve", "federated", "tune")
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -51,8 +51,12 @@ def add_engine_flags(p: argparse.ArgumentParser, helps: Mapping[str, str] | None
 
 
 def add_config_flags(p: argparse.ArgumentParser) -> None:
-    """--config, --epochs and the engine flags: what ``train`` and ``tune`` read into ``CADASGConfig``."""
+    """--config, --codebook, --epochs and the engine flags: what ``train`` and ``tune`` read into
+    ``CADASGConfig``."""
     p.add_argument("--config", help="YAML run config (see configs/); flags override it")
+    p.add_argument("--codebook", metavar="FILE",
+                   help="confirmed codebook (cadasg schema): column kinds, categories and bounds, declared public; "
+                        "the config's own data.columns entries win")
     p.add_argument("--epochs", type=int, help="training epochs")
     add_engine_flags(p)
 
@@ -63,10 +67,16 @@ def flag_values(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_config(args: argparse.Namespace) -> CADASGConfig:
-    """``--config`` (or the defaults) with the flags applied."""
+    """``--config`` (or the defaults) with the flags applied, then ``--codebook``'s declarations
+    under the config's own ``data.columns`` entries."""
     cfg = CADASGConfig.from_yaml(args.config) if args.config else CADASGConfig()
     overrides = flag_values(args)
-    return cfg.replace(**overrides) if overrides else cfg
+    cfg = cfg.replace(**overrides) if overrides else cfg
+    if getattr(args, "codebook", None):
+        from cadasg_dist.data.codebook import Codebook
+
+        cfg = Codebook.from_yaml(args.codebook).apply_to(cfg)
+    return cfg
 
 
 def privacy_line(ledger: Any) -> str:

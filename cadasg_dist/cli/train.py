@@ -1,7 +1,10 @@
 """``cadasg train``: a generator trained on a CSV/Parquet table, written to a model directory.
 
-    cadasg train DATA --target COL --context COL[,COL] [--epochs N] [--epsilon E] [--config FILE] --out DIR
-                 [--num-workers N [--use-gpu] [--address auto|ray://HOST:PORT]]
+    cadasg train DATA --target COL --context COL[,COL] [--epochs N] [--epsilon E] [--config FILE]
+                 [--codebook FILE] --out DIR [--num-workers N [--use-gpu] [--address auto|ray://HOST:PORT]]
+
+``--codebook`` (``cadasg schema``, confirmed by the data owner) declares column kinds, category
+sets and bounds, public and free; the config's own ``data.columns`` entries win.
 
 ``--num-workers`` trains on Ray Train (``distributed.fit.fit_on_ray``); the shard plan goes to stderr.
 """

@@ -1,9 +1,10 @@
 """Categorical or boolean column <-> one softmax block, and the category look-up every layer shares.
 
 A column's categories come from the schema (declared, or inferred from the rows); a last slot
-stands for missing values when the column has any. ``category_key`` is the one normalisation of a
-value for look-ups (``1``, ``1.0`` and ``np.int64(1)`` are one category); every layer that matches
-values to categories calls it, so a value is the same category wherever it is counted.
+stands for missing values when the column has any. ``category_key`` (``data.values``, re-exported
+here) is the one normalisation of a value for look-ups (``1``, ``1.0`` and ``np.int64(1)`` are one
+category); every layer that matches values to categories calls it, so a value is the same category
+wherever it is counted, and ``CategoryMatcher`` adds the spellings a YAML declaration may use.
 
 Privacy: ``CategoricalTransform.fit`` counts the code shares on the real rows (a raw statistic);
 the private path sets ``frequencies`` from its DP release instead.
@@ -17,7 +18,10 @@ import numpy as np
 import pandas as pd
 
 from cadasg_dist.data.schema import ColumnSchema
+from cadasg_dist.data.values import CategoryMatcher, category_key, is_missing
 from cadasg_dist.errors import InvalidDataError
+
+__all__ = ["CategoricalTransform", "category_key"]
 
 
 class CategoricalTransform:
@@ -46,16 +50,16 @@ class CategoricalTransform:
 
     def codes(self, s: pd.Series) -> np.ndarray:
         """Index of each value in the category list; the missing slot for NaN. Unknown values raise."""
-        lookup = {category_key(c): i for i, c in enumerate(self.categories)}
+        matcher = CategoryMatcher(self.categories)
         missing_code = len(self.categories)
         out = np.empty(len(s), dtype=np.int64)
         for i, v in enumerate(s.tolist()):
-            if _is_missing(v):
+            if is_missing(v):
                 if not self.schema.has_missing:
                     raise InvalidDataError(f"column {self.schema.name!r} has a missing value, unseen in training")
                 out[i] = missing_code
                 continue
-            code = lookup.get(category_key(v))
+            code = matcher.index(v)
             if code is None:
                 raise InvalidDataError(f"column {self.schema.name!r} has value {v!r}, outside its category "
                                        f"set {self.categories[:20]}")
@@ -78,19 +82,6 @@ class CategoricalTransform:
         self.categories = list(d["categories"])
         freq = d.get("frequencies")
         self.frequencies = None if freq is None or len(freq) != self.width else [float(v) for v in freq]
-
-
-def category_key(v: Any) -> Any:
-    """``v`` as a category look-up key: numpy scalars as Python ones, whole floats as ints."""
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    return v
-
-
-def _is_missing(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA or v is pd.NaT
 
 
 def _restore_dtype(s: pd.Series, schema: ColumnSchema) -> pd.Series:

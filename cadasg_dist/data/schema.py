@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from cadasg_dist.config import ColumnOverride, DataConfig
+from cadasg_dist.data.values import CategoryMatcher, declared_categories
 from cadasg_dist.errors import InvalidDataError
 
 # Integer columns with at most this many distinct values are modelled as categories (years,
@@ -163,7 +164,8 @@ def infer_schema(df: pd.DataFrame, config: DataConfig | None = None) -> Schema:
         raise InvalidDataError("the table has no rows")
     unknown = sorted(set(config.columns) - set(df.columns))
     if unknown:
-        raise InvalidDataError(f"config declares column {unknown[0]!r}, which the table does not have; "
+        raise InvalidDataError(f"data.columns (the config or a codebook) declares column {unknown[0]!r}, "
+                               "which the table does not have; "
                                f"columns: {', '.join(map(str, df.columns))}")
     derived = declared_derived(df, config)
     columns, dropped = [], []
@@ -233,11 +235,10 @@ def _infer_column(s: pd.Series, name: str, override: ColumnOverride, max_categor
         if kind == "integer" and dtype.startswith("float"):
             dtype = "Int64" if has_missing else "int64"
     elif kind in ("categorical", "boolean"):
-        if override.categories is not None:
-            # config values arrive as text: a numeric column's declared categories are numbers
-            numeric = pd.api.types.is_numeric_dtype(present) and not pd.api.types.is_bool_dtype(present)
-            cats = tuple(_as_number(c) if numeric else c for c in override.categories)
+        if override.categories is not None:  # by value, whatever their YAML spelling
+            cats = declared_categories(override.categories, s, kind, name)
             sources["categories"] = "declared"
+            _refuse_outside(present, cats, name)
         else:
             cats = tuple(_sorted_values(present.unique()))
             sources["categories"] = "data"
@@ -249,6 +250,18 @@ def _infer_column(s: pd.Series, name: str, override: ColumnOverride, max_categor
                                "categorical, boolean, datetime, identifier or derived")
     return ColumnSchema(name=name, kind=kind, dtype=dtype, has_missing=has_missing, min=lo, max=hi,
                         categories=cats, sources=sources)
+
+
+def _refuse_outside(present: pd.Series, categories: tuple[Any, ...], name: str) -> None:
+    """A non-private run's values outside a declared set: one error with the count and the fix (a
+    private run makes them missing instead, without a word: ``private.columns``)."""
+    outside = CategoryMatcher(categories).outside(present)
+    if outside.any():
+        examples = list(dict.fromkeys(present[outside].tolist()))[:5]
+        raise InvalidDataError(
+            f"column {name!r}: {int(outside.sum())} rows hold values outside its declared category set "
+            f"(such as {', '.join(map(repr, examples))}); add them to the set (the codebook's "
+            f"columns.{name}.categories or data.columns.{name}.categories) or remove those rows")
 
 
 def storage_kind(s: pd.Series, name: str) -> str:
@@ -268,30 +281,39 @@ def storage_kind(s: pd.Series, name: str) -> str:
 
 
 def _guess_kind(present: pd.Series, name: str, n_rows: int, max_categories: int) -> str:
+    kind, why = guess_kind(present, name, n_rows, max_categories)
+    if why is not None:
+        _refuse_identifier(name, why)
+    return kind
+
+
+def guess_kind(present: pd.Series, name: str, n_rows: int, max_categories: int) -> tuple[str, str | None]:
+    """The kind ``infer_schema`` reads from a column's present values, and why the column looks like
+    an identifier (kind "identifier") or None. Reads the values: a draft, not a declaration."""
     n_unique = present.nunique()
     if pd.api.types.is_bool_dtype(present):
-        return "boolean"
+        return "boolean", None
     if pd.api.types.is_datetime64_any_dtype(present):
-        return "datetime"
+        return "datetime", None
     if pd.api.types.is_numeric_dtype(present):
         integral = bool(np.all(np.mod(present.to_numpy(dtype=float), 1) == 0))
         if integral and _ID_NAME.match(name):
-            _refuse_identifier(name, "its name marks it as an identifier")
+            return "identifier", "its name marks it as an identifier"
         if integral and n_unique == n_rows and n_rows > 50 and present.is_monotonic_increasing:
-            _refuse_identifier(name, "it is a unique, increasing integer per row")
+            return "identifier", "it is a unique, increasing integer per row"
         if integral and n_unique <= MAX_INTEGER_LEVELS:
-            return "categorical"
-        return "integer" if integral else "continuous"
+            return "categorical", None
+        return ("integer" if integral else "continuous"), None
     # text
     if _ID_NAME.match(name) or (n_unique == n_rows and n_rows > 50):
-        _refuse_identifier(name, "it is unique per row")
+        return "identifier", "it is unique per row"
     if n_unique > max_categories:
         if _looks_like_dates(present):
-            return "datetime"
-        _refuse_identifier(name, f"it is free text with {n_unique} distinct values")
+            return "datetime", None
+        return "identifier", f"it is free text with {n_unique} distinct values"
     if _looks_like_dates(present) and n_unique > MAX_INTEGER_LEVELS:
-        return "datetime"
-    return "categorical"
+        return "datetime", None
+    return "categorical", None
 
 
 def _refuse_identifier(name: str, why: str) -> None:
@@ -335,14 +357,6 @@ def _sorted_values(values: Any) -> list[Any]:
         return sorted(out)
     except TypeError:
         return sorted(out, key=str)
-
-
-def _as_number(v: Any) -> Any:
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        return v
-    return int(x) if x.is_integer() else x
 
 
 def _plain_scalar(v: Any) -> Any:

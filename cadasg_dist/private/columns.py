@@ -8,6 +8,7 @@ sets and bounds come from declarations or from the DP releases of ``private.rele
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ from cadasg_dist.data.schema import (
     datetime_to_seconds,
     storage_kind,
 )
+from cadasg_dist.data.values import CategoryMatcher, declared_categories
 from cadasg_dist.errors import ConfigError, InvalidDataError
 
 log = logging.getLogger(__name__)
@@ -59,7 +61,8 @@ def unit_data_config(cfg: CADASGConfig) -> DataConfig:
 def read_columns(df: pd.DataFrame, data_cfg: DataConfig, cfg: CADASGConfig) -> tuple[list[PrivateColumn], list[str]]:
     unknown = sorted(set(data_cfg.columns) - set(map(str, df.columns)))
     if unknown:
-        raise InvalidDataError(f"config declares column {unknown[0]!r}, which the table does not have; "
+        raise InvalidDataError(f"data.columns (the config or a codebook) declares column {unknown[0]!r}, "
+                               "which the table does not have; "
                                f"columns: {', '.join(map(str, df.columns))}")
     columns, dropped = [], []
     for name in map(str, df.columns):
@@ -69,6 +72,8 @@ def read_columns(df: pd.DataFrame, data_cfg: DataConfig, cfg: CADASGConfig) -> t
         if override.kind in ("identifier", "derived"):  # derived: computed at sampling, never read
             continue
         kind = override.kind or storage_kind(df[name], name)
+        if override.kind is None and override.categories is not None and kind != "boolean":
+            kind = "categorical"  # a declared category set declares the kind (a float column of codes with gaps)
         col = PrivateColumn(name, kind, str(df[name].dtype), override)
         col.coded = kind == "categorical" and override.categories is None and numeric_dtype(col)
         if (kind in NUMERIC or col.coded) and override.min is not None and override.max is not None:
@@ -76,11 +81,10 @@ def read_columns(df: pd.DataFrame, data_cfg: DataConfig, cfg: CADASGConfig) -> t
             if col.lo > col.hi:
                 raise InvalidDataError(f"column {name!r}: declared min {col.lo} is above max {col.hi}")
             col.sources["bounds"] = "declared"
-        elif kind == "boolean":
-            col.categories = (False, True) if override.categories is None else tuple(override.categories)
-            col.sources["categories"] = "declared"
-        elif kind == "categorical" and override.categories is not None:
-            col.categories = typed_categories(override.categories, df[name])
+        elif kind == "boolean" or (kind == "categorical" and override.categories is not None):
+            # by value, whatever the YAML spelling: [false, true], ["False", "True"] and [0, 1] are one set
+            declared = (False, True) if override.categories is None else override.categories
+            col.categories = declared_categories(declared, df[name], kind, name)
             col.sources["categories"] = "declared"
         elif kind not in NUMERIC + ("categorical",):
             raise InvalidDataError(f"column {name!r}: unknown kind {kind!r}; use continuous, integer, "
@@ -93,32 +97,61 @@ def read_columns(df: pd.DataFrame, data_cfg: DataConfig, cfg: CADASGConfig) -> t
     return columns, dropped
 
 
-def typed_categories(declared: tuple[Any, ...], s: pd.Series) -> tuple[Any, ...]:
-    """Declared categories (strings from config) in the column's own type, so they match its values."""
-    if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
-        return tuple(declared)
-    out = []
-    for v in declared:
-        try:
-            f = float(v)
-        except (TypeError, ValueError):
-            raise InvalidDataError(f"column {s.name!r} is numeric but declares category {v!r}") from None
-        out.append(int(f) if f.is_integer() else f)
-    return tuple(out)
+def conform_categories(df: pd.DataFrame, columns: list[PrivateColumn]) -> pd.DataFrame:
+    """``df`` with each value of a column with a declared category set spelled as its category,
+    and a value outside the set made missing.
+
+    Privacy: a value outside the declared set is neither printed, logged nor counted aloud (its
+    row count is a statistic of the table); it then falls in the missing cell of the column's
+    histogram release, so the column gets a missing slot only when the released count says so,
+    and otherwise ``prepare.conform`` fills it with the noisy mode. Each row is changed on its
+    own: no extra cost."""
+    out = df
+    for col in columns:
+        if col.categories is None or col.name not in df.columns:
+            continue
+        if out is df:
+            out = df.copy()
+        out[col.name] = CategoryMatcher(col.categories).conform(df[col.name])
+    return out
 
 
 def check_declarations(columns: list[PrivateColumn], cfg: CADASGConfig) -> None:
-    text = [c.name for c in columns if c.kind == "categorical" and c.categories is None and not c.coded]
-    bounds = [c.name for c in columns if c.lo is None and (c.kind in NUMERIC or c.coded)]
-    if cfg.privacy.preprocessing == "declared" and bounds:
-        raise ConfigError(
-            "privacy.preprocessing is 'declared' but these columns have no declared bounds: "
-            + ", ".join(bounds) + "; declare data.columns.NAME.min and .max (or set privacy.preprocessing: dp "
-            "to estimate them with part of the budget)")
+    """Refuse a private run that would have to read a category set (or, with
+    ``privacy.preprocessing: declared``, a bound) from the data: ONE error naming every such
+    column, with a YAML block to paste drawn from the declared facts only (names, declared or
+    storage kinds), never from the values."""
+    text = [c for c in columns if c.kind == "categorical" and c.categories is None and not c.coded]
+    bounds = [c for c in columns if c.lo is None and (c.kind in NUMERIC or c.coded)]
+    if cfg.privacy.preprocessing != "declared":
+        bounds = []
+    if not (text or bounds):
+        return
+    parts = []
     if text:
-        raise ConfigError(
-            "a private run cannot read category sets from the data; declare them for: " + ", ".join(text)
-            + " (data.columns.NAME.categories: [...], or kind: identifier to drop the column)")
+        parts.append("a private run cannot read category sets from the data; declare them for: "
+                     + ", ".join(c.name for c in text))
+    if bounds:
+        parts.append("privacy.preprocessing is 'declared' but these columns have no declared bounds: "
+                     + ", ".join(c.name for c in bounds) + " (or set privacy.preprocessing: dp to estimate them "
+                     "with part of the budget)")
+    raise ConfigError("; ".join(parts) + ". Paste this under data.columns in the config (or columns in a "
+                      "codebook) and fill in every [] and ? from the data's documentation, or declare a column "
+                      "kind: identifier to drop it:\n" + declaration_block(text + bounds)
+                      + "\n`cadasg schema DATA --out codebook.yaml` drafts a whole codebook to confirm "
+                      "and pass with --codebook")
+
+
+def declaration_block(columns: list[PrivateColumn]) -> str:
+    """One YAML line per column to declare, from its name and (declared or storage) kind only."""
+    lines = []
+    for c in columns:
+        key = c.name if c.name.isidentifier() else json.dumps(c.name)
+        if c.kind == "categorical":
+            lines.append(f"  {key}: {{kind: categorical, categories: []}}")
+        else:
+            lines.append(f"  {key}: {{kind: {c.kind}, min: ?, max: ?}}")
+    return "\n".join(lines)
 
 
 def numeric_dtype(col: PrivateColumn) -> bool:

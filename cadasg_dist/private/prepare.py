@@ -67,6 +67,7 @@ from cadasg_dist.private.columns import (
     NUMERIC,
     PrivateColumn,
     check_declarations,
+    conform_categories,
     numeric_values,
     read_columns,
     schema_column,
@@ -122,6 +123,7 @@ def prepare_private(df: pd.DataFrame, cfg: CADASGConfig, *, rng: np.random.Gener
     columns, dropped = read_columns(frame, data_cfg, cfg)
     derived = declared_derived(frame, data_cfg)
     check_declarations(columns, cfg)
+    frame = conform_categories(frame, columns)  # a value outside a declared set: missing, never echoed
     n_units = len(frame) if units is None else int(units.max()) + 1
     k = 1 if units is None else cfg.privacy.max_rows_per_unit
     run = _Releases.start(cfg, columns, len(frame), n_units, k, rng)

@@ -441,7 +441,9 @@ def test_cli_refuses_undeclared_categories_in_one_line(table_path, tmp_path, cap
     rc = main([str(table_path), "--silo-column", "site", "--target", "label", "--context", "group",
                "--out", str(tmp_path / "m")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and "declare" in err[0] and "group" in err[0]
+    assert rc == 2 and err[0].startswith("cadasg: error: ") and "declare" in err[0] and "group" in err[0]
+    # one line, then the YAML block to paste (one line per column) and the hint to draft a codebook
+    assert [line.split(":")[0] for line in err[1:-1]] == ["  group", "  label", "  site"] and "cadasg schema" in err[-1]
 
 
 def test_cli_writes_the_public_plan(table_path, tmp_path, capsys):
