@@ -6,7 +6,7 @@
     cadasg evaluate --real HOLDOUT --synthetic SYN [--train TRAIN] [--model DIR] --target COL --context COLS --out DIR
     cadasg privacy DIR
     cadasg demo [--out DIR]
-    cadasg serve DIR | cadasg federated DATA | cadasg tune DATA   (serving/, federated/, docs/tuning.md)
+    cadasg serve DIR | cadasg federated DATA | cadasg tune DATA   (serving/, federated/, docs/guides/tuning.md)
 
 One module per subcommand, each with ``add_parser(subparsers)`` registering its parser with
 ``set_defaults(func=run)``; ``COMMANDS`` lists them. Flags parse into ``CADASGConfig`` (the one

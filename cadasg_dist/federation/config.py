@@ -33,13 +33,13 @@ class FederatedConfig:
     proximal_mu: float = 0.01
     # Server learning rate (FedAvg with a server step, Reddi et al. 2021): the global model moves by
     # server_lr times the silos' weighted mean update. 1.0 is plain FedAvg. Tried under DP to restore
-    # the central run's progress per epoch: 2.0 made HI worse (docs/federated.md, "Numbers").
+    # the central run's progress per epoch: 2.0 made HI worse (docs/concepts/decisions.md).
     server_lr: float = 1.0
     # The silos' Adam learning rates are the engine's (train.lr_generator, train.lr_critic) times
     # this. Under DP a silo's mean gradient carries more noise than the central run's (the same batch
     # from fewer rows: a larger sampling rate, so a larger noise multiplier), and Adam divides each step by the
     # gradient's running scale, so a silo's steps on the signal shrink; a larger local rate gives
-    # them back. Measured (docs/federated.md, "Numbers"): HI at epsilon 8, utility gap 7.7 % at 1.0
+    # them back. Measured (docs/concepts/decisions.md): HI at epsilon 8, utility gap 7.7 % at 1.0
     # and 1.8 % at 2.0 (two runs each); rwm5yr by year unchanged (8.8 % / 8.9 %); HI without DP
     # -0.4 % at 2.0 (0.9 % at 1.0).
     local_lr_scale: float = 2.0
@@ -58,7 +58,7 @@ class FederatedConfig:
     round_timeout: float = 600.0
     # Seconds the server waits for min_clients silos to connect before the first round.
     connect_timeout: float = 300.0
-    # The shared schema is always a DP release (docs/federated.md); when training is not private it
+    # The shared schema is always a DP release (docs/guides/federated.md); when training is not private it
     # is released under this epsilon.
     schema_epsilon: float = 1.0
     # Testing only: "SILO:ROUND:raise" or "SILO:ROUND:hang" makes silo index SILO fail in ROUND.
