@@ -66,6 +66,8 @@ def first_sentence(text: str) -> str:
 def _type_name(hint: Any) -> str:
     text = str(hint) if not isinstance(hint, type) else hint.__name__
     text = re.sub(r"typing\.|cadasg_dist\.[\w.]*\.", "", text)
+    if text.startswith("Optional[") and text.endswith("]"):
+        text = text[len("Optional["):-1] + " | None"
     return text.replace("NoneType", "None")
 
 
