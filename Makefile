@@ -1,13 +1,14 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   - create .venv, install, train on the bundled table, sample, write a report
 #   make test   - create .venv, install, run the whole test suite
+#   make docs   - build the documentation site into site/ (mkdocs build --strict)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-unit install clean
+.PHONY: demo test test-unit docs install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,5 +28,8 @@ test: $(STAMP)
 test-unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit
 
+docs: $(STAMP)
+	$(PY) -m mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs site .pytest_cache

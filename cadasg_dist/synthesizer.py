@@ -17,7 +17,7 @@ context is generated directly, never by rejection. A partial context (some conte
 fixed) spreads rows over the matching contexts in proportion to their (noisy) cache counts.
 
 Privacy: sampling reads only the model and the cache, so it is post-processing and spends no
-budget. What ``fit`` reads is listed in ``docs/privacy.md`` and recorded in the ledger.
+budget. What ``fit`` reads is listed in ``docs/concepts/privacy.md`` and recorded in the ledger.
 """
 
 from __future__ import annotations

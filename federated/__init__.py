@@ -4,5 +4,5 @@
 ``cadasg federated`` runs the same apps (``cadasg_dist.federation.apps``) on the simulation engine;
 ``federated/deploy.py`` starts a SuperLink and one SuperNode per silo with TLS. The logic lives in
 ``cadasg_dist.federation``, which imports nothing from here; see federated/README.md and
-docs/federated.md.
+docs/guides/federated.md.
 """

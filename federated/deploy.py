@@ -3,7 +3,7 @@
     python federated/deploy.py DATA --silo-column COL --config FILE --out DIR [--rounds R]
     python federated/deploy.py --silos DIR_OF_FILES --config FILE --out DIR
 
-What it does (docs/federated.md has the same recipe as shell commands):
+What it does (docs/guides/federated.md has the same recipe as shell commands):
 
 1. generates a CA and a server certificate for 127.0.0.1/localhost (``WORKDIR/certs``);
 2. gives each silo its own file (``WORKDIR/silos/NAME.parquet``, or the files of ``--silos``);

@@ -10,8 +10,8 @@
     cadasg audit DIR --train TRAIN --holdout HOLDOUT [--canaries M] [--shadows K] [--out FILE]
     cadasg demo [--out DIR]
     cadasg serve DIR        (cadasg_dist/serving/README.md)
-    cadasg federated DATA   (docs/federated.md)
-    cadasg tune DATA        (docs/tuning.md)
+    cadasg federated DATA   (docs/guides/federated.md)
+    cadasg tune DATA        (docs/guides/tuning.md)
 
 One module per subcommand, each with ``add_parser(subparsers)`` registering its parser with
 ``set_defaults(func=run)``; ``COMMANDS`` lists them. Flags parse into ``CADASGConfig`` (the one

@@ -6,7 +6,7 @@
 
 One simulated client per silo; a silo reads only its own rows. Flags parse into ``CADASGConfig``
 and ``FederatedConfig`` (the ``federated:`` section of ``--config``); a flag left out keeps the
-config's value or the dataclass default. See docs/federated.md.
+config's value or the dataclass default. See docs/guides/federated.md.
 """
 
 from __future__ import annotations

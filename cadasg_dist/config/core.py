@@ -22,6 +22,7 @@ from cadasg_dist.errors import ConfigError
 class CADASGConfig:
     """A whole run: one of each section, checked across sections (``validate``) when built."""
 
+    # The target column: its classes (or value bins) are the strata, and the utility predictor learns it.
     target: str | None = None
     data: sections.DataConfig = field(default_factory=sections.DataConfig)
     context: sections.ContextConfig = field(default_factory=sections.ContextConfig)

@@ -29,9 +29,13 @@ class ColumnOverride:
     dependency holds in every synthetic row.
     """
 
+    # The column's kind, declared instead of inferred (identifier: dropped; derived: computed from `of`).
     kind: ColumnKind | None = None
+    # Declared lower bound of a numeric column (public: costs no budget).
     min: float | None = None
+    # Declared upper bound of a numeric column (public: costs no budget).
     max: float | None = None
+    # Declared category set (public: costs no budget; a private run refuses undeclared text columns).
     categories: tuple[str, ...] | None = None
     of: str | None = None  # a derived column's source column
     equals: Any = None  # the source value where a derived column is 1
@@ -39,10 +43,12 @@ class ColumnOverride:
 
 @dataclass(frozen=True)
 class DataConfig:
+    # Column name -> what is declared about it (a ColumnOverride): kind, bounds, categories.
     columns: dict[str, ColumnOverride] = field(default_factory=dict)
     # Continuous encoding: "quantile" (Gaussian quantile map, the default, chosen by
     # bench/encodings.py) or "standard" (affine to zero mean, unit variance).
     continuous_encoding: Literal["quantile", "standard"] = "quantile"
+    # Points of the quantile grid of each numeric column's Gaussian quantile map.
     n_quantiles: int = 128
     # A numeric value holding at least this share of rows gets its own indicator span (1 = never).
     atom_share: float = 0.05
@@ -55,6 +61,7 @@ class DataConfig:
 class ContextConfig:
     """How rows map to contexts: one or more columns, numeric ones cut into bands, dates into periods."""
 
+    # The context columns: each row's context is the tuple of their values (or bands).
     columns: tuple[str, ...] = ()
     # Numeric column -> band edges, e.g. {"age": (0, 18, 40, 65, 120)}. Declared public.
     bands: dict[str, tuple[float, ...]] = field(default_factory=dict)
@@ -64,12 +71,15 @@ class ContextConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    # Size of the latent code z the encoder produces and the cache's per-context prior models.
     latent_dim: int = 32
     # 128-wide blocks: on HI, 60 epochs of (128, 128) scored higher (column shape 0.982, pair trend
     # 0.992, utility ratio 0.988) than 30 epochs of (256, 256) (0.976, 0.986, 0.984) at similar
     # cost, and sample about 2x faster.
     hidden: tuple[int, ...] = (128, 128)
+    # Hidden layer widths of the WGAN-GP critic.
     critic_hidden: tuple[int, ...] = (128, 128)
+    # Hidden layer widths of the auxiliary predictor of the target column.
     utility_hidden: tuple[int, ...] = (128,)
     # A numeric target's value is cut into this many bins, each with its own latent prior per context.
     target_bins: int = 5
@@ -83,17 +93,19 @@ class ModelConfig:
     # each column's distribution among that stratum's rows onto a histogram by stratum (exact
     # without DP; a DP release of privacy.class_marginals_share with it).
     # "auto": on for a private fit at epsilon <= class_calibration_max_epsilon, off otherwise.
-    # Measured (docs/privacy.md, "Per-class calibration"): at epsilon 1 and 3 it lifts rwm5yr's
+    # Measured (docs/concepts/decisions.md, "Per-class calibration at ε ≤ 3"): at epsilon 1 and 3 it lifts rwm5yr's
     # utility on two seeds each (1: 0.834 / 0.813 -> 0.879 / 0.882; 3: 0.889 / 0.858 -> 0.918 / 0.955);
     # at epsilon = 8 it cost rwm5yr (0.971 -> 0.920 on one model). true / false mean "on" / "off".
     calibrate_classes: Literal["auto", "on", "off"] = "auto"
+    # Largest epsilon at which calibrate_classes "auto" turns the per-class calibration on.
     class_calibration_max_epsilon: float = 3.0
     # ... and, per context, each column's distribution among that context's rows onto a histogram
     # by context (exact without DP; a DP release of privacy.context_marginals_share with it), the
     # pinned target excepted. "auto": on for a private fit at epsilon <= context_calibration_max_epsilon.
-    # Measured (docs/privacy.md, "2026-12-03 (night)"): diamonds at epsilon 3, worst context
+    # Measured (docs/concepts/decisions.md, "Per-context calibration at ε ≤ 3"): diamonds at epsilon 3, worst context
     # 0.821 -> 0.884; HI and rwm5yr at epsilon 1 and 3 rose on utility and worst context.
     calibrate_contexts: Literal["auto", "on", "off"] = "auto"
+    # Largest epsilon at which calibrate_contexts "auto" turns the per-context calibration on.
     context_calibration_max_epsilon: float = 3.0
     # The decoder reads each row's stratum (target class or value bin) besides its context, so the
     # class-conditional features are learnt by the networks (DP-SGD over all rows) rather than carried
@@ -105,30 +117,42 @@ class ModelConfig:
 class LossConfig:
     """Initial weights of L = λw·L_WGAN + λkl·(L_rec + L_KL) + λcov·L_cov + λu·L_utility."""
 
+    # Initial weight of the WGAN-GP adversarial term.
     wgan: float = 1.0
+    # Initial weight of the VAE term (reconstruction + kl_beta * KL).
     kl: float = 1.0
+    # Initial weight of the per-context covariance term (Frobenius distance of real and generated covariances).
     cov: float = 1.0
+    # Initial weight of the auxiliary target predictor's loss.
     utility: float = 1.0
     # Weight of the KL divergence inside the VAE term (beta-VAE).
     kl_beta: float = 0.1
+    # Weight of the critic's gradient penalty (WGAN-GP).
     gradient_penalty: float = 10.0
+    # Rebalance the loss weights from their gradient norms during training.
     adaptive: bool = True
     # EMA factor of the adaptive weights and the bounds on the ratio to their initial value.
     balance_smoothing: float = 0.9
+    # Lower bound on an adaptive weight, as a ratio to its initial value.
     balance_min: float = 0.05
+    # Upper bound on an adaptive weight, as a ratio to its initial value.
     balance_max: float = 20.0
 
 
 @dataclass(frozen=True)
 class CacheConfig:
+    # Decay of the exponential moving average of each context's sufficient statistics.
     ema_alpha: float = 0.95
     # Noise multipliers of the Gaussian mechanism on the sufficient statistics (0 = no noise).
     # The privacy layer calibrates them when training is private.
     sigma_mean: float = 0.0
+    # Noise multiplier on the second-moment sums (Σxxᵀ) of the cache (0 = no noise).
     sigma_cov: float = 0.0
+    # Noise multiplier on the latent sums (Σz, Σzzᵀ) of the cache (0 = no noise).
     sigma_latent: float = 0.0
     # Each row's contribution is clipped to these L2 norms (bounded sensitivity).
     clip_x: float = 8.0
+    # L2 clip of each row's latent code in the cache's sums (bounded sensitivity).
     clip_z: float = 8.0
     # Ridge added to every covariance when sampling from q_c(z).
     jitter: float = 1e-4
@@ -141,18 +165,27 @@ class TrainConfig:
     # 0 = automatic: enough epochs for about `target_steps` optimizer steps, within
     # [min_epochs, max_epochs], so a small table gets more passes and a large one fewer.
     epochs: int = 0
+    # Optimizer steps the automatic epoch count (epochs = 0) aims for.
     target_steps: int = 2500
+    # Fewest epochs the automatic epoch count chooses.
     min_epochs: int = 20
+    # Most epochs the automatic epoch count chooses.
     max_epochs: int = 300
+    # Rows per step (under DP, the expected size of a Poisson batch).
     batch_size: int = 500
+    # Adam learning rate of the encoder, decoder and utility predictor.
     lr_generator: float = 1e-3
+    # Adam learning rate of the critic.
     lr_critic: float = 1e-3
+    # Critic updates per generator update.
     critic_steps: int = 1
+    # Adam weight decay of every network.
     weight_decay: float = 1e-6
     # Private training keeps an exponential moving average of the networks' weights with this decay
     # and releases the average instead of the last iterate (0 = the last iterate): it averages out
     # part of DP-SGD's noise and is post-processing of the noisy iterates (no budget).
     weight_averaging: float = 0.0
+    # Seed of the initial weights and, without DP, of every draw (a private run's noise never follows it).
     seed: int = 0
     # Where the networks train: "cpu", "cuda", "cuda:N", or "auto" (the GPU when torch sees one).
     # Random draws and the context cache stay on the CPU, so a seed gives the same run on either.
@@ -168,18 +201,23 @@ class TrainConfig:
 class PrivacyConfig:
     """Privacy target. ``epsilon = inf`` is explicit non-private training, flagged everywhere."""
 
+    # The privacy target epsilon; inf (the default) is explicit non-private training.
     epsilon: float = math.inf
+    # The privacy target delta; null picks 1/n² capped at 1e-5.
     delta: float | None = None
+    # L2 clip of each unit's per-example gradient in DP-SGD.
     max_grad_norm: float = 1.0
     # Row-level privacy by default; a column name makes each unit (e.g. a patient id) the unit.
     unit: str | None = None
+    # Rows kept per privacy unit (the rest are dropped at random) when privacy.unit is set.
     max_rows_per_unit: int = 5
     # Bounds and category sets not declared in data.columns: "dp" releases them with a DP mechanism
     # charged to the ledger; "declared" refuses to train and lists the columns to declare.
     preprocessing: Literal["dp", "declared"] = "dp"
-    # Budget split (docs/privacy.md): shares of the Renyi-DP budget, at the order that sets epsilon,
+    # Budget split (docs/concepts/privacy.md): shares of the Renyi-DP budget, at the order that sets epsilon,
     # given to the one-pass releases; DP-SGD training gets the rest.
     preprocessing_share: float = 0.1
+    # Share of the budget given to the cache's final pass over the whole table.
     final_cache_share: float = 0.1
     # The per-class histograms of model.calibrate_classes (one release; no release when it is off or
     # the target gives no classes).
@@ -189,8 +227,11 @@ class PrivacyConfig:
     # Relative weights of the releases that share one training step's Poisson batch (exact shares
     # of the step's 1/sigma^2): each critic step, the utility predictor, encoder+decoder, the cache.
     weight_critic: float = 1.0
+    # Relative weight of the utility predictor's release in a training step (see weight_critic).
     weight_utility: float = 0.5
+    # Relative weight of the encoder+decoder release in a training step (see weight_critic).
     weight_vae: float = 1.0
+    # Relative weight of the cache release in a training step (see weight_critic).
     weight_cache: float = 0.5
     # Fixed effective noise multiplier of a training step instead of calibrating it to train.epochs:
     # training then stops cleanly when the next step would exceed the budget.
@@ -199,21 +240,23 @@ class PrivacyConfig:
     histogram_bins: int = 64
     # "flat": one clip norm over a network's whole per-example gradient. "per_layer": a threshold
     # per tensor that tracks clip_quantile of that tensor's per-example norms, estimated from noisy
-    # counts inside each step's budget (docs/privacy_accounting.md section 7). Local fits only.
+    # counts inside each step's budget (docs/concepts/accounting.md section 7). Local fits only.
     clipping: Literal["flat", "per_layer"] = "flat"
+    # Per-layer clipping: the quantile of per-example norms each tensor's threshold tracks.
     clip_quantile: float = 0.5
+    # Per-layer clipping: the geometric learning rate of each threshold.
     clip_learning_rate: float = 0.2
     # Adam divides each step by the gradient's running scale, which under DP is mostly the added
     # noise, of known variance (σ·C/E)². Above 1, each tensor's Adam step is scaled by
     # sqrt(V / (V - Φ)) (V: its mean second moment, Φ: the noise's share of it), at most this much
     # (cadasg_dist/privacy/step_scale.py). Post-processing: no budget. 1 turns it off. Measured
-    # (docs/privacy.md, "Noise-aware steps"): under DP the scale sits at its cap, and 2 lifts HI at
+    # (docs/concepts/decisions.md, "Noise-aware steps"): under DP the scale sits at its cap, and 2 lifts HI at
     # ε = 1 from 0.809 to 0.894 (three seeds) and rwm5yr at ε = 8, but costs diamonds at ε = 1 and 3
     # and gains nothing at ε = 3, so it stays off by default: an option to try per table.
     max_step_scale: float = 1.0
     # A categorical target's class expected to hold fewer rows per context than this many sds of its
     # released count shares a model stratum with its neighbour (0: never). On rwm5yr at epsilon 3 it
-    # lifts the utility ratio from 0.928 to 0.940 over 12 fits (docs/privacy.md).
+    # lifts the utility ratio from 0.928 to 0.940 over 12 fits (docs/concepts/decisions.md).
     merge_class_sds: float = 2.0
 
     def __post_init__(self) -> None:
@@ -243,7 +286,9 @@ class PrivacyConfig:
 class DistributedConfig:
     """Ray Train settings (``cadasg train --num-workers N``); see cadasg_dist/distributed/."""
 
+    # Ray Train workers; each trains a shard of the contexts.
     num_workers: int = 1
+    # Give each Ray Train worker a GPU.
     use_gpu: bool = False
     # "auto" joins a running cluster, "ray://HOST:PORT" a remote one; None starts a local Ray.
     address: str | None = None

@@ -15,7 +15,7 @@ Privacy caveats first:
   release (a worker's own gradient carries only ``1/N`` of the variance).
 * Trust. One worker's contribution alone is noised with ``σ/√N``; ring all-reduce shows partial
   sums to peers. The guarantee is for whoever sees the model; the workers of a run trust each
-  other (keep their traffic on a private network, cluster/README.md).
+  other (keep their traffic on a private network, docs/guides/cluster.md).
 * Units. A privacy unit's rows must be clipped together, but context shards can split a unit
   across workers; ``privacy.unit`` is refused here (use ``CADASG.fit`` for unit-level privacy).
 """

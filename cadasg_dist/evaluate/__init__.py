@@ -3,7 +3,7 @@
 Privacy: evaluation reads real rows and its output (``EvaluationResult``, metrics.json,
 report.html) describes them. It is NOT privacy-protected: it is for the data owner, not for
 release, and using its numbers to select models spends privacy the ledger does not record.
-Metric definitions: docs/metrics.md.
+Metric definitions: docs/guides/evaluation.md.
 """
 
 from typing import Any

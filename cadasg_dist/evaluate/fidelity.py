@@ -4,7 +4,7 @@ Privacy: these functions read real rows and return statistics of them (frequenci
 quantile bins). The numbers are NOT privacy-protected; they are for the data owner, not for
 release, and using them to pick a model would itself have to be charged to the privacy budget.
 
-Definitions (also in docs/metrics.md): a numeric column scores 1 - KS statistic on its present
+Definitions (also in docs/guides/evaluation.md): a numeric column scores 1 - KS statistic on its present
 values; a categorical column 1 - total variation distance (missing is a category). A numeric pair
 scores 1 - |rho_real - rho_syn| / 2 (Pearson on complete rows); any pair with a categorical side
 scores 1 - TV distance of the joint frequency table, numeric sides cut into real-quantile bins.

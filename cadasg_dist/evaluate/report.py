@@ -82,7 +82,7 @@ def render_html(result: EvaluationResult, real: pd.DataFrame, synthetic: pd.Data
         "<h2>Utility</h2>", h.utility_section(result),
         h.target_section(result),
         "<h2>Privacy</h2>", h.privacy_section(result),
-        "<p class=\"meta\" style=\"margin-top:32px\">Metric definitions: docs/metrics.md. Full numbers: "
+        "<p class=\"meta\" style=\"margin-top:32px\">Metric definitions: docs/guides/evaluation.md. Full numbers: "
         "metrics.json next to this file.</p>",
     ]
     body = "\n".join(s for s in sections if s)

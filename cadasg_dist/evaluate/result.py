@@ -1,4 +1,4 @@
-"""The typed result of ``evaluate`` and its JSON form (the keys are documented in docs/metrics.md).
+"""The typed result of ``evaluate`` and its JSON form (the keys are documented in docs/guides/evaluation.md).
 
 Privacy: a result holds statistics of the real rows (frequencies, per-context scores, distances to
 real records). It is NOT privacy-protected: keep it with the data owner, do not publish it.
@@ -96,7 +96,7 @@ class UtilityResult:
     metric: str  # "roc_auc" | "roc_auc_ovr_macro" | "r2"
     real: float | None
     synthetic: float | None
-    ratio: float | None  # synthetic / real (see docs/metrics.md for the guards)
+    ratio: float | None  # synthetic / real (see docs/guides/evaluation.md for the guards)
     secondary: dict[str, dict[str, float | None]]  # e.g. {"macro_f1": {"real": .., "synthetic": ..}}
     per_context: tuple[ContextUtility, ...]
     n_fit: int  # rows each model was trained on (equal for both)

@@ -1,4 +1,4 @@
-"""Federated training across institution silos on Flower (see docs/federated.md).
+"""Federated training across institution silos on Flower (see docs/guides/federated.md).
 
 * ``config``: ``FederatedConfig``, the ``federated:`` section of a run config;
 * ``plan``: the public ``FederationPlan`` (schema, transforms, context domain) every silo encodes with;

@@ -25,21 +25,23 @@ SECAGG_MODULUS = 2**32
 
 @dataclass(frozen=True)
 class FederatedConfig:
+    # Federated rounds: each sends the global model out and aggregates the silos' updates.
     rounds: int = 5
     # Local passes over a silo's rows per round (each silo trains rounds * local_epochs epochs).
     local_epochs: int = 2
     # "fedprox" adds mu/2 * ||w - w_global||^2 to every local update (non-IID silos).
     strategy: Literal["fedavg", "fedprox"] = "fedavg"
+    # FedProx's mu (strategy fedprox only).
     proximal_mu: float = 0.01
     # Server learning rate (FedAvg with a server step, Reddi et al. 2021): the global model moves by
     # server_lr times the silos' weighted mean update. 1.0 is plain FedAvg. Tried under DP to restore
-    # the central run's progress per epoch: 2.0 made HI worse (docs/federated.md, "Numbers").
+    # the central run's progress per epoch: 2.0 made HI worse (docs/concepts/decisions.md).
     server_lr: float = 1.0
     # The silos' Adam learning rates are the engine's (train.lr_generator, train.lr_critic) times
     # this. Under DP a silo's mean gradient carries more noise than the central run's (the same batch
     # from fewer rows: a larger sampling rate, so a larger noise multiplier), and Adam divides each step by the
     # gradient's running scale, so a silo's steps on the signal shrink; a larger local rate gives
-    # them back. Measured (docs/federated.md, "Numbers"): HI at epsilon 8, utility gap 7.7 % at 1.0
+    # them back. Measured (docs/concepts/decisions.md): HI at epsilon 8, utility gap 7.7 % at 1.0
     # and 1.8 % at 2.0 (two runs each); rwm5yr by year unchanged (8.8 % / 8.9 %); HI without DP
     # -0.4 % at 2.0 (0.9 % at 1.0).
     local_lr_scale: float = 2.0
@@ -47,18 +49,21 @@ class FederatedConfig:
     secagg: bool = True
     # Shares per silo and reconstruction threshold, as fractions of the silos sampled in a round.
     secagg_shares: float = 1.0
+    # Shares needed to reconstruct a dropped silo's mask, as a fraction of the silos sampled.
     secagg_threshold: float = 0.67
     # Public upper bound on a silo's rows: SecAgg+ weights each update by rows / max_weight, and the
     # cache statistics are scaled by it to fit the quantization range.
     secagg_max_weight: float = 100_000.0
+    # The range SecAgg+ quantizes values in: a weighted update value beyond it is refused, not clipped.
     secagg_clip: float = 8.0
     # A round is aggregated from the silos that answered within round_timeout seconds, if at least
     # min_clients did; otherwise the global model is kept and the round is logged as skipped.
     min_clients: int = 2
+    # Seconds a round waits for the silos' answers.
     round_timeout: float = 600.0
     # Seconds the server waits for min_clients silos to connect before the first round.
     connect_timeout: float = 300.0
-    # The shared schema is always a DP release (docs/federated.md); when training is not private it
+    # The shared schema is always a DP release (docs/guides/federated.md); when training is not private it
     # is released under this epsilon.
     schema_epsilon: float = 1.0
     # Testing only: "SILO:ROUND:raise" or "SILO:ROUND:hang" makes silo index SILO fail in ROUND.

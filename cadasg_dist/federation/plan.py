@@ -107,7 +107,7 @@ def federated_calibration(cfg: CADASGConfig) -> CADASGConfig:
     a larger sampling rate, hence a larger noise multiplier, than a central fit, and what the
     federated model then gets wrong is how the features move with each class and context. The
     corrections (from histograms released once in the plan) put that back. Measured on one
-    federated model of rwm5yr by year at epsilon 8 (docs/federated.md): utility ratio 0.861 ->
+    federated model of rwm5yr by year at epsilon 8 (docs/results/federated.md): utility ratio 0.861 ->
     0.975 with the per-class correction, 0.985 with both; a central model at epsilon 8 loses with
     the per-class one (0.892 -> 0.857), which is why the central "auto" stops at epsilon 3."""
     if not cfg.private:

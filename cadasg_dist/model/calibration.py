@@ -24,9 +24,9 @@ numeric column's atom and missing shares, are moved onto that stratum's histogra
 utility, and off above, where it cost rwm5yr). A stratum is the model's (``ModelDims.stratum``): a
 categorical target's class, or a numeric target's value bin (``model.target_bins`` equal-mass bins,
 times whether it sits on its point mass). This restores what a downstream model learns first, how
-each feature shifts with the target, which DP-SGD at a small epsilon blurs (docs/privacy.md,
-"Per-class calibration"; for a numeric target, "2026-12-04": diamonds' price lost most of what
-clarity and color add to carat). The atom shares matter: correcting a count's nonzero values by
+each feature shifts with the target, which DP-SGD at a small epsilon blurs (docs/concepts/decisions.md,
+"Per-class calibration at ε ≤ 3"; for a numeric target, split by value bin: diamonds' price had lost
+most of what clarity and color add to carat). The atom shares matter: correcting a count's nonzero values by
 class but not how often it is zero erased the signal the model had put in the values (rwm5yr's
 docvis). A noisy histogram is first shrunk toward the model's own stratum distribution by how far
 the two differ beyond the release's known noise (an empirical-Bayes weight from released and

@@ -3,7 +3,7 @@
 Privacy caveats first: ε is only meaningful if every read of the private table goes through a
 recorded mechanism (``PrivacyLedger.record``), batches are Poisson-sampled (``poisson_batches``)
 and each example's contribution is clipped before noise (``clip_and_noise``). See
-docs/privacy_accounting.md for the accounting, the calibration rules and their proofs.
+docs/concepts/accounting.md for the accounting, the calibration rules and their proofs.
 """
 
 from cadasg_dist.privacy.adaptive import (

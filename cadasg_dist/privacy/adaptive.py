@@ -96,7 +96,7 @@ class PerLayerAdaptiveClipper:
     (a) the gradient sum with tensor l of each example clipped to C_l and noise N(0, (σ_g·√L·C_l)²)
     on it, and (b) for each of the L tensors the noisy centred count Σ_i (1[‖g_il‖ ≤ C_l] − ½) +
     N(0, σ_b²), from which the next C_l is computed. By the whitening argument of
-    docs/privacy_accounting.md §6, (a) alone is one Gaussian mechanism with multiplier σ_g; (b) is a
+    docs/concepts/accounting.md §6, (a) alone is one Gaussian mechanism with multiplier σ_g; (b) is a
     vector whose L2 sensitivity is √L/2 with noise σ_b per coordinate. Together they are one
     Gaussian mechanism with multiplier z, 1/z² = 1/σ_g² + L/(2σ_b)², so the ledger records the
     step's z and nothing else; :meth:`gradient_noise` inverts it. Thresholds start at C/√L each

@@ -94,7 +94,7 @@ def calibrate_joint(
     ``extra_mechanisms``) give ε ≤ target; a larger weight means *less* noise, i.e. a larger share
     of the budget. For full-batch Gaussian mechanisms (q = 1) component i then spends exactly the
     fraction ``steps_i * weight_i / Σ_j steps_j * weight_j`` of the total RDP (zCDP ρ), since its
-    RDP is ``steps_i * α * weight_i / (2 s²)``. See docs/privacy_accounting.md.
+    RDP is ``steps_i * α * weight_i / (2 s²)``. See docs/concepts/accounting.md.
 
     Privacy: same caveats as :func:`calibrate_noise`; never overshoots; raises
     ``PrivacyBudgetError`` when the target cannot be met.

@@ -176,7 +176,7 @@ def per_layer_clip_and_noise(
     (:func:`per_layer_noise_stds`). That makes the whole release exactly as private as one Gaussian
     mechanism with noise multiplier σ, so the ledger records ``noise_multiplier`` as is. Noise of only
     σ · C_l per tensor would be a mechanism with multiplier σ / sqrt(L) — L times the RDP — so the
-    sqrt(L) is not optional; the proof is in docs/privacy_accounting.md.
+    sqrt(L) is not optional; the proof is in docs/concepts/accounting.md.
 
     ``thresholds`` must name exactly the tensors of ``grads``. Returns ``{name: shape}``.
     """

@@ -5,8 +5,8 @@ that gradient is the clipped mean plus Gaussian noise of a KNOWN variance per co
 φ = (σ·C / E)² (σ the release's noise multiplier, C the clip norm, E the expected batch), so the
 running second moment is V ≈ S + Φ (S: the signal's, Φ: the noise's), and at a small ε Φ dominates:
 the steps along the signal shrink by sqrt(S / (S + Φ)) as the noise grows. Measured as a fixed
-twice-larger learning rate helping at ε = 1 (docs/privacy.md) and in the federated silos
-(docs/federated.md); this makes the correction follow the noise instead of a fixed factor.
+twice-larger learning rate helping at ε = 1 and in the federated silos
+(docs/concepts/decisions.md); this makes the correction follow the noise instead of a fixed factor.
 
 ``NoiseAwareSteps`` keeps, per parameter tensor, slow exponential averages of its gradient's mean
 square V and of the noise variance Φ it carried, and after ``optimizer.step()`` scales that

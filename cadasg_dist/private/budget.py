@@ -25,7 +25,7 @@ PREPROCESS_SPLIT = {"preprocess/bounds": 0.25, "preprocess/histograms": 0.75}
 CLASS_MARGINALS = "preprocess/class_marginals"  # its share: privacy.class_marginals_share
 CONTEXT_MARGINALS = "preprocess/context_marginals"  # its share: privacy.context_marginals_share
 FINAL_CACHE = "cache/final"
-# The cache release is six blocks (n, Σx | Σxxᵀ | Σz, Σzzᵀ, Σvar), all at one multiplier (docs/privacy.md).
+# The cache release is six blocks (n, Σx | Σxxᵀ | Σz, Σzzᵀ, Σvar), all at one multiplier (docs/concepts/privacy.md).
 CACHE_BLOCKS = 6
 
 

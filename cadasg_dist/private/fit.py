@@ -11,7 +11,7 @@ Privacy caveats first:
   is saved in the artifact, and noise anyone can replay protects nothing. A private run is
   therefore not bit-reproducible (weights are still initialised from the seed, which is public).
 
-The budget split is documented in docs/privacy.md; the accounting in docs/privacy_accounting.md.
+The budget split is documented in docs/concepts/privacy.md; the accounting in docs/concepts/accounting.md.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ A sketch (it starts Ray Tune, so the docs test does not run it)::
 
 Privacy caveat first: the search scores trials on real rows without noise. Trials train and are
 scored only on tuning rows that the final (picked) model never trains on; the final model's ε
-covers its own training rows, and the tuning rows are not protected. See docs/tuning.md.
+covers its own training rows, and the tuning rows are not protected. See docs/guides/tuning.md.
 """
 
 from __future__ import annotations

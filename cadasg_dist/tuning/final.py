@@ -2,7 +2,7 @@
 
 Privacy caveat first: the picked model trains on the final rows only (with privacy: never on a
 tuning row), so its ledger's ε covers exactly its training rows; the tuning rows are not protected
-(docs/tuning.md). Which was done is written into the model's ``meta["tuning"]`` next to the ledger,
+(docs/guides/tuning.md). Which was done is written into the model's ``meta["tuning"]`` next to the ledger,
 never left out.
 """
 

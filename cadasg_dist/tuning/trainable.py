@@ -8,7 +8,7 @@ score goes to ``tune.report``; the last one carries the saved model as a Tune ch
 
 Privacy caveat first: the scores read the validation rows without noise, so choosing among
 trials leaks those rows (and the trials' training rows, through which trial wins). That is why
-tuning runs on rows the final model never trains on (``tuning.splits``); see docs/tuning.md.
+tuning runs on rows the final model never trains on (``tuning.splits``); see docs/guides/tuning.md.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """cluster/: the launcher config passes Ray's own schema; the KubeRay manifests and the local script
-parse and hold what the README promises (token authentication everywhere, no public endpoint)."""
+parse and hold what the cluster guide (docs/guides/cluster.md) promises (token authentication everywhere, no public endpoint)."""
 
 from __future__ import annotations
 
@@ -72,6 +72,6 @@ def test_local_three_node_script_parses_and_starts_a_head_and_two_workers():
 
 
 def test_readme_documents_every_config_and_the_traffic_protection():
-    readme = (CLUSTER / "README.md").read_text()
+    readme = (CLUSTER.parent / "docs" / "guides" / "cluster.md").read_text()
     for name in ("aws-gpu.yaml", "kuberay-rayjob.yaml", "local-3-nodes.sh", "RAY_AUTH_MODE=token", "private"):
         assert name in readme
