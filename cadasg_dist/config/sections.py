@@ -2,6 +2,8 @@
 
 These dataclasses are the one source of defaults (``CADASGConfig`` in ``core.py`` holds one of
 each); a section checks its own fields' ranges where they do not depend on another section.
+A field whose default depends on whether the run is private defaults to ``None`` ("auto": ``null``
+in YAML): ``CADASGConfig.resolved`` fills it from ``profiles.py``, and a value the user sets wins.
 """
 
 from __future__ import annotations
@@ -64,13 +66,15 @@ class ContextConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    latent_dim: int = 32
+    # null = auto: 32, or 16 in a private run (DP-SGD's noise grows with the parameters it covers).
+    latent_dim: int | None = None
     # 128-wide blocks: on HI, 60 epochs of (128, 128) scored higher (column shape 0.982, pair trend
     # 0.992, utility ratio 0.988) than 30 epochs of (256, 256) (0.976, 0.986, 0.984) at similar
     # cost, and sample about 2x faster.
     hidden: tuple[int, ...] = (128, 128)
     critic_hidden: tuple[int, ...] = (128, 128)
-    utility_hidden: tuple[int, ...] = (128,)
+    # null = auto: (128,), or (64,) in a private run.
+    utility_hidden: tuple[int, ...] | None = None
     # A numeric target's value is cut into this many bins, each with its own latent prior per context.
     target_bins: int = 5
     # Gumbel-softmax temperature for categorical blocks seen by the critic.
@@ -121,15 +125,18 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class CacheConfig:
-    ema_alpha: float = 0.95
+    # null = auto: 0.95, or 0.99 in a private run (a slower average of more noisy batch releases).
+    ema_alpha: float | None = None
     # Noise multipliers of the Gaussian mechanism on the sufficient statistics (0 = no noise).
     # The privacy layer calibrates them when training is private.
     sigma_mean: float = 0.0
     sigma_cov: float = 0.0
     sigma_latent: float = 0.0
-    # Each row's contribution is clipped to these L2 norms (bounded sensitivity).
-    clip_x: float = 8.0
-    clip_z: float = 8.0
+    # Each row's contribution is clipped to these L2 norms (bounded sensitivity). null = auto: 8.0,
+    # or 5.0 in a private run (encoded rows have norm about 4, and the noise on second moments
+    # scales with clip^2).
+    clip_x: float | None = None
+    clip_z: float | None = None
     # Ridge added to every covariance when sampling from q_c(z).
     jitter: float = 1e-4
     # Re-estimate the cache over the whole table with the final encoder after training.
@@ -138,13 +145,16 @@ class CacheConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    # 0 = automatic: enough epochs for about `target_steps` optimizer steps, within
-    # [min_epochs, max_epochs], so a small table gets more passes and a large one fewer.
+    # 0 = automatic. Without privacy: enough epochs for about `target_steps` optimizer steps, within
+    # [min_epochs, max_epochs], so a small table gets more passes and a large one fewer. In a private
+    # run: 30 epochs whatever the table's size (the step's noise is calibrated to spend the budget
+    # over them; docs/privacy.md, "Defaults of a private run").
     epochs: int = 0
     target_steps: int = 2500
     min_epochs: int = 20
     max_epochs: int = 300
-    batch_size: int = 500
+    # null = auto: 500, or 1000 in a private run (fewer, larger steps: each step pays for its noise).
+    batch_size: int | None = None
     lr_generator: float = 1e-3
     lr_critic: float = 1e-3
     critic_steps: int = 1
