@@ -187,6 +187,12 @@ class PrivacyConfig:
     # Bounds and category sets not declared in data.columns: "dp" releases them with a DP mechanism
     # charged to the ledger; "declared" refuses to train and lists the columns to declare.
     preprocessing: Literal["dp", "declared"] = "dp"
+    # A numeric column without declared bounds whose bounds release finds no magnitude bin above the
+    # noise (a small table or a small epsilon): "error" stops before training with one message naming
+    # every such column and what to declare; "drop" leaves them out of the model and the synthetic
+    # table, with a warning naming them (the target, a context column or a derived column's source
+    # still stops the run). Decided from the noisy release alone, so either keeps the guarantee.
+    unreleased_bounds: Literal["error", "drop"] = "error"
     # Budget split (docs/privacy.md): shares of the Renyi-DP budget, at the order that sets epsilon,
     # given to the one-pass releases; DP-SGD training gets the rest.
     preprocessing_share: float = 0.1
@@ -239,6 +245,8 @@ class PrivacyConfig:
             (self.noise_multiplier is None or self.noise_multiplier > 0,
              f"privacy.noise_multiplier must be > 0 (or null to calibrate it), got {self.noise_multiplier}"),
             (self.histogram_bins >= 2, f"privacy.histogram_bins must be >= 2, got {self.histogram_bins}"),
+            (self.unreleased_bounds in ("error", "drop"),
+             f"privacy.unreleased_bounds must be 'error' or 'drop', got {self.unreleased_bounds!r}"),
             (self.clipping in ("flat", "per_layer"),
              f"privacy.clipping must be 'flat' or 'per_layer', got {self.clipping!r}"),
             (self.max_step_scale >= 1, f"privacy.max_step_scale must be >= 1 (1 = off), got {self.max_step_scale}"),

@@ -260,10 +260,9 @@ def test_secagg_packing_recovers_mean_and_sum():
     """Apply secaggplus_mod's arithmetic (weight, quantize, sum, dequantize) to packed vectors."""
     from flwr.common.secure_aggregation.quantization import dequantize, quantize
 
-    from cadasg_dist.config import CacheConfig
     from cadasg_dist.federation.config import SECAGG_QUANTIZATION
 
-    fed, cache = FederatedConfig(secagg_max_weight=1000.0), CacheConfig()
+    fed, cache = FederatedConfig(secagg_max_weight=1000.0), CADASGConfig().resolved().cache
     rng = np.random.default_rng(0)
     silos = []
     for i in range(3):
@@ -290,10 +289,9 @@ def test_secagg_packing_recovers_mean_and_sum():
 
 
 def test_secagg_pack_refuses_values_it_would_clip():
-    from cadasg_dist.config import CacheConfig
-
+    cache = CADASGConfig().resolved().cache
     with pytest.raises(InvalidDataError, match="clipping range"):
-        secagg_pack([np.full(3, 50.0)], None, 1000, FederatedConfig(secagg_max_weight=1000.0), CacheConfig())
+        secagg_pack([np.full(3, 50.0)], None, 1000, FederatedConfig(secagg_max_weight=1000.0), cache)
 
 
 def test_proximal_term_pulls_towards_global(plan):
