@@ -36,10 +36,10 @@ PRIVATE: dict[str, Any] = {
 # Automatic epochs (``train.epochs = 0``) of a private run, whatever the table's size: the training
 # step's noise is calibrated to spend the budget over these steps, and since that noise grows about
 # as the square root of the steps, more epochs buy optimisation (and cost time) rather than signal.
-# Measured: 10 epochs instead of 30 gave the same mean utility on rwm5yr at epsilon 1 and 3, 60 no
-# more on HI and rwm5yr at epsilon 1 (docs/privacy.md); 30 epochs of a 3,000-row table fit in
-# about 2 minutes on one core at epsilon 1. The row count does not enter, so the schedule reveals
-# nothing about it.
+# Measured (docs/privacy.md, "Defaults of a private run"): 10 epochs instead of 30 gave the same mean
+# utility on rwm5yr at epsilon 1 and 3; 30 epochs of a 3,000-row sample of HI fit in under a minute
+# on one core at epsilon 1, and 60 scored no better. The row count does not enter, so the schedule
+# reveals nothing about it.
 PRIVATE_EPOCHS = 30
 AUTO_KEYS: tuple[str, ...] = tuple(NON_PRIVATE)
 
