@@ -6,11 +6,13 @@
 One table per run is the intended use (a private fit takes minutes here). On the 80/20 split of
 ``bench/splits.py``, δ = min(1e-5, 1/n²) with n the training rows. For every ε:
 
-* CA-DASG: ``privacy.epsilon = ε`` with the settings of ``configs/private.yaml``, read at every
-  run (its model, cache and train sections; its target, contexts, columns and privacy unit are
-  rwm5yr's, so each table's come from ``bench/splits.py`` instead, with rows as the privacy unit);
-  bounds and categories not declared there are DP releases, DP-SGD on every network, the DP cache;
-  ``--epochs`` caps the epochs; ε = ∞ keeps the engine's defaults. The ε it reports is the
+* CA-DASG: ``privacy.epsilon = ε`` and nothing else of the run's settings: a private run takes the
+  library's private profile (``cadasg_dist/config/profiles.py``, what ``configs/private.yaml``
+  used to set: 30 epochs of 1,000-row batches, latent 16, utility head [64], cache clips 5, EMA
+  0.99) and ε = ∞ the non-private one, as ``CADASGConfig.resolved`` decides for any user; each
+  table's target, contexts and declared categories come from ``bench/splits.py``, rows are the
+  privacy unit; bounds and categories not declared there are DP releases, DP-SGD on every network,
+  the DP cache; ``--epochs`` sets the epochs. The ε it reports is the
   ledger's. Its scores are the means over ``--draws`` synthetic tables of the one fit (3;
   ``utility_sd`` is their spread: one draw's utility ratio moves by about ±0.02 on rwm5yr, as much
   as the margins to the goals). ``--fits N`` repeats the fit N times and averages them
@@ -34,7 +36,8 @@ half. Both are ``cadasg_dist.evaluate.audit`` (what ``cadasg audit`` runs on a s
 
 Cache: each CA-DASG fit is kept with its model and draws under
 ``bench/.cache/{table}/cadasg_eps{ε}/seed{S}_{key}[_fit{i}]/``, ``key`` a sha256 (``fit_key``) of
-what determines the fit: the resolved config, the training rows by content (the table and its
+what determines the fit: the resolved config (``CADASGConfig.resolved``
+with the training rows' count: a change to the profile refits), the training rows by content (the table and its
 split), the engine's source and the torch and numpy versions. The engine's source is every
 ``cadasg_dist/**/*.py`` but the command line (``cli/``), ``evaluate/`` (scoring
 and the audits), ``demo.py`` and ``client.py``, which a fit and its sampling never import; the
@@ -57,7 +60,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -65,7 +67,7 @@ sys.path.insert(0, str(ROOT))
 from bench.engine import BENCH_PY, CACHE, average_draws, cached  # noqa: E402
 from bench.engine import score as engine_score  # noqa: E402
 from bench.splits import DECLARED, derived_columns, load_table, split  # noqa: E402
-from cadasg_dist.config import CADASGConfig, ContextConfig, TrainConfig, parse_overrides  # noqa: E402
+from cadasg_dist.config import CADASGConfig, ContextConfig, TrainConfig, parse_overrides, profiles  # noqa: E402
 from cadasg_dist.evaluate import audit  # noqa: E402
 from cadasg_dist.synthesizer import CADASG  # noqa: E402
 
@@ -78,41 +80,29 @@ BASELINES = {
     "dpgan": f"{sys.executable} {ROOT / 'bench' / 'dpgan.py'} --epsilon {{eps}} --delta {{delta}} --seed {{seed}} "
              "{train} {out}",
 }
-# Finite ε: the settings of configs/private.yaml (fewer, larger steps, a smaller latent space and
-# utility head, tighter cache clips) less what it says about its one table; ε = ∞ keeps the engine's
-# defaults. --set overrides both.
-PROFILE_FILE = ROOT / "configs" / "private.yaml"
-# What configs/private.yaml declares about rwm5yr alone: each table's target, contexts and columns
-# come from bench/splits.py, rows are the privacy unit here, and ε, δ come from the run.
-TABLE_KEYS = ("target", "context", "data.columns", "privacy.epsilon", "privacy.delta", "privacy.unit",
-              "privacy.max_rows_per_unit")
-OVERRIDES: dict = {}  # --set KEY=VALUE
+OVERRIDES: dict = {}  # --set KEY=VALUE: wins over the profile of either privacy
 
 
 def log(msg: str) -> None:
     print(f"[privacy {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def private_profile(path: Path = PROFILE_FILE) -> dict[str, Any]:
-    """The run settings of ``path`` as dotted keys, less ``TABLE_KEYS``."""
-    CADASGConfig.from_yaml(path)  # refuses an unknown key or a bad value
-    raw = yaml.safe_load(path.read_text()) or {}
-    flat = {f"{section}.{key}": value for section, body in raw.items() if isinstance(body, dict)
-            for key, value in body.items()}
-    flat.update({key: value for key, value in raw.items() if not isinstance(value, dict)})
-    return {key: value for key, value in flat.items()
-            if key not in TABLE_KEYS and key.split(".")[0] not in TABLE_KEYS}
+def private_profile() -> dict[str, Any]:
+    """The library's private profile as dotted keys (written beside the results): what a private
+    run without settings of its own trains with."""
+    return {**profiles.profile(True), "train.epochs": profiles.PRIVATE_EPOCHS}
 
 
 def config(spec, eps: float, delta: float, seed: int, epochs: int | None) -> CADASGConfig:
+    """The run's config, its profile resolved (``CADASGConfig.resolved``): private at a finite ε."""
     cfg = CADASGConfig(target=spec.target, context=ContextConfig(columns=tuple(spec.contexts)),
                        train=TrainConfig(seed=seed))
-    private = {**private_profile(), "data.columns": DECLARED.get(spec.name, {})} if math.isfinite(eps) else {}
+    private = {"data.columns": DECLARED.get(spec.name, {})} if math.isfinite(eps) else {}
     over = {**private, **OVERRIDES,
             "privacy.epsilon": eps, "privacy.delta": delta if math.isfinite(eps) else None}
     if epochs:
         over["train.epochs"] = epochs
-    return cfg.replace(**over)
+    return cfg.replace(**over).resolved()
 
 
 def score(name: str, eps: float, synthetic: pd.DataFrame, train: pd.DataFrame, test: pd.DataFrame, spec,
@@ -151,8 +141,9 @@ def fit_key(cfg: CADASGConfig, train: pd.DataFrame) -> str:
 
     rows = hashlib.sha256(json.dumps([str(c) for c in train.columns]).encode())
     rows.update(pd.util.hash_pandas_object(train, index=True).to_numpy().tobytes())
-    text = json.dumps({"config": cfg.to_dict(), "rows": rows.hexdigest(), "engine": engine_digest(),
-                       "torch": torch.__version__, "numpy": np.__version__}, sort_keys=True, default=str)
+    text = json.dumps({"config": cfg.resolved(len(train)).to_dict(), "rows": rows.hexdigest(),
+                       "engine": engine_digest(), "torch": torch.__version__, "numpy": np.__version__},
+                      sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

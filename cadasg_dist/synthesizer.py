@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Prepared:
-    """A table ready to train on, as ``CADASG.prepare`` returns it: the config (epochs resolved),
+    """A table ready to train on, as ``CADASG.prepare`` returns it: the config (``resolved``),
     schema, contexts, transforms, the encoded rows and the model's dimensions; in a private run also
     ``private``: the capped rows' units, the preprocessing ledger and the run's one budget plan."""
 
@@ -100,7 +100,8 @@ class CADASG:
         df = read_table(data) if isinstance(data, str | Path) else data
         if df.shape[0] == 0:
             raise InvalidDataError("the table has no rows")
-        self.config = cfg = fit_config(self.config, context, target, codebook, df)
+        # the defaults that depend on privacy (model sizes, clips, batch), before anything reads them
+        self.config = cfg = fit_config(self.config, context, target, codebook, df).resolved()
         _check_columns(df, cfg)
         if cfg.private:  # from declarations and DP releases only; rows capped per privacy unit
             from cadasg_dist.private.prepare import prepare_private
@@ -119,7 +120,7 @@ class CADASG:
             self.transformer = DataTransformer(self.schema, cfg.data.continuous_encoding, cfg.data.n_quantiles,
                                                exclude=self.extractor.categorical_columns,
                                                atom_share=cfg.data.atom_share).fit(df)
-        self.config = cfg = cfg.replace(**{"train.epochs": cfg.resolved_epochs(len(df))})
+        self.config = cfg = cfg.resolved(len(df))  # automatic epochs
         if prep is not None:
             # encoded already when a release needed it; the tie spreading's seed is secret, like all noise
             x = prep.encoded if prep.encoded is not None else self.transformer.encode(df, seed=prep.encode_seed)

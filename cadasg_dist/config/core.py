@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cadasg_dist.config import sections
+from cadasg_dist.config import profiles, sections
 from cadasg_dist.config.parsing import build_dataclass, dataclass_of, read_yaml_mapping, require, to_plain
 from cadasg_dist.errors import ConfigError
 
@@ -92,13 +92,38 @@ class CADASGConfig:
         return m.calibrate_contexts == "on" or (self.private and
                                                  self.privacy.epsilon <= m.context_calibration_max_epsilon)
 
+    def resolved(self, n_rows: int | None = None) -> CADASGConfig:
+        """This config with every "auto" key (``None``: ``profiles.AUTO_KEYS``) set from the profile of
+        its privacy (``profiles.PRIVATE`` when ``privacy.epsilon`` is finite, else ``NON_PRIVATE``)
+        and, given the table's ``n_rows``, automatic ``train.epochs`` (0) set to ``resolved_epochs``.
+
+        The one place where the defaults that depend on privacy are decided: every runner resolves
+        its config before it reads them, and a saved model keeps the result. A value the user set is
+        kept, and resolving a resolved config changes nothing.
+        """
+        fill = {key: value for key, value in profiles.profile(self.private).items() if _dotted(self, key) is None}
+        cfg = self.replace(**fill) if fill else self
+        if n_rows is not None and cfg.train.epochs == 0:
+            cfg = cfg.replace(**{"train.epochs": cfg._automatic_epochs(n_rows)})
+        return cfg
+
     def resolved_epochs(self, n_rows: int) -> int:
-        """``train.epochs``, or the automatic number for a table of ``n_rows`` rows."""
+        """``train.epochs``, or the automatic number for a table of ``n_rows`` rows (``resolved``)."""
+        return self.resolved(n_rows).train.epochs
+
+    def _automatic_epochs(self, n_rows: int) -> int:
         t = self.train
-        if t.epochs:
-            return t.epochs
+        if self.private:  # independent of the row count (profiles.PRIVATE_EPOCHS)
+            return profiles.PRIVATE_EPOCHS
         steps_per_epoch = max(1, math.ceil(n_rows / t.batch_size))
         return int(min(max(math.ceil(t.target_steps / steps_per_epoch), t.min_epochs), t.max_epochs))
+
+
+def _dotted(cfg: Any, key: str) -> Any:
+    """The value at dotted ``key`` ("model.latent_dim") of a config."""
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
 
 
 def validate(cfg: CADASGConfig) -> None:
@@ -106,12 +131,15 @@ def validate(cfg: CADASGConfig) -> None:
         (cfg.train.epochs >= 0, f"train.epochs must be >= 1 (or 0 for automatic), got {cfg.train.epochs}"),
         (1 <= cfg.train.min_epochs <= cfg.train.max_epochs,
          f"train.min_epochs must be in [1, max_epochs], got {cfg.train.min_epochs}"),
-        (cfg.train.batch_size >= 2, f"train.batch_size must be >= 2, got {cfg.train.batch_size}"),
+        (cfg.train.batch_size is None or cfg.train.batch_size >= 2,
+         f"train.batch_size must be >= 2 (or null for automatic), got {cfg.train.batch_size}"),
         (0 <= cfg.train.weight_averaging < 1,
          f"train.weight_averaging must be in [0, 1) (0 = off), got {cfg.train.weight_averaging}"),
-        (0.9 <= cfg.cache.ema_alpha <= 0.99 or cfg.cache.ema_alpha == 1.0,
-         f"cache.ema_alpha must be in [0.9, 0.99] (or 1.0 for plain sums), got {cfg.cache.ema_alpha}"),
-        (cfg.model.latent_dim >= 1, f"model.latent_dim must be >= 1, got {cfg.model.latent_dim}"),
+        (cfg.cache.ema_alpha is None or 0.9 <= cfg.cache.ema_alpha <= 0.99 or cfg.cache.ema_alpha == 1.0,
+         f"cache.ema_alpha must be in [0.9, 0.99] (or 1.0 for plain sums, null for automatic), "
+         f"got {cfg.cache.ema_alpha}"),
+        (cfg.model.latent_dim is None or cfg.model.latent_dim >= 1,
+         f"model.latent_dim must be >= 1 (or null for automatic), got {cfg.model.latent_dim}"),
         (cfg.model.target_bins >= 1, f"model.target_bins must be >= 1, got {cfg.model.target_bins}"),
         (cfg.privacy.merge_class_sds >= 0,
          f"privacy.merge_class_sds must be >= 0 (0: never merge a thin class), got {cfg.privacy.merge_class_sds}"),

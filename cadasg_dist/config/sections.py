@@ -2,6 +2,8 @@
 
 These dataclasses are the one source of defaults (``CADASGConfig`` in ``core.py`` holds one of
 each); a section checks its own fields' ranges where they do not depend on another section.
+A field whose default depends on whether the run is private defaults to ``None`` ("auto": ``null``
+in YAML): ``CADASGConfig.resolved`` fills it from ``profiles.py``, and a value the user sets wins.
 """
 
 from __future__ import annotations
@@ -72,15 +74,17 @@ class ContextConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     # Size of the latent code z the encoder produces and the cache's per-context prior models.
-    latent_dim: int = 32
+    # null = auto: 32, or 16 in a private run (DP-SGD's noise grows with the parameters it covers).
+    latent_dim: int | None = None
     # 128-wide blocks: on HI, 60 epochs of (128, 128) scored higher (column shape 0.982, pair trend
     # 0.992, utility ratio 0.988) than 30 epochs of (256, 256) (0.976, 0.986, 0.984) at similar
     # cost, and sample about 2x faster.
     hidden: tuple[int, ...] = (128, 128)
     # Hidden layer widths of the WGAN-GP critic.
     critic_hidden: tuple[int, ...] = (128, 128)
-    # Hidden layer widths of the auxiliary predictor of the target column.
-    utility_hidden: tuple[int, ...] = (128,)
+    # Hidden layer widths of the auxiliary predictor of the target column; null = auto: (128,), or
+    # (64,) in a private run.
+    utility_hidden: tuple[int, ...] | None = None
     # A numeric target's value is cut into this many bins, each with its own latent prior per context.
     target_bins: int = 5
     # Gumbel-softmax temperature for categorical blocks seen by the critic.
@@ -141,8 +145,9 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class CacheConfig:
-    # Decay of the exponential moving average of each context's sufficient statistics.
-    ema_alpha: float = 0.95
+    # Decay of the exponential moving average of each context's sufficient statistics; null = auto:
+    # 0.95, or 0.99 in a private run (a slower average of more noisy batch releases).
+    ema_alpha: float | None = None
     # Noise multipliers of the Gaussian mechanism on the sufficient statistics (0 = no noise).
     # The privacy layer calibrates them when training is private.
     sigma_mean: float = 0.0
@@ -150,10 +155,12 @@ class CacheConfig:
     sigma_cov: float = 0.0
     # Noise multiplier on the latent sums (Σz, Σzzᵀ) of the cache (0 = no noise).
     sigma_latent: float = 0.0
-    # Each row's contribution is clipped to these L2 norms (bounded sensitivity).
-    clip_x: float = 8.0
-    # L2 clip of each row's latent code in the cache's sums (bounded sensitivity).
-    clip_z: float = 8.0
+    # Each row's contribution to the cache's sums is clipped to this L2 norm (bounded sensitivity).
+    # null = auto: 8.0, or 5.0 in a private run (encoded rows have norm about 4, and the noise on
+    # second moments scales with clip^2).
+    clip_x: float | None = None
+    # L2 clip of each row's latent code in the cache's sums; null = auto, as clip_x.
+    clip_z: float | None = None
     # Ridge added to every covariance when sampling from q_c(z).
     jitter: float = 1e-4
     # Re-estimate the cache over the whole table with the final encoder after training.
@@ -162,8 +169,10 @@ class CacheConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    # 0 = automatic: enough epochs for about `target_steps` optimizer steps, within
-    # [min_epochs, max_epochs], so a small table gets more passes and a large one fewer.
+    # 0 = automatic. Without privacy: enough epochs for about `target_steps` optimizer steps, within
+    # [min_epochs, max_epochs], so a small table gets more passes and a large one fewer. In a private
+    # run: 30 epochs whatever the table's size (the step's noise is calibrated to spend the budget
+    # over them; docs/concepts/privacy.md, "Defaults of a private run").
     epochs: int = 0
     # Optimizer steps the automatic epoch count (epochs = 0) aims for.
     target_steps: int = 2500
@@ -171,8 +180,8 @@ class TrainConfig:
     min_epochs: int = 20
     # Most epochs the automatic epoch count chooses.
     max_epochs: int = 300
-    # Rows per step (under DP, the expected size of a Poisson batch).
-    batch_size: int = 500
+    # null = auto: 500, or 1000 in a private run (fewer, larger steps: each step pays for its noise).
+    batch_size: int | None = None
     # Adam learning rate of the encoder, decoder and utility predictor.
     lr_generator: float = 1e-3
     # Adam learning rate of the critic.
@@ -214,6 +223,12 @@ class PrivacyConfig:
     # Bounds and category sets not declared in data.columns: "dp" releases them with a DP mechanism
     # charged to the ledger; "declared" refuses to train and lists the columns to declare.
     preprocessing: Literal["dp", "declared"] = "dp"
+    # A numeric column without declared bounds whose bounds release finds no magnitude bin above the
+    # noise (a small table or a small epsilon): "error" stops before training with one message naming
+    # every such column and what to declare; "drop" leaves them out of the model and the synthetic
+    # table, with a warning naming them (the target, a context column or a derived column's source
+    # still stops the run). Decided from the noisy release alone, so either keeps the guarantee.
+    unreleased_bounds: Literal["error", "drop"] = "error"
     # Budget split (docs/concepts/privacy.md): shares of the Renyi-DP budget, at the order that sets epsilon,
     # given to the one-pass releases; DP-SGD training gets the rest.
     preprocessing_share: float = 0.1
@@ -272,6 +287,8 @@ class PrivacyConfig:
             (self.noise_multiplier is None or self.noise_multiplier > 0,
              f"privacy.noise_multiplier must be > 0 (or null to calibrate it), got {self.noise_multiplier}"),
             (self.histogram_bins >= 2, f"privacy.histogram_bins must be >= 2, got {self.histogram_bins}"),
+            (self.unreleased_bounds in ("error", "drop"),
+             f"privacy.unreleased_bounds must be 'error' or 'drop', got {self.unreleased_bounds!r}"),
             (self.clipping in ("flat", "per_layer"),
              f"privacy.clipping must be 'flat' or 'per_layer', got {self.clipping!r}"),
             (self.max_step_scale >= 1, f"privacy.max_step_scale must be >= 1 (1 = off), got {self.max_step_scale}"),

@@ -69,8 +69,8 @@ def fit_distributed(model: CADASG, data: str | Path | pd.DataFrame, *, context: 
     if cfg.private and len(sample) < total:
         raise ConfigError(f"private distributed training releases its preprocessing statistics from the whole "
                           f"table in the driver, which reads at most {prepare_rows} rows; this table has {total}")
-    # Automatic epochs count the whole table, not the driver's sample (prepare keeps a set value).
-    model.config = cfg = cfg.replace(**{"train.epochs": cfg.resolved_epochs(total)})
+    # the profile's defaults; automatic epochs count the whole table, not the driver's sample
+    model.config = cfg = cfg.resolved(total)
     prepared = model.prepare(sample)
     cfg, ids, dims = model.config, prepared.ids, prepared.dims
     ledger = budget = None

@@ -128,7 +128,9 @@ def build_plan(df: pd.DataFrame, cfg: CADASGConfig, fed: FederatedConfig) -> Fed
     for col in (*cfg.context.columns, *([cfg.target] if cfg.target else [])):
         if col not in df.columns:
             raise InvalidDataError(f"unknown column {col!r}; columns: {', '.join(map(str, df.columns))}")
-    cfg = federated_calibration(cfg)
+    # The run's own profile (a non-private federation releases its schema at schema_epsilon below,
+    # but trains with the non-private defaults), resolved once: every silo trains with the plan's.
+    cfg = federated_calibration(cfg.resolved())
     # The releases are sized as a silo's run would be: rounds * local_epochs epochs.
     prep_cfg = cfg.replace(**{"train.epochs": fed.rounds * fed.local_epochs})
     if not cfg.private:

@@ -92,11 +92,12 @@ def plan_budget(cfg: CADASGConfig, *, n_rows: int, n_units: int, has_utility: bo
     release gets its share of the Rényi budget R(α*) (σ = sqrt(α*/(2·share·R))); the training step's σ
     is then calibrated so that everything composed has ε ≤ target. Raises ``PrivacyBudgetError``.
     """
+    cfg = cfg.resolved(n_rows)  # the batch size and automatic epochs as every runner resolves them
     p = cfg.privacy
     delta = p.delta if p.delta is not None else default_delta(n_units)
     q = min(1.0, cfg.train.batch_size / n_rows)
     per_epoch = max(1, round(1.0 / q))
-    steps = per_epoch * cfg.resolved_epochs(n_rows)  # train.epochs = 0: automatic, as CADASG.prepare resolves it
+    steps = per_epoch * cfg.train.epochs
     orders = DEFAULT_RDP_ORDERS
     if p.noise_multiplier is not None:  # the order where training would stop: its last step that fits
         sigma0, fitting = p.noise_multiplier, _steps_within(p.noise_multiplier, q, steps, p.epsilon, delta)

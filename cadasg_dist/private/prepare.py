@@ -52,6 +52,7 @@ import pandas as pd
 from cadasg_dist.config import CADASGConfig
 from cadasg_dist.context.extractor import RuleContextExtractor, band_labels, period_labels
 from cadasg_dist.data.schema import (
+    DerivedColumn,
     Schema,
     declared_derived,
     output_order,
@@ -79,6 +80,7 @@ from cadasg_dist.private.releases import (
     release_group_marginals,
     release_histograms,
     released_frequencies,
+    unreleased_bounds_error,
     value_resolution,
 )
 from cadasg_dist.private.sampling import cap_units
@@ -127,9 +129,9 @@ def prepare_private(df: pd.DataFrame, cfg: CADASGConfig, *, rng: np.random.Gener
     n_units = len(frame) if units is None else int(units.max()) + 1
     k = 1 if units is None else cfg.privacy.max_rows_per_unit
     run = _Releases.start(cfg, columns, len(frame), n_units, k, rng)
-    hist_std = run.release_columns(frame, columns)
-    schema = Schema(columns=tuple(schema_column(c) for c in columns), dropped=tuple(dropped),
-                    derived=derived, order=output_order(frame, data_cfg))
+    columns, hist_std, left_out = run.release_columns(frame, columns, derived)
+    schema = Schema(columns=tuple(schema_column(c) for c in columns), dropped=(*dropped, *left_out),
+                    derived=derived, order=tuple(n for n in output_order(frame, data_cfg) if n not in left_out))
     by_name = {c.name: c for c in columns}
     extractor = private_extractor(cfg, schema, by_name)
     if cfg.target is not None and cfg.target in extractor.categorical_columns:
@@ -181,14 +183,22 @@ class _Releases:
         self.released[name] = statistics
         return sigma * sensitivity
 
-    def release_columns(self, frame: pd.DataFrame, columns: list[PrivateColumn]) -> float:
-        """Bounds where undeclared, then every column's histogram; returns the histograms' count sd."""
+    def release_columns(self, frame: pd.DataFrame, columns: list[PrivateColumn],
+                        derived: tuple[DerivedColumn, ...] = ()) -> tuple[list[PrivateColumn], float, tuple[str, ...]]:
+        """Bounds where undeclared, then every column's histogram. Returns the columns modelled, the
+        histograms' count sd and the columns left out (``privacy.unreleased_bounds: drop``)."""
         cfg, k = self.cfg, self.rows_per_unit
         need_bounds = _need_bounds(columns)
+        left_out: tuple[str, ...] = ()
         if need_bounds:
-            release_bounds(frame, need_bounds, sigma=self.plan.full_pass["preprocess/bounds"], rows_per_unit=k,
-                           rng=self.rng)
+            unreleased, std = release_bounds(frame, need_bounds, sigma=self.plan.full_pass["preprocess/bounds"],
+                                             rows_per_unit=k, rng=self.rng)
             self.record("preprocess/bounds", len(need_bounds), [f"{c.name}.bounds" for c in need_bounds])
+            left_out = settle_unreleased(cfg, [c.name for c in unreleased], std, derived)
+            columns = [c for c in columns if c.name not in left_out]
+            if not columns:
+                raise InvalidDataError("no column is left to model once the columns without released bounds "
+                                       f"are left out ({', '.join(map(repr, left_out))}); declare their bounds")
         for col in columns:
             settle_kind(col, cfg.data.max_categories)
         release_histograms(frame, columns, sigma=self.plan.full_pass["preprocess/histograms"], rows_per_unit=k,
@@ -196,7 +206,8 @@ class _Releases:
                            atom_share=cfg.data.atom_share, rng=self.rng)
         stats = [f"{c.name}.{s}" for c in columns
                  for s in ("missing", *c.fitted, *(("frequencies",) if c.histogram is not None else ()))]
-        return self.record("preprocess/histograms", len(columns), stats)  # the target's class counts among them
+        # the target's class counts among them
+        return columns, self.record("preprocess/histograms", len(columns), stats), left_out
 
     def release_marginals(self, frame: pd.DataFrame, columns: list[PrivateColumn], transformer: DataTransformer,
                           extractor: RuleContextExtractor, dims: ModelDims, encode_seed: int) -> np.ndarray | None:
@@ -224,6 +235,24 @@ class _Releases:
                 exact, sigma=self.plan.full_pass[CONTEXT_MARGINALS], rows_per_unit=k, rng=self.rng)
             self.record(CONTEXT_MARGINALS, len(exact), [f"{c}.by_context" for c in exact])
         return x
+
+
+def settle_unreleased(cfg: CADASGConfig, names: list[str], std: float,
+                      derived: tuple[DerivedColumn, ...]) -> tuple[str, ...]:
+    """The columns to leave out of the model among those whose bounds could not be released
+    (``names``): none, or an error naming every one, under ``privacy.unreleased_bounds: error``;
+    all of them, with a warning, under "drop", unless one is the target, a context column or the
+    source of a derived column. Decided from the noisy release alone: post-processing, no budget."""
+    if not names:
+        return ()
+    needed = {cfg.target, *cfg.context.columns, *(d.of for d in derived)}
+    kept = tuple(n for n in names if n in needed)
+    if cfg.privacy.unreleased_bounds == "error" or kept:
+        raise unreleased_bounds_error(names, std, kept=kept)
+    log.warning("left out of the model and the synthetic table (privacy.unreleased_bounds=drop): %s; no magnitude "
+                "bin holds enough rows to release their bounds under the noise; declare their min and max under "
+                "data.columns to model them", ", ".join(map(repr, names)))
+    return tuple(names)
 
 
 def _need_bounds(columns: list[PrivateColumn]) -> list[PrivateColumn]:

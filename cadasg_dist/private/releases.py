@@ -66,21 +66,25 @@ def _bin_edges(b: int) -> tuple[float, float, bool, bool]:
 
 
 def release_bounds(df: pd.DataFrame, columns: list[PrivateColumn], *, sigma: float, rows_per_unit: int,
-                   rng: np.random.Generator) -> None:
+                   rng: np.random.Generator) -> tuple[list[PrivateColumn], float]:
     """Gaussian release of each column's magnitude histogram; bounds = extreme bins above the
     threshold (``credible_cells``), so they are tight up to a factor 2 in magnitude (declare them
-    for better ones)."""
+    for better ones).
+
+    Returns the columns whose histogram has no bin above the threshold (their bounds stay unset; in
+    table order, all of them, so the caller reports or drops every one at once) and the noise sd of
+    each released count (public: σ, rows per unit and the number of columns)."""
     std = sigma * rows_per_unit * math.sqrt(len(columns))
     n_bins = 2 * _ZERO + 1
+    unreleased = []
     for col in columns:
         x = numeric_values(df[col.name], col.kind)
         x = x[~np.isnan(x)]
         noisy = np.bincount(_magnitude_bins(x), minlength=n_bins) + rng.normal(0.0, std, n_bins)
         hits = credible_cells(noisy, std)
         if hits.size == 0:
-            raise PrivacyBudgetError(
-                f"column {col.name!r}: no magnitude bin holds enough rows to release its bounds under the noise "
-                f"(sd {std:.1f} rows); declare data.columns.{col.name}.min and .max, or raise epsilon")
+            unreleased.append(col)
+            continue
         lo, _, lo_open, _ = _bin_edges(int(hits[0]))
         _, hi, _, hi_open = _bin_edges(int(hits[-1]))
         if col.kind in ("integer", "categorical"):
@@ -90,6 +94,25 @@ def release_bounds(df: pd.DataFrame, columns: list[PrivateColumn], *, sigma: flo
         col.lo = float(override.min) if override.min is not None else float(lo)
         col.hi = float(override.max) if override.max is not None else float(max(hi, col.lo))
         col.sources["bounds"] = "dp"
+    return unreleased, std
+
+
+def unreleased_bounds_error(names: list[str], std: float, *, kept: tuple[str, ...] = ()) -> PrivacyBudgetError:
+    """One error naming every column whose bounds could not be released and what to declare.
+
+    ``kept`` names those among them that ``privacy.unreleased_bounds: drop`` cannot leave out (the
+    target, context columns, sources of derived columns). Names and public settings only: never a
+    value read from the rows."""
+    listed = ", ".join(map(repr, names))
+    declare = ", ".join(f"data.columns.{n}.min/.max" for n in names)
+    remedy = (f"declare {declare} from the documentation (a categorical column's categories instead), "
+              "or raise epsilon")
+    if kept:
+        why = f"; {', '.join(map(repr, kept))} cannot be left out (target, context or source of a derived column)"
+    else:
+        why = ", or set privacy.unreleased_bounds: drop to leave them out of the model"
+    return PrivacyBudgetError(f"no magnitude bin holds enough rows to release the bounds of {len(names)} "
+                              f"column(s) under the noise (sd {std:.1f} rows): {listed}; {remedy}{why}")
 
 
 def _cells(col: PrivateColumn, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

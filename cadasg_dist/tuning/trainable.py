@@ -93,7 +93,8 @@ def run_trial(config: dict[str, Any], *, job: TrialJob) -> None:
     """Tune function trainable: ``tune.with_parameters(run_trial, job=job)``."""
     from ray import tune
 
-    cfg = job.config_for(config.get("params", {}))
+    # resolved here, so that automatic epochs are cut into rounds as the fit will train them
+    cfg = job.config_for(config.get("params", {})).resolved(len(job.train))
     ends = round_ends(cfg.train.epochs, job.rounds)
     try:
         train = _train_private if cfg.private else _train_local

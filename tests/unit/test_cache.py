@@ -1,8 +1,16 @@
+import dataclasses
+
 import torch
 
-from cadasg_dist.config import CacheConfig
+from cadasg_dist.config import CacheConfig, CADASGConfig
 from cadasg_dist.context import CacheStats, ContextCache, project_psd
 from cadasg_dist.context.cache import block_noise_std
+
+
+def _cache_config(**values) -> CacheConfig:
+    """A cache config outside a run: the non-private profile's values (``CADASGConfig.resolved``)
+    with ``values`` set."""
+    return dataclasses.replace(CADASGConfig().resolved().cache, **values)
 
 
 def _data(n=300, d=5, latent=3, contexts=4, seed=0):
@@ -25,7 +33,7 @@ def test_merge_is_exact():
     merged = _stats(x[:cut], zm[:cut], zv[:cut], c[:cut]) + _stats(x[cut:], zm[cut:], zv[cut:], c[cut:])
     for name, value in whole.state_dict().items():
         torch.testing.assert_close(merged.state_dict()[name], value, rtol=0, atol=1e-9)
-    cfg = CacheConfig(ema_alpha=1.0)
+    cfg = _cache_config(ema_alpha=1.0)
     a, b, ab = (ContextCache(4, 5, 3, cfg) for _ in range(3))
     a.update(_stats(x[:cut], zm[:cut], zv[:cut], c[:cut]))
     b.update(_stats(x[cut:], zm[cut:], zv[cut:], c[cut:]))
@@ -35,7 +43,7 @@ def test_merge_is_exact():
 
 def test_moments_match_numpy_per_context():
     x, zm, zv, c = _data(n=2000)
-    cache = ContextCache(4, 5, 3, CacheConfig(ema_alpha=1.0))
+    cache = ContextCache(4, 5, 3, _cache_config(ema_alpha=1.0))
     cache.update(_stats(x, zm, zv, c))
     mean, cov = cache.feature_moments()
     for k in range(4):
@@ -47,7 +55,7 @@ def test_moments_match_numpy_per_context():
 
 def test_ema_decays_old_batches():
     x, zm, zv, c = _data()
-    cache = ContextCache(4, 5, 3, CacheConfig(ema_alpha=0.9))
+    cache = ContextCache(4, 5, 3, _cache_config(ema_alpha=0.9))
     cache.update(_stats(x, zm, zv, c))
     first = cache.stats.n.clone()
     cache.update(_stats(x, zm, zv, c))
@@ -58,9 +66,9 @@ def test_ema_decays_old_batches():
 def test_noise_hook_adds_noise_only_when_asked():
     x, zm, zv, c = _data()
     s = _stats(x, zm, zv, c)
-    quiet = s.noised(CacheConfig())
+    quiet = s.noised(_cache_config())
     torch.testing.assert_close(quiet.sxx, s.sxx)
-    noisy_cfg = CacheConfig(sigma_mean=1.0, sigma_cov=1.0, sigma_latent=1.0, clip_x=2.0, clip_z=2.0)
+    noisy_cfg = _cache_config(sigma_mean=1.0, sigma_cov=1.0, sigma_latent=1.0, clip_x=2.0, clip_z=2.0)
     g = torch.Generator().manual_seed(0)
     a, b = s.noised(noisy_cfg, g), s.noised(noisy_cfg, g)
     assert not torch.equal(a.sx, b.sx)
@@ -73,7 +81,7 @@ def test_noisy_covariance_is_projected_to_psd():
     bad = torch.tensor([[[1.0, 2.0], [2.0, 1.0]]], dtype=torch.float64)  # eigenvalues 3 and -1
     fixed = project_psd(bad, 1e-6)
     assert float(torch.linalg.eigvalsh(fixed).min()) >= 1e-6 - 1e-12
-    cfg = CacheConfig(sigma_cov=50.0, clip_x=1.0, ema_alpha=1.0)
+    cfg = _cache_config(sigma_cov=50.0, clip_x=1.0, ema_alpha=1.0)
     x, zm, zv, c = _data(n=40)
     cache = ContextCache(4, 5, 3, cfg)
     cache.update(_stats(x, zm, zv, c), torch.Generator().manual_seed(1))
@@ -89,7 +97,7 @@ def test_row_contribution_is_clipped():
 
 
 def test_noise_variance_is_tracked_through_updates_merges_and_artifacts():
-    cfg = CacheConfig(ema_alpha=0.5, sigma_mean=1.0, sigma_cov=2.0, sigma_latent=3.0, clip_x=2.0, clip_z=4.0)
+    cfg = _cache_config(ema_alpha=0.5, sigma_mean=1.0, sigma_cov=2.0, sigma_latent=3.0, clip_x=2.0, clip_z=4.0)
     std = block_noise_std(cfg)  # n, sx, sxx, sz, szz, svar
     torch.testing.assert_close(std, torch.tensor([1.0, 2.0, 8.0, 12.0, 48.0, 12.0], dtype=torch.float64))
     x, zm, zv, c = _data()
@@ -99,7 +107,7 @@ def test_noise_variance_is_tracked_through_updates_merges_and_artifacts():
     cache.update(_stats(x, zm, zv, c), g, share=0.5)
     torch.testing.assert_close(cache.noise_var, std ** 2 * (0.25 + 0.5))  # decayed by alpha², plus a share
     torch.testing.assert_close(cache.merge(cache).noise_var, 2 * cache.noise_var)  # independent noises add
-    restored = ContextCache(4, 5, 3, CacheConfig())
+    restored = ContextCache(4, 5, 3, _cache_config())
     restored.load_state_dict(cache.state_dict())
     torch.testing.assert_close(restored.noise_var, cache.noise_var)
     old = {k: v for k, v in cache.state_dict().items() if k != "noise_var"}  # an artifact from before
@@ -119,7 +127,7 @@ def _rare_cell_release(seed: int, sigma: float) -> tuple[ContextCache, torch.Ten
     zm = 0.5 * torch.randn(len(cells), 3, generator=g) + (cells % 2 == 1)[:, None] * shift
     x = torch.randn(len(cells), 5, generator=g)
     stats = CacheStats.from_batch(x, zm, torch.full_like(zm, 0.1), cells, 8, clip_x=5.0, clip_z=5.0)
-    cache = ContextCache(4, 5, 3, CacheConfig(ema_alpha=1.0, sigma_mean=sigma, sigma_cov=sigma, sigma_latent=sigma,
+    cache = ContextCache(4, 5, 3, _cache_config(ema_alpha=1.0, sigma_mean=sigma, sigma_cov=sigma, sigma_latent=sigma,
                                               clip_x=5.0, clip_z=5.0), strata=2)
     cache.update(stats, g)
     return cache, shift

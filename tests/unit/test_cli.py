@@ -94,3 +94,28 @@ def test_federated_flags_and_the_flower_run_config_give_the_same_configs(monkeyp
     cfg, fed = build_configs(args)
     assert (cfg, fed) == (seen["cfg"], seen["fed"])
     assert cfg.context.columns == ("group", "site") and fed.rounds == 4 and not fed.secagg
+
+
+def test_epsilon_alone_trains_with_the_private_profile_and_a_set_value_wins(capsys, tmp_path, table):
+    import json
+
+    from cadasg_dist.config import profiles
+    from cadasg_dist.synthesizer import CADASG
+
+    declared = tmp_path / "declared.yaml"
+    declared.write_text("data:\n  columns:\n    group: {categories: [a, b, rare]}\n"
+                        "    label: {categories: ['no', 'yes']}\n    when: {kind: identifier}\n"
+                        "model: {hidden: [16], critic_hidden: [16]}\n")
+    out = tmp_path / "private"
+    # --epochs and --set model.latent_dim=32 (the non-private default's value) are the user's; the rest is auto
+    assert main(["train", str(table), "--target", "label", "--context", "group", "--out", str(out), "--config",
+                 str(declared), "--epsilon", "4", "--epochs", "1", "--set", "model.latent_dim=32"]) == 0
+    capsys.readouterr()
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["model"]["latent_dim"] == 32 and saved["train"]["epochs"] == 1
+    assert saved["train"]["batch_size"] == profiles.PRIVATE["train.batch_size"]
+    assert saved["model"]["utility_hidden"] == list(profiles.PRIVATE["model.utility_hidden"])
+    assert (saved["cache"]["clip_x"], saved["cache"]["ema_alpha"]) == (5.0, 0.99)
+    loaded = CADASG.load(out)  # the artifact holds resolved values, and loads them as they are
+    assert loaded.config.resolved(10) == loaded.config and loaded.config.model.latent_dim == 32
+    assert len(loaded.sample(20, seed=1)) == 20

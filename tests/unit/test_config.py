@@ -111,3 +111,75 @@ def test_a_key_moved_to_the_section_that_reads_it_still_loads_from_the_old_place
     assert cfg.privacy.merge_class_sds == 3.0 and "merge_class_sds" not in cfg.to_dict()["model"]
     with pytest.raises(ConfigError, match="model"):
         CADASGConfig().replace(**{"model.merge_class_sds": 1.0})  # new code writes the new place only
+
+
+# --- the defaults that depend on privacy: resolved in one place, a set value wins -------------
+
+def _profile_values(cfg: CADASGConfig) -> dict:
+    from cadasg_dist.config import profiles
+
+    plain = cfg.to_dict()
+    out = {}
+    for key in profiles.AUTO_KEYS:
+        section, name = key.split(".")
+        value = plain[section][name]
+        out[key] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def test_auto_keys_resolve_to_the_profile_of_the_run_privacy():
+    from cadasg_dist.config import profiles
+
+    plain = CADASGConfig()
+    assert set(_profile_values(plain).values()) == {None}  # auto until resolved
+    assert _profile_values(plain.resolved()) == profiles.NON_PRIVATE
+    private = plain.replace(**{"privacy.epsilon": 1.0}).resolved()
+    assert _profile_values(private) == profiles.PRIVATE
+    assert (private.model.latent_dim, private.train.batch_size, private.cache.clip_x) == (16, 1000, 5.0)
+    # automatic epochs: the step rule without privacy, a fixed count in a private run whatever the size
+    assert plain.resolved(3000).train.epochs == 300 and plain.resolved(500_000).train.epochs == 20
+    assert {private.resolved(n).train.epochs for n in (300, 3000, 500_000)} == {profiles.PRIVATE_EPOCHS}
+    assert private.resolved_epochs(3000) == profiles.PRIVATE_EPOCHS
+    assert private.resolved(3000).resolved(9) == private.resolved(3000)  # resolving twice changes nothing
+
+
+def test_a_value_set_in_python_wins_even_when_it_equals_the_other_profile():
+    from cadasg_dist.config import CacheConfig, ModelConfig, PrivacyConfig, TrainConfig
+
+    cfg = CADASGConfig(model=ModelConfig(latent_dim=32), cache=CacheConfig(clip_x=8.0),
+                       train=TrainConfig(batch_size=500, epochs=300), privacy=PrivacyConfig(epsilon=1.0)).resolved(3000)
+    assert (cfg.model.latent_dim, cfg.cache.clip_x, cfg.train.batch_size, cfg.train.epochs) == (32, 8.0, 500, 300)
+    assert cfg.model.utility_hidden == (64,) and cfg.cache.clip_z == 5.0  # the keys left unset follow the profile
+    plain = CADASGConfig(model=ModelConfig(latent_dim=16)).resolved()
+    assert plain.model.latent_dim == 16 and plain.train.batch_size == 500
+
+
+def test_a_value_set_in_yaml_or_by_set_wins_and_null_means_auto(tmp_path):
+    from cadasg_dist.config import parse_overrides
+
+    path = tmp_path / "run.yaml"
+    path.write_text("privacy: {epsilon: 1}\nmodel: {latent_dim: 32, utility_hidden: null}\ntrain: {batch_size: 500}\n")
+    cfg = CADASGConfig.from_yaml(path)
+    assert cfg.model.latent_dim == 32 and cfg.model.utility_hidden is None
+    done = cfg.resolved()
+    assert (done.model.latent_dim, done.train.batch_size, done.model.utility_hidden) == (32, 500, (64,))
+    over = parse_overrides(["cache.ema_alpha=0.95", "model.latent_dim=null", "train.epochs=7"])
+    done = cfg.replace(**over).resolved(3000)
+    assert (done.cache.ema_alpha, done.model.latent_dim, done.train.epochs) == (0.95, 16, 7)
+    assert CADASGConfig.from_dict(done.to_dict()) == done  # resolved values survive plain data
+
+
+def test_resolution_does_not_pass_over_bad_values():
+    with pytest.raises(ConfigError, match="train.batch_size must be >= 2"):
+        CADASGConfig.from_dict({"train": {"batch_size": 1}})
+    with pytest.raises(ConfigError, match="model.latent_dim must be >= 1"):
+        CADASGConfig.from_dict({"model": {"latent_dim": 0}})
+    with pytest.raises(ConfigError, match="privacy.unreleased_bounds must be one of"):
+        CADASGConfig.from_dict({"privacy": {"unreleased_bounds": "ignore"}})
+
+
+def test_old_configs_with_concrete_values_load_unchanged():
+    old = {"model": {"latent_dim": 32, "utility_hidden": [128]}, "cache": {"ema_alpha": 0.95, "clip_x": 8.0,
+           "clip_z": 8.0}, "train": {"epochs": 40, "batch_size": 500}, "privacy": {"epsilon": 3.0}}
+    cfg = CADASGConfig.from_dict(old)
+    assert cfg.resolved(3000) == cfg  # nothing left to resolve: a private run keeps them

@@ -164,3 +164,49 @@ def test_a_lone_bin_past_the_threshold_is_noise_unless_far_past_it():
     body[70:75] = 500.0
     noisy = body + rng.normal(0.0, std, size=(2_000, 150))  # 290,000 empty bins around a body
     assert all(credible_cells(row, std).tolist() == list(range(70, 75)) for row in noisy)
+
+
+def _sparse_table(n: int = 600) -> pd.DataFrame:
+    """Numeric columns too thin for a bounds release beside one that is not: 'income' and 'visits'
+    hold a value in 3 rows each (distinctive values, to show that none is ever printed)."""
+    rng = np.random.default_rng(2)
+    thin = np.full(n, np.nan)
+    df = pd.DataFrame({"group": rng.choice(["a", "b"], size=n), "label": rng.choice(["no", "yes"], size=n),
+                       "score": rng.normal(size=n), "income": thin.copy(), "visits": thin.copy()})
+    df.loc[:2, "income"] = [123457.0, 223459.0, 323461.0]
+    df.loc[:2, "visits"] = [7771.0, 7773.0, 7777.0]
+    return df
+
+
+def test_every_column_without_released_bounds_is_named_in_one_error(cfg):
+    df = _sparse_table()
+    with pytest.raises(PrivacyBudgetError) as err:
+        prepare_private(df, cfg.replace(**{"data.columns": DECLARED}), rng=_rng())
+    message = str(err.value)
+    assert "'income', 'visits'" in message and "'score'" not in message
+    assert "data.columns.income.min/.max, data.columns.visits.min/.max" in message
+    assert "privacy.unreleased_bounds: drop" in message
+    for value in (*df["income"].dropna(), *df["visits"].dropna()):  # never a value read from the rows
+        assert f"{value:g}" not in message and str(int(value)) not in message
+
+
+def test_drop_mode_leaves_those_columns_out_with_a_warning(cfg, caplog):
+    from cadasg_dist.synthesizer import CADASG
+
+    df = _sparse_table()
+    drop = cfg.replace(**{"data.columns": DECLARED, "privacy.unreleased_bounds": "drop"})
+    with caplog.at_level("WARNING", logger="cadasg_dist.private.prepare"):
+        prep = prepare_private(df, drop, rng=_rng())
+    assert "'income', 'visits'" in caplog.text and "privacy.unreleased_bounds=drop" in caplog.text
+    assert prep.schema.names == ["group", "label", "score"]
+    assert {"income", "visits"} <= set(prep.schema.dropped) and "income" not in prep.schema.output_names
+    assert prep.released["preprocess/bounds"] == ["score.bounds", "income.bounds", "visits.bounds"]  # all paid for
+    model = CADASG(drop).fit(df)
+    assert list(model.sample(30, seed=0).columns) == ["group", "label", "score"]
+
+
+def test_drop_mode_never_leaves_out_the_target_or_a_context_column(cfg):
+    df = _sparse_table().assign(label=lambda d: d["visits"])
+    drop = cfg.replace(**{"data.columns": {"group": DECLARED["group"]}, "privacy.unreleased_bounds": "drop"})
+    with pytest.raises(PrivacyBudgetError, match=r"'label', 'income'; .*; 'label' cannot be left out"):
+        prepare_private(df.drop(columns=["visits"]), drop, rng=_rng())

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from cadasg_dist.config import CacheConfig
+from cadasg_dist.config import CacheConfig, CADASGConfig
 from cadasg_dist.context.cache import CacheStats, ContextCache
 from cadasg_dist.errors import PrivacyBudgetError
 from cadasg_dist.model.losses import critic_real_loss
@@ -154,7 +154,8 @@ def test_cache_releases_differ_with_the_calibrated_std():
 
 def test_cache_without_privacy_adds_no_noise():
     stats = _cache_stats()
-    a, b = _release(stats, CacheConfig(), 1), _release(stats, CacheConfig(), 2)
+    quiet = CADASGConfig().resolved().cache  # no sigma: the non-private cache
+    a, b = _release(stats, quiet, 1), _release(stats, quiet, 2)
     for name, value in a.state_dict().items():
         torch.testing.assert_close(value, b.state_dict()[name], rtol=0, atol=0)
 

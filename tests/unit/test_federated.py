@@ -260,10 +260,9 @@ def test_secagg_packing_recovers_mean_and_sum():
     """Apply secaggplus_mod's arithmetic (weight, quantize, sum, dequantize) to packed vectors."""
     from flwr.common.secure_aggregation.quantization import dequantize, quantize
 
-    from cadasg_dist.config import CacheConfig
     from cadasg_dist.federation.config import SECAGG_QUANTIZATION
 
-    fed, cache = FederatedConfig(secagg_max_weight=1000.0), CacheConfig()
+    fed, cache = FederatedConfig(secagg_max_weight=1000.0), CADASGConfig().resolved().cache
     rng = np.random.default_rng(0)
     silos = []
     for i in range(3):
@@ -290,10 +289,9 @@ def test_secagg_packing_recovers_mean_and_sum():
 
 
 def test_secagg_pack_refuses_values_it_would_clip():
-    from cadasg_dist.config import CacheConfig
-
+    cache = CADASGConfig().resolved().cache
     with pytest.raises(InvalidDataError, match="clipping range"):
-        secagg_pack([np.full(3, 50.0)], None, 1000, FederatedConfig(secagg_max_weight=1000.0), CacheConfig())
+        secagg_pack([np.full(3, 50.0)], None, 1000, FederatedConfig(secagg_max_weight=1000.0), cache)
 
 
 def test_proximal_term_pulls_towards_global(plan):
@@ -458,3 +456,17 @@ def test_cli_writes_the_public_plan(table_path, tmp_path, capsys):
     assert rc == 0 and "3 silos" in capsys.readouterr().out
     plan = FederationPlan.from_json((tmp_path / "plan.json").read_text())
     assert plan.extractor.domain == [("a",), ("b",), ("rare",)]
+
+
+def test_the_plan_resolves_the_profile_of_the_run_not_of_its_schema_release(silo_table, tiny_config):
+    from cadasg_dist.config import profiles
+
+    fed = FederatedConfig(rounds=1, local_epochs=1, schema_epsilon=10.0, round_timeout=30.0, secagg=False)
+    auto = declared(tiny_config).replace(**{"model.latent_dim": None, "train.batch_size": None})
+    # without privacy the schema is still released at schema_epsilon, but the run is not private
+    plain = build_plan(silo_table, auto, fed).config
+    assert (plain.model.latent_dim, plain.train.batch_size, plain.cache.clip_x) == (32, 500, 8.0)
+    private = declared(auto, epsilon=20.0).replace(**{"model.latent_dim": 8})
+    cfg = build_plan(silo_table, private, fed).config
+    assert (cfg.model.latent_dim, cfg.train.batch_size) == (8, profiles.PRIVATE["train.batch_size"])
+    assert (cfg.cache.clip_x, cfg.cache.ema_alpha) == (5.0, 0.99)

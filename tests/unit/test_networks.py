@@ -39,7 +39,7 @@ def test_decoder_reads_the_stratum_and_old_dims_load_without_it():
     cond = dims.condition(onehot, torch.tensor([2, 7]))
     assert torch.equal(cond[:, 3:].argmax(1), torch.tensor([2, 7])) and torch.equal(cond[:, :3], onehot)
     torch.manual_seed(0)
-    nets = CADASGNetworks(dims, ModelConfig(latent_dim=4, hidden=(16,)))
+    nets = CADASGNetworks(dims, ModelConfig(latent_dim=4, hidden=(16,), utility_hidden=(16,)))
     z = torch.zeros(2, 4)
     out = nets.decoder(z, cond)
     assert not torch.allclose(out[0], out[1])  # same z and context, another stratum: another row

@@ -3,11 +3,20 @@ with exactly the calibrated noise. No Ray: the all-reduce is a sum of the worker
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
-from cadasg_dist.config import CacheConfig
+from cadasg_dist.config import CacheConfig, CADASGConfig
 from cadasg_dist.context import CacheStats, ContextCache
 from cadasg_dist.distributed.sync import Collectives, ShardCache
+
+
+def _cache_config(**values) -> CacheConfig:
+    """A cache config outside a run: the non-private profile's values (``CADASGConfig.resolved``)
+    with ``values`` set."""
+    return dataclasses.replace(CADASGConfig().resolved().cache, **values)
+
 
 C, D, L = 4, 5, 3
 
@@ -32,7 +41,7 @@ def _assert_same(a: CacheStats, b: CacheStats, atol: float = 1e-9) -> None:
 
 def test_merged_cache_equals_the_single_worker_cache_without_noise():
     # Prepare: worker 0 owns contexts {0, 1}, worker 1 owns {2, 3}; one cache sees both per step.
-    cfg = CacheConfig(ema_alpha=0.95)
+    cfg = _cache_config(ema_alpha=0.95)
     single = ContextCache(C, D, L, cfg)
     workers = [ShardCache(C, D, L, cfg, world_size=2) for _ in range(2)]
     # Execute: 7 steps, merging every 3 (and at the end), as the worker loop does.
@@ -52,7 +61,7 @@ def test_merged_cache_equals_the_single_worker_cache_without_noise():
 
 
 def test_training_view_between_merges_holds_own_updates_only_when_not_private():
-    cfg = CacheConfig(ema_alpha=0.9)
+    cfg = _cache_config(ema_alpha=0.9)
     open_, private = ShardCache(C, D, L, cfg, world_size=2), ShardCache(C, D, L, cfg, world_size=2, private=True)
     for w in (open_, private):
         w.update(_batch(0, [0, 1]))
@@ -64,7 +73,7 @@ def test_training_view_between_merges_holds_own_updates_only_when_not_private():
 
 
 def test_one_worker_shard_cache_is_the_engine_cache():
-    cfg = CacheConfig(ema_alpha=0.95, sigma_mean=0.5, sigma_cov=0.5, sigma_latent=0.5)
+    cfg = _cache_config(ema_alpha=0.95, sigma_mean=0.5, sigma_cov=0.5, sigma_latent=0.5)
     plain, shard = ContextCache(C, D, L, cfg), ShardCache(C, D, L, cfg, world_size=1)
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     for step in range(5):
@@ -77,7 +86,7 @@ def test_one_worker_shard_cache_is_the_engine_cache():
 def test_each_worker_adds_a_share_and_the_merge_carries_the_calibrated_noise():
     # Prepare: the Gaussian mechanism on n has std sigma_mean; 2 workers, 1000 independent merges.
     sigma, trials = 2.0, 1000
-    cfg = CacheConfig(ema_alpha=1.0, sigma_mean=sigma, sigma_cov=sigma, sigma_latent=sigma)
+    cfg = _cache_config(ema_alpha=1.0, sigma_mean=sigma, sigma_cov=sigma, sigma_latent=sigma)
     mine = [_batch(0, [0, 1]), _batch(1, [2, 3])]
     exact = mine[0] + mine[1]
     g = [torch.Generator().manual_seed(100), torch.Generator().manual_seed(200)]
@@ -103,7 +112,7 @@ def test_each_worker_adds_a_share_and_the_merge_carries_the_calibrated_noise():
 
 
 def test_noise_variance_follows_the_decays_between_merges():
-    cfg = CacheConfig(ema_alpha=0.9, sigma_mean=1.0, sigma_cov=1.0, sigma_latent=1.0)
+    cfg = _cache_config(ema_alpha=0.9, sigma_mean=1.0, sigma_cov=1.0, sigma_latent=1.0)
     single = ContextCache(C, D, L, cfg)
     workers = [ShardCache(C, D, L, cfg, world_size=2, private=True) for _ in range(2)]
     for step in range(1, 6):
