@@ -1,5 +1,6 @@
 """cluster/: the launcher config passes Ray's own schema; the KubeRay manifests and the local script
-parse and hold what the cluster guide (docs/guides/cluster.md) promises (token authentication everywhere, no public endpoint)."""
+parse and hold what the cluster guide (docs/guides/cluster.md) promises (token authentication
+everywhere, no public endpoint)."""
 
 from __future__ import annotations
 
