@@ -168,8 +168,9 @@ class CADASG:
         else:
             state, cache = fit_local(cfg, p.x, p.ids, p.dims, progress)
             ledger = PrivacyLedger.non_private()
+        rows = len(p.x) if p.private is None else int(p.private.plan.n_rows)  # private: the released count
         return self.assemble(state.nets, cache, state.history, ledger=ledger, seconds=time.perf_counter() - start,
-                             rows=len(p.x), privacy=None if state.dp is None else state.dp.report())
+                             rows=rows, privacy=None if state.dp is None else state.dp.report())
 
     def assemble(self, nets: CADASGNetworks, cache: ContextCache, history: list[dict[str, float]], *,
                  ledger: PrivacyLedger, seconds: float, rows: int, privacy: dict[str, Any] | None = None) -> CADASG:

@@ -229,8 +229,8 @@ class PrivacyConfig:
     # table, with a warning naming them (the target, a context column or a derived column's source
     # still stops the run). Decided from the noisy release alone, so either keeps the guarantee.
     unreleased_bounds: Literal["error", "drop"] = "error"
-    # Budget split (docs/concepts/privacy.md): shares of the Renyi-DP budget, at the order that sets epsilon,
-    # given to the one-pass releases; DP-SGD training gets the rest.
+    # Budget split (docs/concepts/privacy.md): shares of the Renyi-DP budget, at the order that sets
+    # epsilon, given to the one-pass releases; DP-SGD training gets the rest.
     preprocessing_share: float = 0.1
     # Share of the budget given to the cache's final pass over the whole table.
     final_cache_share: float = 0.1
@@ -239,6 +239,10 @@ class PrivacyConfig:
     class_marginals_share: float = 0.1
     # The per-context histograms of model.calibrate_contexts (one release; none when it is off).
     context_marginals_share: float = 0.1
+    # The released row and unit count (preprocess/count), from which q, delta, the class merging and
+    # the artifact's row count follow: a share of the zero-concentrated budget that (epsilon, 1e-5)
+    # gives, fixed from epsilon alone (about 49 units of noise at epsilon 1, 17 at 3).
+    count_share: float = 0.01
     # Relative weights of the releases that share one training step's Poisson batch (exact shares
     # of the step's 1/sigma^2): each critic step, the utility predictor, encoder+decoder, the cache.
     weight_critic: float = 1.0
@@ -279,6 +283,7 @@ class PrivacyConfig:
                  self.context_marginals_share)
         checks = [
             (self.max_rows_per_unit >= 1, f"privacy.max_rows_per_unit must be >= 1, got {self.max_rows_per_unit}"),
+            (0 < self.count_share < 1, f"privacy.count_share must be in (0, 1), got {self.count_share}"),
             (all(0 < x < 1 for x in parts) and sum(parts) < 1,
              "privacy.preprocessing_share, final_cache_share, class_marginals_share and context_marginals_share "
              f"must be in (0, 1) with a sum below 1, got {', '.join(f'{x:g}' for x in parts)}"),

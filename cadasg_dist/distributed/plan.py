@@ -134,10 +134,13 @@ class ShardPlan:
                    tuple(tuple(Piece(int(w), int(r)) for w, r in parts) for parts in d["pieces"]))
 
     def public_summary(self) -> dict[str, Any]:
-        """What a private model may store: the plan's shape, no count."""
-        return {"num_workers": self.num_workers, "contexts": len(self.counts),
-                "contexts_per_worker": [len(self.contexts_of(w)) for w in range(self.num_workers)],
-                "split_contexts": len(self.split_contexts)}
+        """What a private model may store: workers and contexts, nothing that depends on the counts
+        (which contexts share a worker or are split does)."""
+        return {"num_workers": self.num_workers, "contexts": len(self.counts)}
+
+    def describe_shape(self) -> str:
+        """The plan as a private run may show it: ``public_summary`` as one line."""
+        return f"shard plan: {len(self.counts)} contexts over {self.num_workers} workers (counts withheld: private run)"
 
 
 def row_uniforms(batch: pd.DataFrame) -> np.ndarray:

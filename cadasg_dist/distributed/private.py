@@ -118,6 +118,7 @@ class ShardPrivacy:
         self.plan = (BudgetPlan.from_dict(plan) if plan is not None else
                      plan_budget(cfg, n_rows=n_rows, n_units=n_rows, has_utility=has_utility, spent=spent.mechanisms))
         self.run_cfg, final_cache = private_configs(cfg, self.plan, 1)
+        n_rows = self.plan.n_rows or n_rows  # the driver's plan holds the released count
         self.dp = ShardedDPState(self.run_cfg, self.plan, spent, n_rows=n_rows, world=world, comm=comm,
                                  has_utility=has_utility, strata=dims.strata, n_cells=dims.contexts * dims.strata,
                                  final_cache=final_cache)

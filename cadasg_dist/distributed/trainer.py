@@ -68,7 +68,7 @@ def fit_distributed(model: CADASG, data: str | Path | pd.DataFrame, *, context: 
     sample, total = preparation_sample(ds, prepare_rows, seed=cfg.train.seed)
     if cfg.private and len(sample) < total:
         raise ConfigError(f"private distributed training releases its preprocessing statistics from the whole "
-                          f"table in the driver, which reads at most {prepare_rows} rows; this table has {total}")
+                          f"table in the driver, which reads at most {prepare_rows} rows; this table has more")
     # the profile's defaults; automatic epochs count the whole table, not the driver's sample
     model.config = cfg = cfg.resolved(total)
     prepared = model.prepare(sample)
@@ -78,14 +78,11 @@ def fit_distributed(model: CADASG, data: str | Path | pd.DataFrame, *, context: 
         import ray.data
 
         prep = prepared.private
-        ds, total, ledger = ray.data.from_pandas(prep.frame), len(prep.frame), prep.ledger.state_dict()
-        budget = prep.plan.to_dict()
-    counts = (np.bincount(ids, minlength=dims.contexts) if len(sample) == total
-              else context_counts(ds, model.schema, model.extractor.to_dict()))
-    plan = make_plan(counts, 1 if local_mode else cfg.distributed.num_workers)
-    check_plan(plan, cfg.train.batch_size)
-    labels = [", ".join(f"{k}={v}" for k, v in model.extractor.describe(c).items()) for c in range(dims.contexts)]
-    text = plan.describe(labels)
+        ds, ledger, budget = ray.data.from_pandas(prep.frame), prep.ledger.state_dict(), prep.plan.to_dict()
+    plan, text = shard_plan(model, ids, ds if len(sample) < total and not cfg.private else None,
+                            1 if local_mode else cfg.distributed.num_workers)
+    if cfg.private:
+        total = int(prepared.private.plan.n_rows)  # the released count: the exact one stays in the run
     log.info("%s", text)
     if on_plan is not None:
         on_plan(text)
@@ -107,6 +104,24 @@ def fit_distributed(model: CADASG, data: str | Path | pd.DataFrame, *, context: 
     return model
 
 
+def shard_plan(model: CADASG, ids: np.ndarray, ds: Any, workers: int) -> tuple[ShardPlan, str]:
+    """The shard plan over the prepared contexts (counted from ``ids``, or from ``ds`` when the driver
+    read a sample only) and its text for the run's output.
+
+    The plan places rows on workers by their exact context counts. In a private run it stays inside
+    the run (the union of the shards is the table, so the releases do not depend on it): only its
+    shape is shown or kept."""
+    cfg, n_contexts = model.config, model.extractor.n_contexts
+    counts = np.bincount(ids, minlength=n_contexts) if ds is None else context_counts(
+        ds, model.schema, model.extractor.to_dict())
+    plan = make_plan(counts, workers)
+    check_plan(plan, cfg.train.batch_size, private=cfg.private)
+    if cfg.private:
+        return plan, plan.describe_shape()
+    labels = [", ".join(f"{k}={v}" for k, v in model.extractor.describe(c).items()) for c in range(n_contexts)]
+    return plan, plan.describe(labels)
+
+
 def ensure_ray(address: str | None) -> None:
     """Join ``address`` ("auto", "ray://HOST:PORT") or start a local Ray, unless one is running."""
     import ray
@@ -122,10 +137,14 @@ def ensure_ray(address: str | None) -> None:
     ray.init(**kwargs)
 
 
-def check_plan(plan: ShardPlan, batch_size: int) -> None:
-    """Every worker must have at least two rows for each step of an epoch."""
+def check_plan(plan: ShardPlan, batch_size: int, *, private: bool = False) -> None:
+    """Every worker must have at least two rows for each step of an epoch (a private run's message
+    names no count: the loads are exact)."""
     steps = math.ceil(plan.total / batch_size)
     smallest = min(plan.loads)
+    if smallest < 2 * steps and private:
+        raise ConfigError(f"with {plan.num_workers} workers a worker gets too few rows for the steps of an epoch; "
+                          f"use fewer workers or a larger train.batch_size (now {batch_size})")
     if smallest < 2 * steps:
         raise ConfigError(f"with {plan.num_workers} workers a worker gets {smallest} rows for {steps} steps per epoch; "
                           f"use fewer workers or a larger train.batch_size (now {batch_size})")

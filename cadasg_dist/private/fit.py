@@ -75,7 +75,9 @@ def fit_private(config: CADASGConfig, x: np.ndarray, context: np.ndarray, dims: 
     run_cfg, final_cache = private_configs(cfg, plan, rows_per_unit)
     state = TrainState.create(dims, run_cfg)
     cache = new_cache(dims, run_cfg)
-    dp = DPState(run_cfg, plan, ledger, n_units=n_units, has_utility=has_utility, strata=dims.strata,
+    # the DP step divides by the expected batch q·n with the plan's n: the released count in a run
+    # prepared by prepare_private, never the exact one
+    dp = DPState(run_cfg, plan, ledger, n_units=plan.n_units, has_utility=has_utility, strata=dims.strata,
                  n_cells=cache.n_cells, final_cache=final_cache)
     state.generator.manual_seed(entropy.secret_seed())  # it draws the cache's noise
     dp.attach(state)

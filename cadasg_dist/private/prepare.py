@@ -62,8 +62,8 @@ from cadasg_dist.errors import ConfigError, InvalidDataError
 from cadasg_dist.model.histograms import class_counts, context_counts
 from cadasg_dist.model.networks import ModelDims, class_groups, model_dims
 from cadasg_dist.privacy import entropy
-from cadasg_dist.privacy.ledger import PrivacyLedger
-from cadasg_dist.private.budget import CLASS_MARGINALS, CONTEXT_MARGINALS, BudgetPlan, plan_budget
+from cadasg_dist.privacy.ledger import Mechanism, PrivacyLedger
+from cadasg_dist.private.budget import CLASS_MARGINALS, CONTEXT_MARGINALS, COUNT, BudgetPlan, count_sigma, plan_budget
 from cadasg_dist.private.columns import (
     NUMERIC,
     PrivateColumn,
@@ -77,6 +77,7 @@ from cadasg_dist.private.columns import (
 )
 from cadasg_dist.private.releases import (
     release_bounds,
+    release_count,
     release_group_marginals,
     release_histograms,
     released_frequencies,
@@ -126,9 +127,9 @@ def prepare_private(df: pd.DataFrame, cfg: CADASGConfig, *, rng: np.random.Gener
     derived = declared_derived(frame, data_cfg)
     check_declarations(columns, cfg)
     frame = conform_categories(frame, columns)  # a value outside a declared set: missing, never echoed
-    n_units = len(frame) if units is None else int(units.max()) + 1
     k = 1 if units is None else cfg.privacy.max_rows_per_unit
-    run = _Releases.start(cfg, columns, len(frame), n_units, k, rng)
+    # the exact size is read by the count release alone; everything after uses run.n_rows / n_units
+    run = _Releases.start(cfg, columns, len(frame), None if units is None else int(units.max()) + 1, k, rng)
     columns, hist_std, left_out = run.release_columns(frame, columns, derived)
     schema = Schema(columns=tuple(schema_column(c) for c in columns), dropped=(*dropped, *left_out),
                     derived=derived, order=tuple(n for n in output_order(frame, data_cfg) if n not in left_out))
@@ -141,12 +142,12 @@ def prepare_private(df: pd.DataFrame, cfg: CADASGConfig, *, rng: np.random.Gener
     encode_seed = int(rng.integers(2**62))
     groups = None
     if cfg.target is not None and merge_classes:
-        groups = target_class_groups(transformer.transforms.get(cfg.target), extractor.n_contexts, len(frame),
+        groups = target_class_groups(transformer.transforms.get(cfg.target), extractor.n_contexts, run.n_rows,
                                      cfg.privacy.merge_class_sds * hist_std)
     dims = model_dims(transformer.output_dim, transformer.spans, extractor.n_contexts, cfg.target, cfg.model,
                       None if groups is None else tuple(groups))
     x = run.release_marginals(frame, columns, transformer, extractor, dims, encode_seed)
-    plan = plan_budget(cfg, n_rows=len(frame), n_units=n_units, has_utility=bool(dims.target_spans),
+    plan = plan_budget(cfg, n_rows=run.n_rows, n_units=run.n_units, has_utility=bool(dims.target_spans),
                        spent=run.ledger.mechanisms)
     return PrivatePreparation(schema, extractor, transformer, frame, units, encode_seed, run.ledger, dims, plan,
                               run.released, x)
@@ -162,19 +163,28 @@ class _Releases:
     ledger: PrivacyLedger
     rows_per_unit: int
     rng: np.random.Generator
+    n_rows: int  # released (noisy) counts: the only size anything after the count release reads
+    n_units: int
     released: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, cfg: CADASGConfig, columns: list[PrivateColumn], n_rows: int, n_units: int, rows_per_unit: int,
-             rng: np.random.Generator) -> _Releases:
+    def start(cls, cfg: CADASGConfig, columns: list[PrivateColumn], n_rows: int, n_units: int | None,
+              rows_per_unit: int, rng: np.random.Generator) -> _Releases:
+        """Release the table's size first (its noise is fixed from ε alone), then plan the other
+        releases' shares on the released size. ``n_units`` None: one row per unit."""
+        sigma = count_sigma(cfg.privacy.epsilon, cfg.privacy.count_share)
+        rows, units, sensitivity = release_count(n_rows, n_units, sigma=sigma, rows_per_unit=rows_per_unit, rng=rng)
+        count = Mechanism(name=COUNT, noise_multiplier=sigma, sample_rate=1.0, sensitivity=sensitivity)
         # The class histograms are planned whenever the target may give classes (known once the
         # target's own release is in); a share planned but not spent goes to training.
         names = ((["preprocess/bounds"] if _need_bounds(columns) else []) + ["preprocess/histograms"]
                  + ([CLASS_MARGINALS] if cfg.target is not None and cfg.class_calibration else [])
                  + ([CONTEXT_MARGINALS] if cfg.context_calibration else []))
-        plan = plan_budget(cfg, n_rows=n_rows, n_units=n_units, has_utility=cfg.target is not None,
-                           preprocessing=names)
-        return cls(cfg, plan, PrivacyLedger(delta=plan.delta), rows_per_unit, rng)
+        plan = plan_budget(cfg, n_rows=rows, n_units=units, has_utility=cfg.target is not None,
+                           preprocessing=names, spent=[count])
+        ledger = PrivacyLedger(delta=plan.delta)
+        ledger.record(name=COUNT, noise_multiplier=sigma, sample_rate=1.0, sensitivity=sensitivity)
+        return cls(cfg, plan, ledger, rows_per_unit, rng, rows, units, {COUNT: ["rows", "units"]})
 
     def record(self, name: str, count: int, statistics: list[str]) -> float:
         """Record release ``name`` over ``count`` histograms; returns the sd of each released count."""

@@ -249,3 +249,22 @@ def _extend(mass: np.ndarray, end: int, step: int) -> int:
             gap += 1
         i += step
     return end
+
+
+def release_count(n_rows: int, n_units: int | None, *, sigma: float, rows_per_unit: int,
+                  rng: np.random.Generator) -> tuple[int, int, float]:
+    """The table's size as a Gaussian release: (released rows, released units, L2 sensitivity).
+
+    Row-level privacy (``n_units`` None): one count, sensitivity 1. Unit-level: the vector
+    (units, rows / k), which one unit moves by at most (1, 1), so sensitivity sqrt(2). Rounded and
+    at least 1: post-processing. Neither the exact count nor anything computed from it without
+    noise may leave the run; q, δ and every other use of the size read these released values.
+    """
+    if n_units is None:
+        noisy = float(n_rows + rng.normal(0.0, sigma))
+        released = max(1, int(round(noisy)))
+        return released, released, 1.0
+    sensitivity = math.sqrt(2.0)
+    units = float(n_units + rng.normal(0.0, sigma * sensitivity))
+    rows = rows_per_unit * float(n_rows / rows_per_unit + rng.normal(0.0, sigma * sensitivity))
+    return max(1, int(round(rows))), max(1, int(round(units))), sensitivity

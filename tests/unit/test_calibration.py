@@ -226,7 +226,11 @@ def test_private_class_histograms_are_one_charged_release_with_the_stated_noise(
     assert set(prep.released["preprocess/class_marginals"]) == {f"{c}.by_label" for c in release["counts"]}
     # repeated releases on the same rows differ with the stated sd (the flag column's exact counts
     # are the same in every run; a run whose noisy release found missing values adds a slot after them)
-    cells = np.array([np.array(p.transformer.class_marginals["counts"]["flag"])[:, :2] for p in noisy]).reshape(30, -1)
+    # (a run whose noisy release gave the target a missing slot has a third stratum: left out here)
+    same = [p for p in noisy if p.dims.strata == 2]
+    assert len(same) >= 25
+    cells = np.array([np.array(p.transformer.class_marginals["counts"]["flag"])[:, :2] for p in same])
+    cells = cells.reshape(len(same), -1)
     assert np.std(cells, axis=0).mean() == pytest.approx(release["std"], rel=0.3)
     # switched off: no release, no charge
     off = prepare_private(mixed_table, cfg.replace(**{"model.calibrate_classes": False}), rng=np.random.default_rng(0))

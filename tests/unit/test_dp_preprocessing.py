@@ -42,7 +42,7 @@ def test_declared_mode_lists_every_undeclared_bound(mixed_table, cfg):
 
 def test_dp_mode_pays_for_every_statistic_it_reads(prepared):
     names = [m.name for m in prepared.ledger.mechanisms]
-    assert names == ["preprocess/bounds", "preprocess/histograms"]
+    assert names == ["preprocess/count", "preprocess/bounds", "preprocess/histograms"]
     assert prepared.schema.private_statistics() == []
     for col in prepared.schema.columns:
         assert set(col.sources.values()) <= {"declared", "dp"}, col
@@ -58,7 +58,7 @@ def test_fully_declared_bounds_skip_the_bounds_release(mixed_table, cfg):
                "score": {"min": -10, "max": 10}, "level": {"min": 1, "max": 3},
                "when": {"min": 1.5e9, "max": 1.7e9}}
     prep = prepare_private(mixed_table, cfg.replace(**{"data.columns": columns}), rng=_rng())
-    assert [m.name for m in prep.ledger.mechanisms] == ["preprocess/histograms"]
+    assert [m.name for m in prep.ledger.mechanisms] == ["preprocess/count", "preprocess/histograms"]
     assert prep.schema["amount"].min == 0 and prep.schema["amount"].max == 5000
 
 

@@ -58,11 +58,12 @@ def test_epsilon_recomputed_from_the_artifact_equals_training(private_model, tmp
 
 def test_ledger_lists_every_mechanism(private_model):
     names = [m.name for m in private_model.ledger.mechanisms]
-    assert names == ["preprocess/bounds", "preprocess/histograms",
+    assert names == ["preprocess/count", "preprocess/bounds", "preprocess/histograms",
                      "train_step[dpsgd/critic,dpsgd/utility,dpsgd/vae,cache/ema]", "cache/final"]
-    step = private_model.ledger.mechanisms[2]
+    step = private_model.ledger.mechanisms[3]
     report = private_model.meta["privacy"]
-    assert step.steps == report["steps_taken"] and step.sample_rate == pytest.approx(128 / 600)
+    released = private_model.meta["training_rows"]  # q follows the released count, not the exact 600
+    assert step.steps == report["steps_taken"] and step.sample_rate == pytest.approx(128 / released)
     parts = report["noise_multipliers"]
     # the parts of a step compose to its recorded multiplier: σ_step⁻² = Σ σ_i⁻²
     inverse = sum(parts[n] ** -2 for n in ("dpsgd/critic", "dpsgd/utility", "dpsgd/vae", "cache/ema"))
@@ -86,7 +87,8 @@ def test_training_stops_before_the_budget(mixed_table, private_config, caplog):
     assert len(model.history) < 20
     assert model.ledger.epsilon() <= 3.0
     assert model.ledger.mechanisms[-1].name == "cache/final"  # the reserved final pass still happened
-    one_more = [m.history_entry() for m in model.ledger.mechanisms] + [(2.0, 128 / 600, 1)]
+    q = next(m for m in model.ledger.mechanisms if m.name.startswith("train_step")).sample_rate
+    one_more = [m.history_entry() for m in model.ledger.mechanisms] + [(2.0, q, 1)]
     assert epsilon_from_history(one_more, delta=model.ledger.delta) > 3.0  # stopped at the last step that fit
 
 
@@ -244,15 +246,19 @@ def test_privacy_unit_caps_rows_and_accounts_per_unit(mixed_table, private_confi
     df["person"] = np.arange(len(df)) // 10  # 60 persons of 10 rows each
     cfg = private_config.replace(**{"privacy.unit": "person", "privacy.max_rows_per_unit": 3,
                                     "privacy.epsilon": 8.0, "train.batch_size": 60, "data.columns": BOUNDED})
+    assert len(CADASG(cfg).prepare(df).x) == 180  # 3 rows kept of each person's 10
     model = CADASG(cfg).fit(df)
-    assert model.meta["training_rows"] == 180
+    count = next(m for m in model.ledger.mechanisms if m.name == "preprocess/count")
+    sd = count.noise_multiplier * count.sensitivity * 3  # the released rows: (units, rows / k) scaled back by k
+    assert model.meta["training_rows"] != 180 and abs(model.meta["training_rows"] - 180) < 5 * sd  # released
     assert "person" in model.schema.dropped and "person" not in model.sample(20).columns
     histograms = next(m for m in model.ledger.mechanisms if m.name == "preprocess/histograms")
     assert histograms.sensitivity == pytest.approx(3 * math.sqrt(len(model.schema.columns)))
     step = next(m for m in model.ledger.mechanisms if m.name.startswith("train_step"))
-    assert step.sample_rate == pytest.approx(60 / 180)  # expected rows per batch / rows; units sampled at q
+    rows, units = model.meta["training_rows"], model.meta["privacy"]["expected_units_per_step"] / step.sample_rate
+    assert step.sample_rate == pytest.approx(60 / rows)  # expected rows per batch / released rows; units at q
     assert model.ledger.epsilon() <= 8.0
-    assert model.meta["privacy"]["expected_units_per_step"] == pytest.approx(60 / 180 * 60)
+    assert units != 60 and abs(units - 60) < 5 * count.noise_multiplier * count.sensitivity  # the released units
 
 
 def test_units_over_the_cap_are_refused(mixed_table, private_config):

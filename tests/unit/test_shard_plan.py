@@ -100,8 +100,8 @@ def test_plan_round_trips_and_describes_itself():
     assert "split a=1 (900 rows)" in text and "worker 1" in text
     # Context 0 fills worker 0 to the even share (500) and sends 400 rows to worker 1, which then
     # takes the three small contexts whole.
-    assert plan.public_summary() == {"num_workers": 2, "contexts": 4, "contexts_per_worker": [1, 4],
-                                     "split_contexts": 1}
+    assert plan.public_summary() == {"num_workers": 2, "contexts": 4}  # which contexts split depends on counts
+    assert "rows" not in plan.describe_shape() and "2 workers" in plan.describe_shape()
 
 
 def test_bad_inputs_raise_clear_errors():
