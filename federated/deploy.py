@@ -1,12 +1,16 @@
 """Deployment mode on one machine: a SuperLink and one SuperNode per silo as real processes, TLS on.
 
     python federated/deploy.py DATA --silo-column COL --config FILE --out DIR [--rounds R]
+    python federated/deploy.py DATA --silo-column COL --silos NAME,NAME --config FILE --out DIR
     python federated/deploy.py --silos DIR_OF_FILES --config FILE --out DIR
 
 What it does (docs/guides/federated.md has the same recipe as shell commands):
 
 1. generates a CA and a server certificate for 127.0.0.1/localhost (``WORKDIR/certs``);
-2. gives each silo its own file (``WORKDIR/silos/NAME.parquet``, or the files of ``--silos``);
+2. gives each silo its own file (``WORKDIR/silos/NAME.parquet``, or the files of ``--silos DIR``):
+   a table split by a column gets one file per DECLARED silo (``--silos NAME,...`` or the
+   column's ``data.columns.COL.categories``; a private run refuses without them), an empty one
+   for a silo without rows, and rows of an undeclared silo go nowhere (as ``cadasg federated``);
 3. builds the public federation plan (``WORKDIR/plan.json``; see cadasg_dist/federation/plan.py
    for what it reads and its privacy caveat);
 4. starts ``flower-superlink`` with ``--ssl-ca-certfile/--ssl-certfile/--ssl-keyfile`` on an
@@ -74,20 +78,23 @@ def generate_certificates(out: Path) -> tuple[Path, Path, Path]:
 
 
 def silo_files(args: argparse.Namespace, workdir: Path) -> list[tuple[str, Path]]:
-    """(name, file) per silo; a table split by a column is written out one file per silo."""
-    from cadasg_dist.data.io import read_table
+    """(name, file) per silo; a table split by a column is written out one file per silo, named
+    by the declaration exactly as ``cadasg federated`` names its simulated silos."""
+    from cadasg_dist.cli.federated import build_configs
+    from cadasg_dist.federation.simulation import silo_rows, silo_sources
 
-    if args.silos:
+    if not args.silo_column:
         files = sorted(p for p in Path(args.silos).iterdir() if p.suffix.lower() in (".csv", ".parquet"))
         return [(p.stem, p.resolve()) for p in files]
-    df = read_table(args.data)
+    cfg, _ = build_configs(args)
+    sources, df = silo_sources(args.data, args.silo_column, args.silos, cfg)  # refuses undeclared private silos
     out = workdir / "silos"
     out.mkdir(parents=True, exist_ok=True)
     silos = []
-    for value in sorted(df[args.silo_column].astype(str).unique()):
-        path = out / f"{value}.parquet"
-        df[df[args.silo_column].astype(str) == value].reset_index(drop=True).to_parquet(path)
-        silos.append((value, path))
+    for source in sources:
+        path = out / f"{source['name']}.parquet"
+        df[silo_rows(df[args.silo_column], [source["value"]])].reset_index(drop=True).to_parquet(path)
+        silos.append((source["name"], path))
     return silos
 
 
@@ -96,7 +103,7 @@ def build_plan_file(args: argparse.Namespace, silos: list[tuple[str, Path]], wor
     from cadasg_dist.federation.simulation import prepare_run
 
     cfg, fed = build_configs(args)
-    settings = prepare_run(cfg, fed, silos_dir=silos[0][1].parent)
+    settings = prepare_run(cfg, fed, silos=silos[0][1].parent)
     path = workdir / "plan.json"
     path.write_text(settings.plan.to_json())
     return path
@@ -221,10 +228,11 @@ def deploy(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", nargs="?")
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--silo-column")
-    where.add_argument("--silos", metavar="DIR")
+    p.add_argument("--silo-column", help="split DATA into silos by this column (names: --silos or its declared "
+                                         "categories)")
+    p.add_argument("--silos", metavar="DIR|NAMES", help="one file per silo; with --silo-column, the silos' names")
     p.add_argument("--config", help="YAML run config (with its federated: section)")
+    p.add_argument("--codebook", help="confirmed codebook (cadasg schema): declared kinds, categories, bounds")
     p.add_argument("--out", required=True)
     p.add_argument("--rounds", type=int)
     p.add_argument("--secagg", dest="secagg", action="store_true", default=None)
@@ -242,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     args.set = [f"federated.inject_failure={args.inject_failure}"] if args.inject_failure else []
     if args.silo_column and not args.data:
         p.error("--silo-column needs DATA")
+    if not args.silo_column and not args.silos:
+        p.error("give DATA --silo-column COL, or --silos DIR")
     return deploy(args)
 
 

@@ -1,10 +1,14 @@
 """``cadasg federated``: train across institution silos on the Flower simulation engine.
 
     cadasg federated DATA --silo-column COL --target COL --context COLS --rounds R --out DIR
+    cadasg federated DATA --silo-column COL --silos NAME,NAME,... --epsilon 1 --config FILE --out DIR
     cadasg federated --silos DIR_OF_FILES --target COL --context COLS --rounds R --out DIR
     cadasg federated DATA --silo-column COL --config FILE --write-plan plan.json   # for deployment
 
-One simulated client per silo; a silo reads only its own rows. Flags parse into ``CADASGConfig``
+One simulated client per silo; a silo reads only its own rows. The silos of a table split by a
+column are named by a declaration, never by the data: ``--silos NAME,...`` or the column's declared
+category set (``data.columns.COL.categories``); a private run without either is refused before any
+row is read. Flags parse into ``CADASGConfig``
 and ``FederatedConfig`` (the ``federated:`` section of ``--config``); a flag left out keeps the
 config's value or the dataclass default. See docs/guides/federated.md.
 """
@@ -26,13 +30,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("federated", help="train across silos with Flower (simulation engine)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", nargs="?", help="table to split into silos by --silo-column")
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--silo-column", help="column whose values are the silos (e.g. region)")
-    where.add_argument("--silos", metavar="DIR", help="directory with one .csv/.parquet file per silo")
+    p.add_argument("--silo-column", help="column whose values are the silos (e.g. region); the silo names come from "
+                                         "--silos NAME,... or data.columns.COL.categories")
+    p.add_argument("--silos", metavar="DIR|NAMES", help="directory with one .csv/.parquet file per silo; with "
+                                                        "--silo-column, the silos' names (comma-separated)")
     p.add_argument("--target", help="target column")
     p.add_argument("--context", help="context column(s), comma-separated")
     p.add_argument("--out", help="model directory to write")
     p.add_argument("--config", help="YAML run config; its federated: section sets the federation")
+    p.add_argument("--codebook", metavar="FILE", help="confirmed codebook (cadasg schema): column kinds, categories "
+                                                      "(the silo column's too) and bounds, declared public")
     p.add_argument("--rounds", type=int, help="federated rounds")
     p.add_argument("--local-epochs", type=int, help="local epochs per round")
     p.add_argument("--strategy", choices=("fedavg", "fedprox"), help="server aggregation")
@@ -60,7 +67,12 @@ def build_configs(args: argparse.Namespace) -> tuple[Any, Any]:
     """``CADASGConfig`` and ``FederatedConfig`` from ``--config`` and the flags (``--set`` last)."""
     from cadasg_dist.federation.config import load_configs
 
-    return load_configs(args.config, flag_values(args))
+    cfg, fed = load_configs(args.config, flag_values(args))
+    if getattr(args, "codebook", None):
+        from cadasg_dist.data.codebook import Codebook
+
+        cfg = Codebook.from_yaml(args.codebook).apply_to(cfg)
+    return cfg, fed
 
 
 def _setup_logging() -> None:
@@ -84,11 +96,13 @@ def run(args: argparse.Namespace) -> int:
     cfg, fed = build_configs(args)
     if cfg.target is None and not args.plan:
         raise CADASGError("--target is required: the column whose relationship to the others must be kept")
+    if args.silo_column is None and args.silos is None:
+        raise CADASGError("give DATA with --silo-column COL (and the silo names), or --silos DIR (one file per silo)")
     if args.silo_column and not args.data:
         raise CADASGError("--silo-column needs the DATA table to split")
     if not args.write_plan and not args.out:
         raise CADASGError("--out is required (or --write-plan FILE to only build the public plan)")
-    settings = prepare_run(cfg, fed, data=args.data, silo_column=args.silo_column, silos_dir=args.silos,
+    settings = prepare_run(cfg, fed, data=args.data, silo_column=args.silo_column, silos=args.silos,
                            plan_path=args.plan, out=args.out)
     if args.write_plan:
         Path(args.write_plan).write_text(settings.plan.to_json())
@@ -108,18 +122,20 @@ def report(out: Path) -> int:
     meta = model.meta["federated"]
     skipped = [r["round"] for r in meta["rounds"] if r["phase"] == "train" and not r["aggregated"]]
     dropped = sum(r["dropped"] for r in meta["rounds"])
-    print(f"federated model written to {out}: {len(meta['silos'])} silos, {model.meta['training_rows']} rows, "
+    private = model.ledger.private
+    rows = f"~{model.meta['training_rows']} rows (noisy counts)" if private else f"{model.meta['training_rows']} rows"
+    print(f"federated model written to {out}: {len(meta['silos'])} silos, {rows}, "
           f"{len(model.contexts)} contexts, {meta['seconds']:.1f}s; {dropped} silo dropouts, skipped rounds: "
           f"{skipped or 'none'}")
     for name, silo in meta["silos"].items():
+        size = f"~{silo['noisy_rows']} rows (noisy count)" if "noisy_rows" in silo else f"{silo['rows']} rows"
         eps = silo["epsilon"]
-        print(f"  silo {name}: {silo['rows']} rows, " + ("NOT PRIVATE (epsilon = inf)" if eps is None or
-                                                          math.isinf(eps) else f"epsilon={eps:.3f}"))
-    if model.ledger.private:
-        print(f"guarantee for any individual: the ledger of the silo holding them; worst silo "
-              f"(ε={model.ledger.epsilon():.3f}, δ={model.ledger.delta:.2e})")
-    else:
-        print("NOT PRIVATE (epsilon = inf)")
+        print(f"  silo {name}: {size}, " + ("NOT PRIVATE (epsilon = inf)" if eps is None or math.isinf(eps)
+                                            else f"epsilon={eps:.3f}"))
+    from cadasg_dist.federation.accounting import guarantee_lines
+
+    for line in guarantee_lines(meta, model.ledger):
+        print(line)
     return 0
 
 

@@ -3,6 +3,8 @@
 * ``config``: ``FederatedConfig``, the ``federated:`` section of a run config;
 * ``plan``: the public ``FederationPlan`` (schema, transforms, context domain) every silo encodes with;
 * ``silo``: a silo's rounds of the engine's ``train_step``, its cache and its one ledger;
+* ``accounting``: a private silo's noisy size (its sampling rate and weight) and the run's
+  guarantee (every silo composed, or the largest when silos are declared disjoint in units);
 * ``records``: what a silo sends (parameters and cache statistics only) and the SecAgg+ packing;
 * ``client`` / ``server``: the Flower handlers' logic; ``simulation``: a run's settings (silos, plan,
   run config);

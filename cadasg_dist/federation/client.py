@@ -3,8 +3,9 @@ only wires them to a ``ClientApp``).
 
 A train message carries the global model and a config: the phase ("train" or "final-cache"), the
 round, the public plan and federated settings, and (in the simulation only) where each silo's
-rows are. The reply carries the silo's model parameters and its noisy cache statistics, its row
-count as the aggregation weight, a few metrics and, in the final phase, its ledger. Two formats:
+rows are. The reply carries the silo's model parameters and its noisy cache statistics, its
+aggregation weight (in a private run its noisy count, ``federation.accounting``; else its row
+count), a few metrics and its ledger so far (public: it is what the guarantee rests on). Two formats:
 the Message API one (records "arrays", "cache", "metrics", "silo") and, under SecAgg+, the legacy
 FitIns/FitRes one that Flower's ``secaggplus_mod`` masks.
 """
@@ -93,12 +94,13 @@ def silo_identity(job: RoundJob, node_config: dict[str, Any]) -> tuple[int, str,
 
 
 def load_silo_frame(source: dict[str, Any]) -> pd.DataFrame:
-    """This silo's rows: its own file, or (simulation) its rows of a table split by a column."""
+    """This silo's rows: its own file, or (simulation) its rows of a table split by a column,
+    matched by value. It may hold none: ``encode_silo`` refuses that in a non-private run only."""
+    from cadasg_dist.federation.simulation import silo_rows
+
     df = read_table(source["path"])
     if source["kind"] == "column":
-        df = df[df[source["column"]].astype(str) == str(source["value"])].reset_index(drop=True)
-    if len(df) == 0:
-        raise InvalidDataError(f"silo {source.get('name')!r} has no rows")
+        df = df[silo_rows(df[source["column"]], [source["value"]])].reset_index(drop=True)
     return df
 
 
@@ -159,11 +161,17 @@ def run_job(job: RoundJob, context: Context, arrays: dict[str, torch.Tensor]) ->
 
 
 def _metrics(trainer: SiloTrainer, report: Any) -> dict[str, float]:
-    out = {"num-examples": trainer.data.n_rows, "epsilon": trainer.epsilon if trainer.ledger.private else -1.0}
+    """The reply's metrics: weight (noisy in a private run), epsilon, steps, losses. A private silo
+    does not send its seconds: they grow with its rows (the residual timing channel of the round
+    itself is documented in docs/guides/federated.md)."""
+    private = trainer.ledger.private
+    out = {"num-examples": trainer.weight, "epsilon": trainer.epsilon if private else -1.0}
     if trainer.final_done:  # the release's noise variance per block: public (σ's and clipping norms)
         out.update(noise_metrics(trainer.cache.noise_var))
     if report is not None:
-        out.update({"steps": report.steps, "seconds": report.seconds, "stopped": float(report.stopped)})
+        out.update({"steps": report.steps, "stopped": float(report.stopped)})
+        if not private:
+            out["seconds"] = report.seconds
         out.update({k: v for k, v in report.metrics.items() if np.isfinite(v)})
     return out
 
@@ -177,11 +185,9 @@ def handle_train(msg: Message, context: Context) -> Message:
     arrays = msg.content["arrays"].to_torch_state_dict() if "arrays" in msg.content.array_records else {}
     trainer, name, report, stats = run_job(job, context, arrays)
     content = RecordDict({"cache": cache_record(stats), "metrics": MetricRecord(_metrics(trainer, report)),
-                          "silo": ConfigRecord({"name": name})})
+                          "silo": ConfigRecord({"name": name, "ledger": trainer.ledger.to_json()})})
     if job.phase == "train":
         content["arrays"] = ArrayRecord(trainer.model_arrays())
-    else:
-        content["silo"]["ledger"] = trainer.ledger.to_json()
     return Message(content, reply_to=msg)
 
 
@@ -197,12 +203,11 @@ def _handle_legacy(msg: Message, context: Context) -> Message:
     arrays = OrderedDict((n, torch.from_numpy(np.asarray(a))) for n, a in zip(names, flat))
     trainer, name, report, stats = run_job(job, context, arrays)
     weights = [t.numpy() for t in trainer.model_arrays().values()] if job.phase == "train" else []
-    packed = secagg_pack(weights, stats, trainer.data.n_rows, job.fed, job.plan.config.cache)
+    packed = secagg_pack(weights, stats, trainer.weight, job.fed, job.plan.config.cache)
     metrics: dict[str, Any] = {k: v for k, v in _metrics(trainer, report).items() if k != "num-examples"}
     metrics["silo"] = name
-    if job.phase != "train":
-        metrics["ledger"] = trainer.ledger.to_json()
-    res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(packed), num_examples=trainer.data.n_rows,
+    metrics["ledger"] = trainer.ledger.to_json()
+    res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(packed), num_examples=trainer.weight,
                  metrics=metrics)
     return Message(compat.fitres_to_recorddict(res, keep_input=True), reply_to=msg)
 

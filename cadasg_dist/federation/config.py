@@ -66,6 +66,14 @@ class FederatedConfig:
     # The shared schema is always a DP release (docs/guides/federated.md); when training is not private it
     # is released under this epsilon.
     schema_epsilon: float = 1.0
+    # Private runs: the share of each silo's Renyi budget spent on releasing its row count (a
+    # Gaussian count, recorded in its ledger): the noisy count, never the exact one, sets the silo's
+    # sampling rate and is its aggregation weight (docs/guides/federated.md).
+    count_share: float = 0.02
+    # True declares that no privacy unit (person) has rows in two silos: each silo's guarantee then
+    # covers everyone it holds and the run's is the largest silo's (parallel composition). False, the
+    # default: a unit may span silos, and the run's guarantee composes every silo's releases.
+    disjoint_units: bool = False
     # Testing only: "SILO:ROUND:raise" or "SILO:ROUND:hang" makes silo index SILO fail in ROUND.
     inject_failure: str | None = None
 
@@ -87,6 +95,7 @@ class FederatedConfig:
             (self.secagg_clip > 0, f"federated.secagg_clip must be > 0, got {self.secagg_clip}"),
             (self.schema_epsilon > 0 and math.isfinite(self.schema_epsilon),
              f"federated.schema_epsilon must be a finite number > 0, got {self.schema_epsilon}"),
+            (0 < self.count_share < 1, f"federated.count_share must be in (0, 1), got {self.count_share}"),
         ]
         require(checks)
         if self.inject_failure is not None:

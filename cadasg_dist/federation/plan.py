@@ -35,6 +35,7 @@ from cadasg_dist.config import CADASGConfig
 from cadasg_dist.context.extractor import RuleContextExtractor
 from cadasg_dist.data.schema import Schema, datetime_to_seconds
 from cadasg_dist.data.transforms import DataTransformer
+from cadasg_dist.data.values import CategoryMatcher
 from cadasg_dist.errors import InvalidDataError
 from cadasg_dist.federation.config import FederatedConfig
 from cadasg_dist.model.networks import ModelDims
@@ -160,7 +161,9 @@ class SiloData:
 
     @property
     def n_units(self) -> int:
-        return self.n_rows if self.units is None else int(self.units.max()) + 1
+        if self.units is None or len(self.units) == 0:
+            return self.n_rows
+        return int(self.units.max()) + 1
 
 
 def encode_silo(plan: FederationPlan, df: pd.DataFrame, seed: int | None = None) -> SiloData:
@@ -180,25 +183,34 @@ def encode_silo(plan: FederationPlan, df: pd.DataFrame, seed: int | None = None)
         seed = entropy.secret_seed() if cfg.private else cfg.train.seed
     rng = np.random.default_rng(seed)
     frame, units = cap_units(df, cfg, rng)
-    frame, keep = conform(frame, plan.schema)
+    frame, keep = conform(frame, plan.schema, report=not cfg.private)
     if units is not None:
         units = pd.factorize(units[keep])[0].astype(np.int64)
     if len(frame) == 0:
-        raise InvalidDataError("this silo has no rows the federation plan can represent")
+        if not cfg.private:
+            raise InvalidDataError("this silo has no rows the federation plan can represent")
+        # A private silo with no rows still trains (empty Poisson batches) and replies, so that
+        # nothing but its noisy releases tells it apart (docs/guides/federated.md).
+        empty = np.zeros((0, plan.transformer.output_dim), dtype=np.float32)
+        return SiloData(x=empty, context=np.zeros(0, dtype=np.int64), units=units)
     x = plan.transformer.encode(frame, seed=int(rng.integers(2**62)))
     return SiloData(x=x, context=plan.extractor.ids(frame), units=units)
 
 
-def conform(df: pd.DataFrame, schema: Schema) -> tuple[pd.DataFrame, np.ndarray]:
+def conform(df: pd.DataFrame, schema: Schema, *, report: bool = True) -> tuple[pd.DataFrame, np.ndarray]:
     """Rows as the plan sees them: numeric values clipped to the plan's bounds, integer-coded
-    categories rounded into their range, and rows with a missing value in a column without a
-    missing slot dropped. Returns the frame and the kept positions."""
+    categories rounded into their range, any other value outside a category set made missing (by
+    value, never echoed), and rows with a missing value in a column without a missing slot dropped.
+    Returns the frame and the kept positions. ``report`` logs how many rows were dropped: off in a
+    private run, where that count is a statistic of the silo."""
     out = df.copy()
     keep = np.ones(len(df), dtype=bool)
     for col in schema.columns:
         if col.name not in out.columns:
             raise InvalidDataError(f"the silo's table lacks column {col.name!r} of the federation plan")
         s = out[col.name]
+        if col.categories and not _integer_coded(col.categories, s):
+            s = out[col.name] = CategoryMatcher(col.categories).conform(s)
         missing = s.isna().to_numpy()
         if not col.has_missing:
             keep &= ~missing
@@ -207,16 +219,21 @@ def conform(df: pd.DataFrame, schema: Schema) -> tuple[pd.DataFrame, np.ndarray]
             out[col.name] = pd.to_datetime(pd.Series(x * 1e9, index=s.index).round().astype("Int64"), errors="coerce")
         elif col.kind in ("continuous", "integer"):
             out[col.name] = np.clip(pd.to_numeric(s, errors="coerce").to_numpy(dtype=float), col.min, col.max)
-        elif col.categories and all(isinstance(c, int) and not isinstance(c, bool) for c in col.categories) \
-                and pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+        elif col.categories and _integer_coded(col.categories, s):
             lo, hi = min(col.categories), max(col.categories)
             values = np.clip(np.round(pd.to_numeric(s, errors="coerce").to_numpy(dtype=float)), lo, hi)
             out[col.name] = pd.Series([None if np.isnan(v) else int(v) for v in values], index=s.index, dtype=object)
     dropped = int((~keep).sum())
-    if dropped:
+    if dropped and report:
         log.info("dropped %d rows with a missing value where the federation plan has no missing slot", dropped)
     positions = np.flatnonzero(keep)
     return out.iloc[positions].reset_index(drop=True), positions
+
+
+def _integer_coded(categories: tuple[Any, ...], s: pd.Series) -> bool:
+    """Integer categories over a numeric (not boolean) column: values are rounded into the range."""
+    return (all(isinstance(c, int) and not isinstance(c, bool) for c in categories)
+            and pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s))
 
 
 def plan_replace_config(plan: FederationPlan, **dotted: Any) -> FederationPlan:

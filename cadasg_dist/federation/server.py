@@ -1,7 +1,8 @@
 """The server's side of a federated run: rounds, aggregation, cache merge, dropouts, the artifact.
 
 Each round the server sends the global model to every connected silo, waits ``round_timeout``
-seconds, and aggregates the replies that came back: parameters by FedAvg (weighted by rows; the
+seconds, and aggregates the replies that came back: parameters by FedAvg (weighted by each silo's
+weight: its noisy count in a private run, its rows otherwise; the
 FedProx strategy only adds the proximal weight to the config), cache statistics by an exact sum.
 A round with fewer than ``min_clients`` replies is logged and skipped (the model is kept). After
 the last round a "final-cache" round asks every silo for one noisy release of its statistics under
@@ -10,8 +11,10 @@ The rounds travel the plain route or, with ``federated.secagg``, Flower's SecAgg
 (``federation.routes``); the aggregation is in ``federation.strategies``.
 
 What the server learns, either way: the global model and cache (each silo's contribution is
-(epsilon, delta)-DP on its own when training is private), each silo's row count, run metrics of
-generated data, epsilon and ledger. Without SecAgg+ it also sees each silo's own (noisy) update.
+(epsilon, delta)-DP on its own when training is private), each silo's weight (a noisy count when
+private, its exact rows otherwise), metrics, epsilon and ledger. Without SecAgg+ it also sees each
+silo's own (noisy) update. The artifact's guarantee composes the silos' ledgers unless the silos are
+declared disjoint in units (``federation.accounting.run_guarantee``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from flwr.serverapp import Grid
 
 from cadasg_dist.context.cache import CacheStats
 from cadasg_dist.errors import CADASGError
+from cadasg_dist.federation.accounting import run_guarantee
 from cadasg_dist.federation.config import FederatedConfig
 from cadasg_dist.federation.plan import FederationPlan
 from cadasg_dist.federation.records import model_arrays, summed_noise
@@ -90,14 +94,20 @@ def run_server(grid: Grid, context: Context, settings: ServerSettings) -> dict[s
     base = {"plan": plan.to_json(), "federated": fed.to_json(), "sources": json.dumps(settings.sources or [])}
     weights = initial_weights(plan)
     rounds, last_cache = [], None
+    latest: dict[str, dict[str, Any]] = {}  # silo -> its last reply's metrics; ledgers alike
+    ledgers: dict[str, str] = {}
     for rnd in range(1, fed.rounds + 1):
         outcome = route.round(rnd, "train", weights, base)
+        latest.update(outcome.silos)
+        ledgers.update(outcome.ledgers)
         ok = outcome.replied >= fed.min_clients and outcome.weights is not None
         if ok:
             weights, last_cache = server_step(weights, outcome.weights, fed.server_lr), outcome.cache
         _log_round(outcome, ok, fed)
         rounds.append(outcome.summary(ok))
     final = route.round(fed.rounds + 1, "final-cache", weights, base)
+    latest.update(final.silos)
+    ledgers.update(final.ledgers)
     _log_round(final, final.cache is not None, fed)
     rounds.append(final.summary(final.cache is not None))
     cache = final.cache if final.cache is not None else last_cache
@@ -107,14 +117,15 @@ def run_server(grid: Grid, context: Context, settings: ServerSettings) -> dict[s
         reasons = [f for r in rounds for f in r["failures"]][:3]
         raise CADASGError("no silo returned cache statistics, the run produced no model; first failures: "
                           + ("; ".join(reasons) or "none reported"))
+    rows_key = "noisy_rows" if plan.config.private else "rows"  # a private silo sends only its noisy count
     summary = {"rounds": rounds, "secagg": route.secure, "strategy": fed.strategy, "federated": fed.to_dict(),
-               "silos": {name: {"rows": int(m.get("num-examples", 0)), "epsilon": _eps(m.get("epsilon"))}
-                         for name, m in final.silos.items()},
-               "silo_ledgers": {name: json.loads(text) for name, text in final.ledgers.items()},
+               "silos": {name: {rows_key: int(m.get("num-examples", 0)), "epsilon": _eps(m.get("epsilon"))}
+                         for name, m in sorted(latest.items())},
+               "silo_ledgers": {name: json.loads(text) for name, text in sorted(ledgers.items())},
                "final_cache_silos": sorted(final.silos), "schema_ledger": plan.schema_ledger,
                "seconds": round(time.perf_counter() - started, 3)}
     if settings.out is not None:
-        model = assemble_model(plan, weights, cache, final.ledgers, summary, noise_var)
+        model = assemble_model(plan, weights, cache, ledgers, summary, noise_var, disjoint=fed.disjoint_units)
         model.save(settings.out)
         log.info("federated model written to %s", settings.out)
     return summary
@@ -134,9 +145,13 @@ def _log_round(o: RoundOutcome, aggregated: bool, fed: FederatedConfig) -> None:
 
 
 def assemble_model(plan: FederationPlan, weights: dict[str, torch.Tensor], cache_stats: CacheStats,
-                   ledgers: dict[str, str], summary: dict[str, Any], noise_var: torch.Tensor | None = None) -> Any:
-    """A ``CADASG`` from the global weights and cache. Its ledger is the silo ledger with the largest
-    epsilon (the guarantee that holds for everyone); every silo's ledger is in ``meta["federated"]``."""
+                   ledgers: dict[str, str], summary: dict[str, Any], noise_var: torch.Tensor | None = None, *,
+                   disjoint: bool = False) -> Any:
+    """A ``CADASG`` from the global weights and cache. In a private run its ledger is the run's
+    guarantee (``run_guarantee``: every silo's releases composed, or with ``disjoint`` units the
+    largest silo's), recorded with its assumption in ``meta["federated"]["guarantee"]``; every silo's
+    own ledger is in ``meta["federated"]["silo_ledgers"]``. Row figures are the silos' weights:
+    noisy counts in a private run."""
     from cadasg_dist.federation.records import load_model_arrays
     from cadasg_dist.synthesizer import CADASG
 
@@ -150,13 +165,11 @@ def assemble_model(plan: FederationPlan, weights: dict[str, torch.Tensor], cache
     model = CADASG(cfg)
     model.schema, model.transformer, model.extractor = plan.schema, plan.transformer, plan.extractor
     if cfg.private:
-        parsed = [PrivacyLedger.from_json(text) for text in ledgers.values()]
-        if not parsed:
-            raise CADASGError("no silo ledger came back in the final round: the model's guarantee is unknown")
-        ledger = max(parsed, key=lambda lg: lg.epsilon())
+        parsed = {name: PrivacyLedger.from_json(text) for name, text in ledgers.items()}
+        ledger, summary["guarantee"] = run_guarantee(parsed, plan.preprocessing, disjoint)
     else:
         ledger = PrivacyLedger.non_private()
-    rows = sum(s["rows"] for s in summary["silos"].values())
+    rows = sum(s.get("rows", s.get("noisy_rows", 0)) for s in summary["silos"].values())
     model.assemble(nets, cache, [r for r in summary["rounds"] if r["phase"] == "train"], ledger=ledger,
                    seconds=summary["seconds"], rows=rows)
     model.meta["federated"] = summary

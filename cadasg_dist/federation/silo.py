@@ -12,8 +12,11 @@ Privacy caveats first:
 * Each silo adds the FULL calibrated noise to everything it sends (``share = 1``): its release is
   (epsilon, delta)-DP on its own, whatever the server or the other silos do with it, with or
   without secure aggregation.
-* The silo size (rows and units) is treated as public, as in the central engine: it sets the
-  sampling rate and is sent as the aggregation weight.
+* The silo's exact size never leaves it: a private silo first releases a noisy count
+  (``federation.accounting.release_count``, recorded in its ledger as ``silo/count``) and plans
+  with it: the sampling rate q = B / n-hat, the steps per epoch, the gradient's divisor and the
+  aggregation weight all come from n-hat. A silo with no rows trains on empty Poisson batches and
+  replies like the others. A non-private silo sends its exact row count as the weight.
 * The FedProx term reads only the global and local weights: adding it is post-processing.
 * The noise, the Poisson batches, the rows kept per unit and the encoder's tie spreading come from
   the OS's entropy in a private run (as in ``fit_private``); their generator states persist in the
@@ -37,6 +40,7 @@ import torch
 
 from cadasg_dist.context.cache import CacheStats
 from cadasg_dist.errors import PrivacyBudgetError
+from cadasg_dist.federation.accounting import NoisyCount, count_sigma, release_count
 from cadasg_dist.federation.config import FederatedConfig
 from cadasg_dist.federation.plan import FederationPlan, SiloData
 from cadasg_dist.federation.records import load_model_arrays, model_arrays
@@ -72,8 +76,9 @@ class SiloTrainer:
     Flower client's ``context.state`` (one message per round, possibly a fresh process)."""
 
     def __init__(self, plan: FederationPlan, fed: FederatedConfig, data: SiloData, *, index: int,
-                 ledger: PrivacyLedger | None = None) -> None:
+                 ledger: PrivacyLedger | None = None, count: NoisyCount | None = None) -> None:
         self.plan, self.fed, self.data = plan, fed, data
+        self.count = count  # the released size (private runs): set once, kept in the snapshot
         self.seed = silo_seed(plan.config.train.seed, index)
         self.rounds_done = 0
         self.final_done = False
@@ -98,21 +103,28 @@ class SiloTrainer:
         and secret Poisson sampler; returns the config it trains with (the cache's release noise)."""
         dims, fed = self.plan.dims, self.fed
         total = cfg.replace(**{"train.epochs": fed.rounds * fed.local_epochs})
-        self.budget = plan_budget(total, n_rows=self.data.n_rows, n_units=self.data.n_units,
-                                  has_utility=bool(dims.target_spans), spent=self.plan.preprocessing)
+        if self.count is None:  # the first round: release the size once (a restored silo has it)
+            units = None if self.data.units is None else self.data.n_units
+            self.count, mech = release_count(self.data.n_rows, units, self.rows_per_unit,
+                                             count_sigma(cfg, fed.count_share),
+                                             np.random.default_rng(entropy.secret_seed()))
+            self.ledger.record(name=mech.name, noise_multiplier=mech.noise_multiplier, sample_rate=1.0, steps=1,
+                               sensitivity=mech.sensitivity)
+        self.budget = plan_budget(total, n_rows=self.count.rows, n_units=self.count.units,
+                                  has_utility=bool(dims.target_spans), spent=self.ledger.mechanisms)
         run_cfg, final_cache = private_configs(cfg, self.budget, self.rows_per_unit)
         self.state = TrainState.create(dims, run_cfg, seed=self.seed)
         self.state.generator.manual_seed(entropy.secret_seed())  # it draws the cache's noise: secret
         # No seed: the DP noise and the Poisson batches come from the OS's entropy, as in fit_private.
-        self.dp = DPState(run_cfg, self.budget, self.ledger, n_units=self.data.n_units,
+        self.dp = DPState(run_cfg, self.budget, self.ledger, n_units=self.count.units,
                           has_utility=bool(dims.target_spans), strata=dims.strata, n_cells=dims.contexts * dims.strata,
                           final_cache=final_cache)
         self.dp.attach(self.state)
         units = np.arange(self.data.n_rows) if self.data.units is None else self.data.units
         self.sampler = UnitSampler(units, self.budget.sample_rate)
-        if not self.dp.next_step_fits() and not self.ledger.mechanisms[len(self.plan.preprocessing):]:
+        if not self.dp.next_step_fits() and not self.ledger.mechanisms[len(self.plan.preprocessing) + 1:]:
             raise PrivacyBudgetError(f"epsilon={cfg.privacy.epsilon} does not cover a single training step of this "
-                                     f"silo ({self.data.n_rows} rows); raise epsilon or privacy.noise_multiplier")
+                                     "silo; raise epsilon or privacy.noise_multiplier")
         return run_cfg
 
     # --- a round -----------------------------------------------------------------------------
@@ -156,6 +168,11 @@ class SiloTrainer:
         return self.cache.stats
 
     @property
+    def weight(self) -> int:
+        """The aggregation weight this silo sends: its noisy count in a private run, else its rows."""
+        return self.count.rows if self.count is not None else self.data.n_rows
+
+    @property
     def epsilon(self) -> float:
         return self.ledger.epsilon() if self.ledger.private else math.inf
 
@@ -170,6 +187,8 @@ class SiloTrainer:
         train.pop("nets")  # replaced by the global weights at every round
         blob: dict[str, Any] = {"train": train, "cache": self.cache.state_dict(), "rounds_done": self.rounds_done,
                                 "final_done": self.final_done, "history": self.state.history}
+        if self.count is not None:
+            blob["count"] = self.count.to_dict()
         if self.dp is not None:
             blob["dp"] = {"steps_taken": self.dp.steps_taken, "stop_reason": self.dp.stop_reason or "",
                           "final_released": self.dp.final_released, "noise": self.dp.noise.get_state(),
@@ -181,8 +200,9 @@ class SiloTrainer:
     @classmethod
     def restore(cls, plan: FederationPlan, fed: FederatedConfig, data: SiloData, *, index: int, ledger_json: str,
                 blob: bytes) -> SiloTrainer:
-        trainer = cls(plan, fed, data, index=index, ledger=PrivacyLedger.from_json(ledger_json))
         saved = torch.load(io.BytesIO(blob), weights_only=True)
+        count = NoisyCount.from_dict(saved["count"]) if "count" in saved else None
+        trainer = cls(plan, fed, data, index=index, ledger=PrivacyLedger.from_json(ledger_json), count=count)
         trainer.state.load_state_dict({**saved["train"], "nets": trainer.state.nets.state_dict()})
         trainer.state.history = list(saved["history"])
         trainer.cache.load_state_dict(saved["cache"])

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from cadasg_dist.config import CADASGConfig, flag_overrides
@@ -29,47 +30,91 @@ SILO_SUFFIXES = (".csv", ".parquet", ".pq")
 RUN_CONFIG_PATHS = ("config", "data", "silos", "plan")
 
 
-def silo_sources(data: str | Path | None, silo_column: str | None, silos_dir: str | Path | None
-                 ) -> tuple[list[dict[str, Any]], pd.DataFrame]:
+def silo_sources(data: str | Path | None, silo_column: str | None, silos: str | Path | None,
+                 cfg: CADASGConfig | None = None) -> tuple[list[dict[str, Any]], pd.DataFrame]:
     """One source per silo and the pooled table (which only ``build_plan`` reads, through DP).
 
-    ``data`` + ``silo_column``: a silo per value of the column; ``silos_dir``: a silo per file.
+    ``silos`` alone: a directory, a silo per file (its name is the file's: public by construction).
+    ``data`` + ``silo_column``: a silo per name of ``silo_names`` (``silos`` may list them); the
+    pooled table holds only the rows of those silos, so a row whose silo is outside the declared set
+    is neither trained on nor named.
     """
-    if (silo_column is None) == (silos_dir is None):
-        raise ConfigError("give either DATA with --silo-column COL, or --silos DIR (one file per silo)")
-    if silos_dir is not None:
-        d = Path(silos_dir)
-        files = sorted(p for p in d.iterdir() if p.suffix.lower() in SILO_SUFFIXES) if d.is_dir() else []
-        if len(files) < 2:
-            raise InvalidDataError(f"--silos {d} must be a directory with two or more .csv/.parquet files, "
-                                   "one per silo")
-        frames = [read_table(p) for p in files]
-        if len({tuple(f.columns) for f in frames}) != 1:
-            raise InvalidDataError(f"the silo files in {d} do not have the same columns")
-        sources = [{"name": p.stem, "kind": "file", "path": str(p.resolve())} for p in files]
-        return sources, pd.concat(frames, ignore_index=True)
+    if silo_column is None:
+        if silos is None:
+            raise ConfigError("give either DATA with --silo-column COL, or --silos DIR (one file per silo)")
+        return _directory_sources(Path(silos))
     if data is None:
         raise ConfigError("--silo-column needs the DATA table to split")
+    names = silo_names(cfg or CADASGConfig(), silo_column, silos)  # before reading a row
     df = read_table(data)
     if silo_column not in df.columns:
         raise InvalidDataError(f"unknown silo column {silo_column!r}; columns: {', '.join(map(str, df.columns))}")
-    if df[silo_column].isna().any():
-        raise InvalidDataError(f"silo column {silo_column!r} has missing values: every row must belong to a silo")
-    values = sorted(df[silo_column].astype(str).unique())
-    if len(values) < 2:
-        raise InvalidDataError(f"silo column {silo_column!r} has a single value: a federation needs two silos or more")
+    if names is None:  # a non-private run without declared silos: the observed values, as before
+        if df[silo_column].isna().any():
+            raise InvalidDataError(f"silo column {silo_column!r} has missing values: every row must belong to a silo")
+        values: list[Any] = sorted(df[silo_column].astype(str).unique())
+        if len(values) < 2:
+            raise InvalidDataError(f"silo column {silo_column!r} has a single value: a federation needs two silos "
+                                   "or more")
+        names = [(str(v), v) for v in values]
+    else:
+        df = df[silo_rows(df[silo_column], [v for _, v in names])].reset_index(drop=True)
     path = str(Path(data).resolve())
-    return [{"name": v, "kind": "column", "path": path, "column": silo_column, "value": v} for v in values], df
+    return [{"name": n, "kind": "column", "path": path, "column": silo_column, "value": v} for n, v in names], df
+
+
+def silo_names(cfg: CADASGConfig, silo_column: str, listed: str | Path | None) -> list[tuple[str, Any]] | None:
+    """(name, value) of every silo of a table split by ``silo_column``, from the declaration only:
+    ``listed`` (``--silos a,b,c``), else the column's declared category set
+    (``data.columns.COL.categories``, config or codebook). None when neither is given in a
+    non-private run (the observed values are used); a private run refuses, naming the fix."""
+    if listed is not None:
+        values: list[Any] = [v.strip() for v in str(listed).split(",") if v.strip()]
+    else:
+        override = cfg.data.columns.get(silo_column)
+        if override is None or override.categories is None:
+            if not cfg.private:
+                return None
+            raise ConfigError(f"a private federated run takes its silo names from a declaration, never from the "
+                              f"data: declare data.columns.{silo_column}.categories (the list of silos) in the config "
+                              f"or codebook, or pass --silos NAME,NAME,...")
+        values = list(override.categories)
+    names = [str(v) for v in values]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"the silos of {silo_column!r} are declared twice under one name: {names}")
+    if len(names) < 2:
+        raise ConfigError(f"silo column {silo_column!r} declares {len(names)} silo(s): a federation needs two or more")
+    return list(zip(names, values))
+
+
+def silo_rows(s: pd.Series, values: list[Any]) -> np.ndarray:
+    """(N,) bool: the rows whose silo value is one of ``values``, compared by value (1, 1.0, "1"
+    are one silo; a missing value is in none)."""
+    from cadasg_dist.data.values import CategoryMatcher
+
+    matcher = CategoryMatcher(values)
+    return ~(s.isna().to_numpy() | matcher.outside(s))
+
+
+def _directory_sources(d: Path) -> tuple[list[dict[str, Any]], pd.DataFrame]:
+    files = sorted(p for p in d.iterdir() if p.suffix.lower() in SILO_SUFFIXES) if d.is_dir() else []
+    if len(files) < 2:
+        raise InvalidDataError(f"--silos {d} must be a directory with two or more .csv/.parquet files, one per silo")
+    frames = [read_table(p) for p in files]
+    if len({tuple(f.columns) for f in frames}) != 1:
+        raise InvalidDataError(f"the silo files in {d} do not have the same columns")
+    sources = [{"name": p.stem, "kind": "file", "path": str(p.resolve())} for p in files]
+    return sources, pd.concat(frames, ignore_index=True)
 
 
 def prepare_run(cfg: CADASGConfig, fed: FederatedConfig, *, data: str | Path | None = None,
-                silo_column: str | None = None, silos_dir: str | Path | None = None,
+                silo_column: str | None = None, silos: str | Path | None = None,
                 plan_path: str | Path | None = None, out: str | Path | None = None) -> ServerSettings:
-    """Settings of a simulated run: the silos, and the plan (read from ``plan_path`` or built)."""
-    sources, pooled = silo_sources(data, silo_column, silos_dir)
-    if plan_path:
-        plan = FederationPlan.from_json(Path(plan_path).read_text())
-    else:
+    """Settings of a simulated run: the silos (``silo_sources``), and the plan (read from
+    ``plan_path``, whose engine config is then the run's, or built)."""
+    plan = FederationPlan.from_json(Path(plan_path).read_text()) if plan_path else None
+    sources, pooled = silo_sources(data, silo_column, silos, cfg if plan is None else plan.config)
+    if plan is None:
         plan = build_plan(pooled, cfg, fed)
     del pooled
     if fed.min_clients > len(sources):
@@ -118,7 +163,7 @@ def settings_from_run_config(run_config: dict[str, Any]) -> ServerSettings:
     """
     rc = {k: v for k, v in run_config.items() if v != ""}
     for key in RUN_CONFIG_PATHS:
-        if key in rc:
+        if key in rc and not (key == "silos" and "silo-column" in rc):  # with a column, silos lists names
             rc[key] = str(resolve_path(rc[key]))
     # The run config's keys are the `cadasg federated` flags, hyphens for underscores (config.flags).
     cfg, fed = load_configs(rc.get("config"), flag_overrides({k.replace("-", "_"): v for k, v in rc.items()}))
@@ -129,5 +174,5 @@ def settings_from_run_config(run_config: dict[str, Any]) -> ServerSettings:
             raise ConfigError("with a plan and no data, give num-silos: the number of SuperNodes to wait for")
         return ServerSettings(plan=plan, fed=fed, num_silos=int(rc["num-silos"]), out=Path(out) if out else None)
     settings = prepare_run(cfg, fed, data=rc.get("data"), silo_column=rc.get("silo-column"),
-                           silos_dir=rc.get("silos"), plan_path=rc.get("plan"), out=out)
+                           silos=rc.get("silos"), plan_path=rc.get("plan"), out=out)
     return settings

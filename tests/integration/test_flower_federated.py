@@ -25,7 +25,7 @@ data:
   columns:
     group: {categories: [a, b, rare]}
     label: {categories: ["no", "yes"]}
-    site: {kind: identifier}
+    site: {kind: identifier, categories: [s1, s2, s3]}  # the silos' names: declared, never read from the data
 model: {latent_dim: 4, hidden: [32], critic_hidden: [32], utility_hidden: [16]}
 train: {batch_size: 128, seed: 0}
 federated: {rounds: 2, local_epochs: 1, schema_epsilon: 10.0, round_timeout: 120, secagg_max_weight: 1000}
@@ -80,12 +80,13 @@ def test_simulation_three_non_iid_silos_dp_secagg(simulated):
     model, _, df = simulated
     meta = model.meta["federated"]
     assert meta["secagg"] and set(meta["silos"]) == set(SILOS)
-    # one ledger per silo, spanning every round; the model carries the worst one
+    # one ledger per silo, spanning every round, with its noisy count; the model carries them composed
     for name, state in meta["silo_ledgers"].items():
         names = [m["name"] for m in state["mechanisms"]]
-        assert names[0].startswith("preprocess/") and names[-1] == "cache/final", name
-        assert 0 < meta["silos"][name]["epsilon"] <= 20.0
-    assert model.ledger.private and model.epsilon == max(s["epsilon"] for s in meta["silos"].values())
+        assert names[0].startswith("preprocess/") and "silo/count" in names and names[-1] == "cache/final", name
+        assert 0 < meta["silos"][name]["epsilon"] <= 20.0 and set(meta["silos"][name]) == {"noisy_rows", "epsilon"}
+    assert model.ledger.private and meta["guarantee"]["assumption"] == "units may span silos"
+    assert model.epsilon == meta["guarantee"]["epsilon"] > max(s["epsilon"] for s in meta["silos"].values())
     # the 'rare' context lives in silo s3 only, and survives into the global cache
     rare = int(model.extractor.resolve({"group": "rare"})[0])
     assert model.cache.counts()[rare] > 0

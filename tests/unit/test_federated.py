@@ -38,6 +38,7 @@ from cadasg_dist.federation.records import (
 from cadasg_dist.federation.server import FedAvgWithCache, ServerSettings, initial_weights, run_server, server_step
 from cadasg_dist.federation.silo import SiloTrainer, add_proximal_term
 from cadasg_dist.model.networks import CADASGNetworks
+from cadasg_dist.privacy.ledger import PrivacyLedger
 from cadasg_dist.train.step import TrainState
 
 SILOS = ("s1", "s2", "s3")
@@ -225,7 +226,9 @@ def test_silos_train_at_the_scaled_learning_rates(plan, private_plan, silo_table
         assert trainer.state.opt_generator.param_groups[0]["lr"] == pytest.approx(3 * t.lr_generator)
         assert trainer.state.opt_critic.param_groups[0]["lr"] == pytest.approx(3 * t.lr_critic)
     plain = SiloTrainer(private_plan, FED.replace(local_lr_scale=1.0), encode_silo(private_plan, silo_table), index=0)
-    scaled = SiloTrainer(private_plan, fed, encode_silo(private_plan, silo_table), index=0)
+    # the same released count (as a restored silo has it): the plan then depends on nothing else
+    scaled = SiloTrainer(private_plan, fed, encode_silo(private_plan, silo_table), index=0,
+                         ledger=PrivacyLedger.from_json(plain.ledger.to_json()), count=plain.count)
     assert scaled.budget == plain.budget  # the privacy plan does not depend on the learning rates
 
 

@@ -56,3 +56,40 @@ def test_run_config_paths_found_only_under_the_app_root_become_absolute(tmp_path
 def test_a_path_found_nowhere_is_left_for_resolve_path_to_refuse(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert anchor_app_paths({"config": "missing.yaml"}, tmp_path / "app") == {"config": "missing.yaml"}
+
+
+def _deploy_args(data, config, silos=None):
+    import argparse
+
+    args = argparse.Namespace(data=str(data), silo_column="site", silos=silos, config=str(config), codebook=None,
+                              set=[])
+    for name in ("target", "context", "epsilon", "delta", "privacy_unit", "seed", "local_epochs", "strategy",
+                 "proximal_mu", "server_lr", "local_lr_scale", "min_clients", "round_timeout", "rounds", "secagg"):
+        setattr(args, name, None)
+    return args
+
+
+def test_deployment_splits_a_table_into_the_declared_silos_only(tmp_path):
+    """``federated/deploy.py`` names and splits silos as the simulation does: one file per declared
+    silo (an empty one for a silo without rows), no file for an undeclared value, and a private run
+    without a declaration refused before anything is written."""
+    import pandas as pd
+    import pytest
+
+    from cadasg_dist.errors import ConfigError
+    from federated.deploy import silo_files
+
+    data = tmp_path / "t.csv"
+    pd.DataFrame({"site": ["s1", "s2", "s2", "s9"], "x": [1.0, 2.0, 3.0, 4.0]}).to_csv(data, index=False)
+    config = tmp_path / "c.yaml"
+    config.write_text("privacy: {epsilon: 1.0}\ndata: {columns: {site: {kind: identifier, "
+                      "categories: [s1, s2, s3]}}}\n")
+    silos = silo_files(_deploy_args(data, config), tmp_path / "work")
+    assert [name for name, _ in silos] == ["s1", "s2", "s3"]
+    assert [len(pd.read_parquet(path)) for _, path in silos] == [1, 2, 0]
+    listed = silo_files(_deploy_args(data, config, "s2,s1"), tmp_path / "work2")
+    assert [name for name, _ in listed] == ["s2", "s1"]
+    config.write_text("privacy: {epsilon: 1.0}\ndata: {columns: {site: {kind: identifier}}}\n")
+    with pytest.raises(ConfigError, match="data.columns.site.categories"):
+        silo_files(_deploy_args(data, config), tmp_path / "work3")
+    assert not (tmp_path / "work3").exists()
