@@ -16,9 +16,11 @@ config's value or the dataclass default. See docs/guides/federated.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,24 +77,42 @@ def build_configs(args: argparse.Namespace) -> tuple[Any, Any]:
     return cfg, fed
 
 
-def _setup_logging() -> None:
+@contextlib.contextmanager
+def _library_logging() -> Iterator[None]:
     """One line per round from the library; Flower's own console handler only (without this, a
-    root handler installed by an imported package prints every Flower line twice)."""
-    lib = logging.getLogger("cadasg_dist")
+    root handler installed by an imported package prints every Flower line twice). Undone when the
+    command returns, so a second command in the same process (a test, a notebook) starts clean."""
+    lib, flwr = logging.getLogger("cadasg_dist"), logging.getLogger("flwr")
+    saved = (lib.level, lib.propagate, flwr.propagate)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("cadasg: %(message)s"))
     lib.setLevel(logging.INFO)
-    if not lib.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("cadasg: %(message)s"))
-        lib.addHandler(handler)
-        lib.propagate = False
-    logging.getLogger("flwr").propagate = False
+    lib.addHandler(handler)
+    lib.propagate = flwr.propagate = False
+    try:
+        yield
+    finally:
+        lib.removeHandler(handler)
+        lib.level, lib.propagate, flwr.propagate = saved
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record comes (a redirected or captured stream too)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
 
 
 def run(args: argparse.Namespace) -> int:
+    with _library_logging():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from cadasg_dist.federation.apps import run_simulation
     from cadasg_dist.federation.simulation import prepare_run
 
-    _setup_logging()
     cfg, fed = build_configs(args)
     if cfg.target is None and not args.plan:
         raise CADASGError("--target is required: the column whose relationship to the others must be kept")

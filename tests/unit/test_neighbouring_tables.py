@@ -5,6 +5,7 @@ an extreme value), with the secret noise seeded alike, differs only in the noisy
 from __future__ import annotations
 
 import logging
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -37,14 +38,18 @@ def private_run(tmp_path, table: pd.DataFrame, suffix: str, seed: int, name: str
     data = tmp_path / f"{name}{suffix}"
     write(table, data)
     caplog.clear()
-    with seeded_secrets(seed), caplog.at_level(logging.INFO):
+    with seeded_secrets(seed), caplog.at_level(logging.INFO), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         code = main(["train", str(data), "--target", "label", "--context", "group", "--epsilon", "4",
                      "--config", str(tmp_path / "config.yaml"), "--codebook", str(tmp_path / "codebook.yaml"),
                      "--out", str(tmp_path / f"{name}-model")])
     out = capsys.readouterr()
     assert code == 0, out.err
-    logged = "\n".join(f"{r.levelname} {r.name} {r.getMessage()}" for r in caplog.records
-                        if r.name.startswith("cadasg_dist"))  # the library's own log lines
+    # the library's own log lines and warnings (not, say, a ResourceWarning of an earlier test's
+    # objects that the garbage collector happens to close during this run)
+    logged = "\n".join([f"{r.levelname} {r.name} {r.getMessage()}" for r in caplog.records
+                         if r.name.startswith("cadasg_dist")]
+                        + [f"{w.category.__name__} {w.message}" for w in caught if "cadasg_dist" in w.filename])
     text = (out.out + out.err + logged).replace(name, "RUN")
     return {"artifact": artifact_view(tmp_path / f"{name}-model"), "lines": lines_view(text)}
 
