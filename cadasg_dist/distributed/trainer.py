@@ -28,7 +28,7 @@ import pandas as pd
 
 from cadasg_dist.distributed.data import PREPARE_ROWS, ContextRouting, context_counts, open_table, preparation_sample
 from cadasg_dist.distributed.plan import ShardPlan, make_plan
-from cadasg_dist.distributed.worker import WorkerConfig, load_payload, train_loop_per_worker
+from cadasg_dist.distributed.worker import WorkerConfig, load_payload, quiet_console, train_loop_per_worker
 from cadasg_dist.errors import ConfigError
 from cadasg_dist.model.networks import CADASGNetworks, ModelDims
 from cadasg_dist.privacy.ledger import PrivacyLedger
@@ -64,6 +64,7 @@ def fit_distributed(model: CADASG, data: str | Path | pd.DataFrame, *, context: 
 
         check_private_config(cfg)
     ensure_ray(cfg.distributed.address)
+    quiet_console()
     ds = open_table(data)
     sample, total = preparation_sample(ds, prepare_rows, seed=cfg.train.seed)
     if cfg.private and len(sample) < total:

@@ -137,7 +137,8 @@ class _NoRayInfo(logging.Filter):
 
 
 def quiet_console() -> None:
-    """Drop Ray Train's and Ray Data's INFO records from this worker's console (files keep them)."""
+    """Drop Ray Train's and Ray Data's INFO records and progress bars from this process's console
+    (Ray's log files keep them): a worker's, and the driver's, so a run shows the library's lines."""
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -272,7 +273,8 @@ class WorkerRun:
         params = [p.detach().double() for p in self.state.nets.parameters()]
         digest = sum(float(p.sum()) + float(p.pow(2).sum()) for p in params)
         node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
-        return {"rank": self.rank, "node": node, "params": digest, "rows": self.local_rows}
+        rows = {} if self.privacy is not None else {"rows": self.local_rows}  # a shard's size is exact
+        return {"rank": self.rank, "node": node, "params": digest, **rows}
 
     # --- checkpoints --------------------------------------------------------------------------
     def payload(self, epoch: int) -> dict[str, Any]:
