@@ -49,7 +49,7 @@ def log(msg: str) -> None:
 def confirmed_codebook(train_csv: Path, spec, out: Path) -> Path:
     """The drafted codebook with its bounds removed and the identifiers declared."""
     draft = out.with_suffix(".draft.yaml")
-    code = cadasg(["schema", str(train_csv), "--out", str(draft), "--target", spec.target,
+    code = cadasg(["schema", str(train_csv), "--out", str(draft), "--force", "--target", spec.target,
                    "--context", ",".join(spec.contexts)])
     if code != 0:
         raise SystemExit(f"cadasg schema failed on {train_csv} (exit {code})")
