@@ -59,9 +59,10 @@ SCRIPT = textwrap.dedent('''
         # The single-process final pass over the whole table with the trained networks.
         xs = torch.from_numpy(model.transformer.encode(df, seed=0).astype(np.float32))
         cs = torch.from_numpy(model.extractor.ids(df))
-        single = ContextCache(model.cache.n_contexts, xs.shape[1], cfg.model.latent_dim, cfg.cache,
+        run_cfg = model.config  # resolved: the profile's cache and model sizes
+        single = ContextCache(model.cache.n_contexts, xs.shape[1], run_cfg.model.latent_dim, run_cfg.cache,
                               model.cache.strata)
-        final_cache_pass(cfg, SimpleNamespace(nets=model.nets, generator=torch.Generator()), single, xs, cs)
+        final_cache_pass(run_cfg, SimpleNamespace(nets=model.nets, generator=torch.Generator()), single, xs, cs)
         gap = max(float((getattr(model.cache.stats, k) - v).abs().max() / (v.abs().max() + 1e-12))
                   for k, v in single.stats.state_dict().items())
         rows = model.sample(300, seed=0)
