@@ -74,7 +74,8 @@ class Codebook:
         identifier-like column is marked kind identifier with the reason, never refused."""
         if df.shape[0] == 0 or df.shape[1] == 0:
             raise InvalidDataError("the table has no rows")
-        return cls(columns=tuple(_detect_column(df[name], str(name), max_categories) for name in df.columns))
+        columns = [_detect_column(df[name], str(name), max_categories) for name in df.columns]
+        return cls(columns=tuple(_with_derived(df, columns)))
 
     def check(self, df: pd.DataFrame, *, private: bool = False) -> list[Problem]:
         """Every problem of this codebook against ``df`` at once: columns on one side only, values
@@ -163,6 +164,32 @@ def _detect_column(s: pd.Series, name: str, max_categories: int) -> CodebookColu
     if kind == "integer":
         return CodebookColumn(name, kind, min=int(lo), max=int(hi))
     return CodebookColumn(name, kind, min=lo, max=hi)
+
+
+# A 0/1 column is proposed as derived only from a source with at most this many categories.
+DERIVED_SOURCE_LEVELS = 50
+
+
+def _with_derived(df: pd.DataFrame, columns: list[CodebookColumn]) -> list[CodebookColumn]:
+    """Propose ``kind: derived`` for a 0/1 (or boolean) column that equals ``(other == v)`` on every
+    row, such as one-hot copies of a category (rwm5yr's ``edlevel1..4`` of ``edlevel``): modelled as
+    columns of their own they cost a private run budget and can contradict their source. A draft,
+    like the rest: the owner confirms it."""
+    by_name = {c.name: c for c in columns}
+    sources = [c for c in columns if c.kind == "categorical" and c.categories is not None
+               and 2 < len(c.categories) <= DERIVED_SOURCE_LEVELS and not df[c.name].isna().any()]
+    out = []
+    for col in columns:
+        s = df[col.name]
+        binary = col.kind in ("categorical", "boolean") and set(col.categories or ()) <= {0, 1}
+        found = None
+        if binary and not s.isna().any():
+            flags = s.astype(int).to_numpy()
+            found = next(((src.name, v) for src in sources if src.name != col.name
+                          for v in src.categories if np.array_equal((df[src.name] == v).to_numpy(), flags)), None)
+        out.append(col if found is None else dataclasses.replace(
+            by_name[col.name], kind="derived", categories=None, of=found[0], equals=found[1]))
+    return out
 
 
 def _iso(stamp: pd.Timestamp) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import tempfile
 
 import numpy as np
 import pandas as pd
@@ -138,3 +139,14 @@ def test_spellings_are_values_but_a_string_that_is_no_number_stays_text():
         declared_categories(("1", 1.0), pd.Series([1, 2]), "categorical", "level")
     with pytest.raises(InvalidDataError, match="declares no categories"):
         declared_categories((), pd.Series(["a"]), "categorical", "group")
+
+
+def test_a_one_hot_copy_of_a_category_is_drafted_as_derived():
+    from cadasg_dist.datasets import load_rwm5yr
+
+    book = Codebook.detect(load_rwm5yr())
+    assert [(c.name, c.kind, c.of, c.equals) for c in book.columns if c.kind == "derived"] == [
+        (f"edlevel{i}", "derived", "edlevel", i) for i in range(1, 5)]
+    assert book["edlevel"].kind == "categorical" and book["female"].kind == "categorical"  # sources and plain 0/1
+    again = Codebook.from_yaml(book.to_yaml(tempfile.mkdtemp() + "/codebook.yaml"))
+    assert again == book  # the proposal round-trips as a declaration
