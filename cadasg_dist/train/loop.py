@@ -16,6 +16,7 @@ Ray Train worker (``distributed.worker.WorkerRun``) and the Flower silo
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import time
@@ -129,9 +130,8 @@ class TrainingLoop:
 
     def train(self, epoch_batches: Callable[[], Iterable[Batch]], count: int, *, total: int | None = None,
               progress: ProgressFn | None = None) -> None:
-        """``epochs`` run to the end."""
-        for _ in self.epochs(epoch_batches, count, total=total, progress=progress):
-            pass
+        """``epochs`` run to the end (the reports go to ``progress`` only)."""
+        collections.deque(self.epochs(epoch_batches, count, total=total, progress=progress), maxlen=0)
 
     @property
     def stopped(self) -> bool:
