@@ -245,7 +245,7 @@ def run_main(args: argparse.Namespace) -> int:
     os.environ["CADASG_BENCH_KEYS"] = f"{hash_key(KEY)} model=bench"
     if args.throughput_optimized:  # Serve's documented fast path; must be set before Ray starts
         os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     serve.start(http_options={"host": "127.0.0.1", "port": port})

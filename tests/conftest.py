@@ -95,6 +95,9 @@ def ray_session():
     """One local Ray for the whole session (2 CPUs, no dashboard)."""
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        # address="local": start this session's own Ray, never join one that `ray start` (or another
+        # test session) left on the machine
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
     yield ray
     ray.shutdown()

@@ -1,4 +1,4 @@
-"""The ``serve`` subcommand: serve a trained model over HTTP with Ray Serve until Ctrl-C.
+"""The ``serve`` subcommand: serve a trained model over HTTP with Ray Serve until Ctrl-C or SIGTERM.
 
     cadasg serve DIR [--port 8700] [--host 127.0.0.1] [--replicas MIN:MAX] [--keys-file FILE]
 
@@ -11,8 +11,11 @@ sampling spends no privacy budget.
 from __future__ import annotations
 
 import argparse
+import os
+import secrets
+import signal
 import socket
-import time
+import threading
 from typing import Any
 
 from cadasg_dist.cli.common import run_alone
@@ -75,7 +78,8 @@ def _check_port(host: str, port: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Deploy, print the URL, block until Ctrl-C, then shut Serve down. Returns 0."""
+    """Deploy, print the URL, block until Ctrl-C or SIGTERM, then drain and shut Serve and Ray down.
+    Returns 0."""
     from cadasg_dist.serving.auth import KeyRing
     from cadasg_dist.serving.models import load_model
 
@@ -88,13 +92,15 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_model(sargs.model_dir, name=sargs.name, version=sargs.version)  # ArtifactError: one line
     _check_port(args.host, args.port)
 
+    start_private_ray()
     import ray
     from ray import serve
 
     from cadasg_dist.serving.app import build_app
 
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, configure_logging=False)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())  # after ray.init, which installs its own SIGTERM handler
     serve.start(http_options={"host": args.host, "port": args.port})
     try:
         serve.run(build_app(sargs), name="cadasg", route_prefix="/")
@@ -102,15 +108,30 @@ def run(args: argparse.Namespace) -> int:
         serve.shutdown()
         raise ConfigError(f"the deployment failed: {str(exc).splitlines()[0]}") from None
     print(f"serving model {loaded.name!r} version {loaded.version} at http://{args.host}:{args.port} "
-          f"({sargs.min_replicas}-{sargs.max_replicas} replicas, {len(keys)} API keys); Ctrl-C stops")
+          f"({sargs.min_replicas}-{sargs.max_replicas} replicas, {len(keys)} API keys); Ctrl-C or SIGTERM stops",
+          flush=True)
     try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        print("stopping")
+        stop.wait()
+        print("stopping: draining in-flight requests", flush=True)
     finally:
-        serve.shutdown()
+        serve.shutdown()  # each replica finishes its requests (graceful_shutdown_timeout_s) before it stops
+        ray.shutdown()
     return 0
+
+
+def start_private_ray() -> None:
+    """Start this process's own Ray (never join one that ``ray start`` left on the machine) with token
+    authentication: Ray's GCS and raylet listen on every interface, so a fresh random token, held only
+    in this process's environment and inherited by the Ray processes it starts, is what keeps other
+    users of the network from running code in it. HTTP stays on ``--host``. Ray reads its auth
+    settings once, when it is first imported, so they are set before the import."""
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if os.environ["RAY_AUTH_MODE"] == "token":
+        os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address="local", include_dashboard=False, configure_logging=False)
 
 
 def main(argv: list[str] | None = None) -> int:

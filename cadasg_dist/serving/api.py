@@ -131,10 +131,26 @@ async def sample_response(service: SamplingService, request: Request) -> Respons
     return StreamingResponse((c for c in chunks if c), media_type=media, headers=headers)
 
 
+async def _read_body(request: Request, max_bytes: int) -> bytes:
+    """The body, refused with 413 before it is read when ``Content-Length`` says it is too large, and
+    as soon as a chunked body passes the limit while it is read (never buffered beyond it)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise RequestRejected(400, f"Content-Length must be a number of bytes, got {declared[:32]!r}")
+        if int(declared) > max_bytes:
+            raise RequestRejected(413, f"request body of {int(declared)} bytes is above the {max_bytes}-byte limit")
+    parts, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > max_bytes:
+            raise RequestRejected(413, f"request body is above the {max_bytes}-byte limit")
+        parts.append(part)
+    return b"".join(parts)
+
+
 async def _parse(request: Request, max_bytes: int) -> SampleRequest:
-    body = await request.body()
-    if len(body) > max_bytes:
-        raise RequestRejected(413, f"request body of {len(body)} bytes is above the {max_bytes}-byte limit")
+    body = await _read_body(request, max_bytes)
     try:
         raw = json.loads(body)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors

@@ -130,6 +130,16 @@ class RateLimiter:
             return (1.0 - tokens) / self.rate
 
 
+KEY_PREFIX = "cdsg_"
+
+
+def new_key() -> str:
+    """A fresh API key: ``cdsg_`` and 43 URL-safe characters (256 random bits). The prefix keeps a key
+    from starting with "-" (which command-line parsers read as a flag) and lets secret scanners
+    recognise it."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cadasg_dist.serving.auth",
                                      description="make or hash CA-DASG API keys")
@@ -140,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("hash", help="read a key from stdin, print its keys-file entry (model=* by default)")
     args = parser.parse_args(argv)
     if args.cmd == "new":
-        key = secrets.token_urlsafe(32)
+        key = new_key()
         label = f" label={args.label}" if args.label else ""
         print(f"key (give it to the client, do not store it): {key}")
         print(f"entry (add to the keys file): {hash_key(key)} model={args.model}{label}")

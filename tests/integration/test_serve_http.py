@@ -115,3 +115,47 @@ def test_version_swap_under_load_drops_no_request(served):
     assert versions["v2"] > 0 and len(versions) == 2, versions
     with httpx.Client(base_url=served["url"], timeout=60) as c:
         assert c.get("/v1/model", headers=HEADERS).json()["version"] == "v2"
+
+
+def _raw_post(url: str, head: str, body_parts, *, timeout: float = 20.0) -> str:
+    """Send a POST by hand (headers, then body parts as long as the server keeps reading) and return
+    the status line of the answer: how a client that lies about or streams its body is seen."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as conn:
+        conn.sendall(head.encode())
+        conn.settimeout(0.05)
+        answer = b""
+        for part in body_parts:
+            try:
+                answer += conn.recv(4096)
+            except (TimeoutError, BlockingIOError):
+                pass
+            if answer:
+                break
+            try:
+                conn.sendall(part)
+            except OSError:  # the server answered and closed: what a cap does
+                break
+        conn.settimeout(timeout)
+        while b"\r\n" not in answer:
+            more = conn.recv(4096)
+            if not more:
+                break
+            answer += more
+    return answer.split(b"\r\n", 1)[0].decode()
+
+
+def test_oversized_bodies_are_refused_before_they_are_read(served):
+    limit = served["args"].max_body_bytes
+    head = (f"POST /v1/sample HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\nContent-Type: application/json\r\n")
+    # a declared 64 MB body: 413 from the header alone, while the client has sent none of it
+    start = time.monotonic()
+    status = _raw_post(served["url"], head + f"Content-Length: {64 << 20}\r\n\r\n", [])
+    assert " 413 " in status and time.monotonic() - start < 15
+    # a chunked body with no length: refused once it passes the limit, long before 64 MB arrive
+    chunk = b"x" * 65_536
+    parts = (f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n" for _ in range(1024))
+    sent = []
+    status = _raw_post(served["url"], head + "Transfer-Encoding: chunked\r\n\r\n",
+                       (sent.append(p) or p for p in parts))
+    assert " 413 " in status and len(sent) * len(chunk) < 32 * limit + (8 << 20)
