@@ -153,13 +153,18 @@ def run_server(grid: Grid, context: Context, settings: ServerSettings) -> dict[s
         weights = server_step(weights, outcome.weights, fed.server_lr)
     final = play_round(route, metered, fed.rounds + 1, "final-cache", weights, base, fed, record)
     noise_var = summed_noise(list(final.silos.values()))  # the final releases' noise, summed over the silos
+    gone = sorted(set(record.latest) - set(final.silos))
+    if gone:  # their rows shaped the weights, but their cache cells are not in the model's cache
+        log.warning("silo(s) %s sent no final cache: contexts only they hold fall back to the shared prior",
+                    ", ".join(gone))
     rows_key = "noisy_rows" if plan.config.private else "rows"  # a private silo sends only its noisy count
     summary = {"rounds": record.rounds, "secagg": route.secure, "strategy": fed.strategy, "federated": fed.to_dict(),
                "silos": {name: {rows_key: int(m.get("num-examples", 0)), "epsilon": _eps(m.get("epsilon"))}
                          for name, m in sorted(record.latest.items())},
                "silo_ledgers": {name: json.loads(text) for name, text in sorted(record.ledgers.items())},
                "contributions": dict(sorted(record.contributions.items())),
-               "final_cache_silos": sorted(final.silos), "schema_ledger": plan.schema_ledger,
+               "final_cache_silos": sorted(final.silos), "missing_from_final_cache": gone,
+               "schema_ledger": plan.schema_ledger,
                "seconds": round(time.perf_counter() - started, 3)}
     if settings.out is not None:
         model = assemble_model(plan, weights, final.cache, record.ledgers, summary, noise_var,

@@ -79,7 +79,7 @@ def test_secagg_round_survives_a_silo_lost_mid_round(plan, table_path, tmp_path,
     assert set(rounds[1]["contributors"]) == in_round_2
     assert summary["contributions"]["s2"] == ([1, 2] if at == 8 else [1])
     assert summary["contributions"]["s1"] == summary["contributions"]["s3"] == [1, 2, 3]
-    assert summary["final_cache_silos"] == ["s1", "s3"]
+    assert summary["final_cache_silos"] == ["s1", "s3"] and summary["missing_from_final_cache"] == ["s2"]
     assert set(summary["silo_ledgers"]) == set(SILOS)  # the dead silo's ledger is kept
     assert summary["silo_ledgers"]["s2"]["mechanisms"] or not CADASG.load(out).ledger.private
     assert CADASG.load(out).meta["federated"]["contributions"] == summary["contributions"]
@@ -98,3 +98,17 @@ def test_too_many_dropouts_stop_the_run_and_write_nothing(plan, table_path, tmp_
     with pytest.raises(RunStopped, match=r"for round 2 \(train\).*wrote no model|round 2 \(train\) could not"):
         _run(plan, fed, table_path, tmp_path, DyingGrid(3, kill={101: 7, 102: 7}))
     assert not (tmp_path / "model").exists()
+
+
+def test_a_context_held_only_by_a_lost_silo_is_sampled_from_the_shared_prior(plan, table_path, tmp_path):
+    """s3 (node 102) holds every 'rare' row and dies in round 2: the model's cache has no 'rare' cell,
+    the artifact says so, and a 'rare' request is still answered."""
+    from cadasg_dist.synthesizer import CADASG
+
+    summary, out = _run(plan, SECURE, table_path, tmp_path, DyingGrid(3, kill={102: 7}))
+    assert summary["missing_from_final_cache"] == ["s3"] and summary["contributions"]["s3"] == [1]
+    model = CADASG.load(out)
+    rare = int(model.extractor.resolve({"group": "rare"})[0])
+    assert model.cache.counts()[rare] == 0
+    rows = model.sample(30, context={"group": "rare"}, seed=2)
+    assert len(rows) == 30 and set(rows["group"]) == {"rare"}
