@@ -120,9 +120,13 @@ class PlainRoute:
         messages = list(self.strategy.configure_train(rnd, ArrayRecord(weights), config, self.grid))
         replies = self.grid.send_and_receive(messages, timeout=self.fed.round_timeout)
         valid, failures = [], []
+        # an error the SuperLink makes for a dead node comes from the SuperLink: name the node it was for
+        sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in messages if m.metadata.message_id}
+        answered = {sent_to.get(r.metadata.reply_to_message_id, r.metadata.src_node_id) for r in replies}
         for r in replies:
             if r.has_error():
-                failures.append(f"node {r.metadata.src_node_id}: {r.error.reason[:300]}")
+                node = sent_to.get(r.metadata.reply_to_message_id, r.metadata.src_node_id)
+                failures.append(f"node {node}: {r.error.reason[:300]}")
                 continue
             try:
                 check_payload(r.content, self.shapes)
@@ -131,7 +135,7 @@ class PlainRoute:
                 continue
             valid.append(r)
         failures += [f"node {m.metadata.dst_node_id}: no reply within {self.fed.round_timeout:g}s"
-                     for m in messages if m.metadata.dst_node_id not in {r.metadata.src_node_id for r in replies}]
+                     for m in messages if m.metadata.dst_node_id not in answered]
         silos, ledgers = {}, {}
         for r in valid:
             name, metrics, ledger = _reply_silo(r.content)
