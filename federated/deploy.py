@@ -257,7 +257,7 @@ def report_failure(code: int, output: str, logs: Path) -> int:
 
     stopped = [line[line.index(STOPPED):] for line in output.splitlines() if STOPPED in line]
     if stopped:
-        print(stopped[-1], file=sys.stderr)
+        print(f"cadasg: {stopped[-1]}", file=sys.stderr)
     else:
         print(f"deployment run failed (flwr run exit {code}); logs in {logs}", file=sys.stderr)
         print(output[-3000:], file=sys.stderr)

@@ -63,7 +63,7 @@ def build_server_app(settings: ServerSettings | None = None, *, app_root: Path |
 
 
 # The marker of a run that stopped without a model, in the ServerApp's log (``flwr run --stream``).
-STOPPED = "cadasg federated run stopped:"
+STOPPED = "federated run stopped:"
 
 
 def _log_rounds() -> None:
