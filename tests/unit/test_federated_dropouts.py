@@ -112,3 +112,20 @@ def test_a_context_held_only_by_a_lost_silo_is_sampled_from_the_shared_prior(pla
     assert model.cache.counts()[rare] == 0
     rows = model.sample(30, context={"group": "rare"}, seed=2)
     assert len(rows) == 30 and set(rows["group"]) == {"rare"}
+
+
+def test_cadasg_federated_checks_the_federation_before_the_plan(table_path, tiny_config, monkeypatch):
+    """``prepare_run`` (what ``cadasg federated`` calls before Ray starts) refuses too few silos for
+    ``max_dropouts`` before any DP release, and says why a run without epsilon needs declarations."""
+    from cadasg_dist.federation import simulation
+
+    def no_plan(*args, **kwargs):
+        raise AssertionError("the plan was built before the federation was checked")
+
+    with monkeypatch.context() as m:
+        m.setattr(simulation, "build_plan", no_plan)
+        with pytest.raises(ConfigError, match="max_dropouts=2 need at least 4 silos, there are 3"):
+            simulation.prepare_run(declared(tiny_config), FED.replace(max_dropouts=2), data=table_path,
+                                   silo_column="site")
+    with pytest.raises(ConfigError, match=r"shared schema with DP \(federated.schema_epsilon=10\).*declare them"):
+        simulation.prepare_run(tiny_config, FED, data=table_path, silo_column="site")
