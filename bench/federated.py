@@ -20,6 +20,13 @@ rounds 2..R: round 1 includes starting the Ray actors) with and without SecAgg+.
 
     .venv/bin/python bench/federated.py --tables HI,rwm5yr --rounds 5 --local-epochs 4
     .venv/bin/python bench/federated.py --tables HI --epsilon 8 --rounds 3 --local-epochs 2
+    .venv/bin/python bench/federated.py --tables HI --rounds 3 --local-epochs 2 --dropout other
+
+``--dropout SILO`` measures a lost silo instead: two deployments (``federated/deploy.py``: a TLS
+SuperLink and one SuperNode process per silo, each with only its own file), one undisturbed and
+one whose SILO SuperNode is killed with SIGKILL (its whole process group) once round 1 is
+aggregated, i.e. as round 2 starts; both scored alike (``--routes`` picks SecAgg+ or the plain
+route; one route, the first listed). Each deployment builds its own plan from the training rows.
 
 Category sets below are DECLARED (from the R packages' documentation), as a federated run needs.
 Prints a markdown table and writes it with the raw numbers to bench/results/.
@@ -183,6 +190,60 @@ def run_table(table: str, args: argparse.Namespace, work: Path) -> list[dict]:
     return rows
 
 
+def deployed(train: pd.DataFrame, table: str, spec, args: argparse.Namespace, work: Path, kill: str | None,
+             port: int) -> tuple[CADASG, float]:
+    """One ``federated/deploy.py`` run over the training rows split by the table's silo column;
+    ``kill``: the silo whose SuperNode is SIGKILLed once round 1 is aggregated."""
+    import os
+    import signal
+
+    import yaml
+
+    data = work / f"{table}-train.parquet"
+    if not data.exists():
+        train.to_parquet(data)
+    cfg, fed = configs(table, spec, args)
+    secagg = args.routes.split(",")[0] == "secagg"
+    raw = {**cfg.to_dict(), "federated": fed.replace(secagg=secagg, max_dropouts=1, round_timeout=900).to_dict()}
+    (work / "deploy.yaml").write_text(yaml.safe_dump(raw))
+    tag = f"killed-{kill}" if kill else "undisturbed"
+    out, wd = work / f"{table}-deployed-{tag}", work / f"deploy-{tag}"
+    cmd = [sys.executable, str(ROOT / "federated" / "deploy.py"), str(data), "--silo-column", SILO_COLUMN[table],
+           "--config", str(work / "deploy.yaml"), "--out", str(out), "--workdir", str(wd), "--port", str(port),
+           "--node-port", str(port + 100), "--timeout", "5400"]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    log = wd / "logs" / "flwr-run.log"
+    while kill and proc.poll() is None and not (log.exists() and "round 1 (train" in log.read_text(errors="replace")):
+        if time.perf_counter() - t0 > 5400:
+            break
+        time.sleep(1.0)
+    if kill and proc.poll() is None:
+        os.killpg(json.loads((wd / "supernodes.json").read_text())[kill], signal.SIGKILL)
+        print(f"[federated] SIGKILLed silo {kill}'s SuperNode at {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    stdout, stderr = proc.communicate(timeout=5400)
+    if proc.returncode != 0:
+        raise RuntimeError(f"deployment {tag} failed:\n{stdout[-2000:]}\n{stderr[-3000:]}")
+    return CADASG.load(out), time.perf_counter() - t0
+
+
+def run_dropout(table: str, args: argparse.Namespace, work: Path) -> list[dict]:
+    """The undisturbed deployment and the one losing ``args.dropout``, scored on the same holdout."""
+    df, spec = load_table(table)
+    train, test = split(df, seed=args.seed)
+    rows = []
+    for port, kill in ((19791, None), (19891, args.dropout)):
+        model, seconds = deployed(train, table, spec, args, work, kill, port)
+        meta = model.meta["federated"]
+        rows.append({"table": table, "model": f"deployed, {'killed ' + kill if kill else 'undisturbed'}",
+                     "fit_s": round(seconds, 1), **score(model, train, test, spec, args.seed, args.samples),
+                     "contributions": meta["contributions"], "final_cache_silos": meta["final_cache_silos"],
+                     "silo_ledgers": sorted(meta["silo_ledgers"]),
+                     "dropouts": sum(r["dropped"] for r in meta["rounds"])})
+        print(f"[federated] {table} {rows[-1]['model']}: {rows[-1]}", file=sys.stderr, flush=True)
+    return rows
+
+
 def fmt(v, digits=3) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
@@ -198,6 +259,13 @@ def render(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
     notes = []
+    base = next((r for r in rows if r["model"] == "deployed, undisturbed"), None)
+    for r in (r for r in rows if r["model"].startswith("deployed, killed") and base):
+        gap = r["utility_ratio"] - base["utility_ratio"]
+        notes.append(f"{r['table']} {r['model']}: utility ratio {r['utility_ratio']:.3f} vs "
+                     f"{base['utility_ratio']:.3f} undisturbed (difference {gap:+.3f}; goal within 0.02); "
+                     f"contributions {r['contributions']}, final cache from {r['final_cache_silos']}, "
+                     f"ledgers of {r['silo_ledgers']}")
     for table in dict.fromkeys(r["table"] for r in rows):
         mine = [r for r in rows if r["table"] == table]
         for name in dict.fromkeys(r["model"] for r in mine if r["model"].startswith("federated")):
@@ -245,18 +313,22 @@ def main() -> int:
                    help="engine config override for the federated runs only (the central runs keep the defaults)")
     p.add_argument("--skip-engine", action="store_true", help="skip the central (engine) row")
     p.add_argument("--routes", default="secagg,plain", help="federated runs: secagg, plain or both")
+    p.add_argument("--dropout", metavar="SILO", help="measure two deployments instead: undisturbed, and SILO's "
+                   "SuperNode SIGKILLed as round 2 starts")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = p.parse_args()
     args.federated_set = parse_overrides(args.federated_set, "--federated-set")
     with tempfile.TemporaryDirectory(prefix="cadasg-fed-bench-") as tmp:
-        rows = [r for t in args.tables.split(",") for r in run_table(t.strip(), args, Path(tmp))]
+        runner = run_dropout if args.dropout else run_table
+        rows = [r for t in args.tables.split(",") for r in runner(t.strip(), args, Path(tmp))]
     text = render(rows)
     print(text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = f"eps{args.epsilon:g}_r{args.rounds}x{args.local_epochs}{f'_b{args.batch_size}' if args.batch_size else ''}" \
           f"_lr{args.server_lr.replace(',', '-')}_x{args.repeats}_seed{args.seed}" + \
-          "".join(f"_{k.rsplit('.', 1)[-1]}{v}" for k, v in args.federated_set.items())
+          "".join(f"_{k.rsplit('.', 1)[-1]}{v}" for k, v in args.federated_set.items()) + \
+          (f"_dropout-{args.dropout}" if args.dropout else "")
     (out / f"federated_{tag}.md").write_text(text + "\n")
     (out / f"federated_{tag}.json").write_text(json.dumps(rows, indent=1, default=str))
     return 0

@@ -21,7 +21,12 @@ What it does (docs/guides/federated.md has the same recipe as shell commands):
    waits for the artifact, and stops every process it started.
 
 Every process gets its own FLWR_HOME under WORKDIR, so nothing touches ~/.flwr. Logs are in
-WORKDIR/logs. Exit code 0 when the model was written.
+WORKDIR/logs (``flwr-run.log`` is written as the run goes: one line per round). Each SuperNode runs
+in its own process group, listed in WORKDIR/supernodes.json (silo name -> process group id): killing
+one group is losing that silo's machine. Rounds then go to the SuperNodes still connected; the run
+survives losing ``federated.max_dropouts`` of them, and stops (exit 1, one "run stopped" line on
+stderr, no model) when a round cannot reach ``federated.min_clients`` silos after its retries.
+Exit code 0 when the model was written.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import ipaddress
+import json
 import os
 import signal
 import subprocess
@@ -96,6 +102,14 @@ def silo_files(args: argparse.Namespace, workdir: Path) -> list[tuple[str, Path]
         df[silo_rows(df[args.silo_column], [source["value"]])].reset_index(drop=True).to_parquet(path)
         silos.append((source["name"], path))
     return silos
+
+
+def check_dropouts(args: argparse.Namespace, n_silos: int) -> None:
+    """Refuse, before any process starts, a federation that cannot lose federated.max_dropouts silos."""
+    from cadasg_dist.cli.federated import build_configs
+    from cadasg_dist.federation.config import check_silo_count
+
+    check_silo_count(build_configs(args)[1], n_silos)
 
 
 def build_plan_file(args: argparse.Namespace, silos: list[tuple[str, Path]], workdir: Path) -> Path:
@@ -188,6 +202,7 @@ def deploy(args: argparse.Namespace) -> int:
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
     ca, cert, key = generate_certificates(workdir / "certs")
     silos = silo_files(args, workdir)
+    check_dropouts(args, len(silos))
     plan = build_plan_file(args, silos, workdir)
     procs = Processes(workdir / "logs")
     try:
@@ -202,6 +217,8 @@ def deploy(args: argparse.Namespace) -> int:
                                               "--root-certificates", str(ca), "--node-config", node_config,
                                               "--host", "127.0.0.1", "--port", str(args.node_port + i),
                                               "--isolation", "subprocess"], home(workdir, f"node-{i}"))
+        groups = {name.removeprefix("supernode-"): proc.pid for name, proc in procs.procs if name != "superlink"}
+        (workdir / "supernodes.json").write_text(json.dumps(groups))
         env = home(workdir, "cli")
         (Path(env["FLWR_HOME"]) / "config.toml").write_text(
             f'[superlink]\ndefault = "cadasg"\n\n[superlink.cadasg]\naddress = "127.0.0.1:{args.port}"\n'
@@ -211,18 +228,40 @@ def deploy(args: argparse.Namespace) -> int:
         print(f"SuperLink on 127.0.0.1:{args.port} (TLS), {len(silos)} SuperNodes; workdir {workdir}", flush=True)
         cmd = [str(BIN / "flwr"), "run", str(ROOT), "cadasg", "--stream", "--run-config",
                run_config(args, plan, len(silos))]
-        run = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=args.timeout)
-        (workdir / "logs" / "flwr-run.log").write_text(run.stdout + run.stderr)
+        code, output = run_app(cmd, env, workdir / "logs" / "flwr-run.log", args.timeout)
         done = (Path(args.out) / "meta.json").exists()
-        if run.returncode != 0 or not done:
-            print(f"deployment run failed (flwr run exit {run.returncode}); logs in {workdir / 'logs'}",
-                  file=sys.stderr)
-            print((run.stdout + run.stderr)[-3000:], file=sys.stderr)
-            return 1
+        if code != 0 or not done:
+            return report_failure(code, output, workdir / "logs")
         print(f"model written to {args.out}")
         return 0
     finally:
         procs.stop()
+
+
+def run_app(cmd: list[str], env: dict[str, str], log: Path, timeout: float) -> tuple[int, str]:
+    """``flwr run --stream``, its output written to ``log`` as it comes; (exit code, output)."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            code = 124
+    return code, log.read_text(errors="replace")
+
+
+def report_failure(code: int, output: str, logs: Path) -> int:
+    """One clear line on stderr: the ServerApp's "run stopped" reason when it gave one."""
+    from cadasg_dist.federation.apps import STOPPED
+
+    stopped = [line[line.index(STOPPED):] for line in output.splitlines() if STOPPED in line]
+    if stopped:
+        print(f"cadasg: {stopped[-1]}", file=sys.stderr)
+    else:
+        print(f"deployment run failed (flwr run exit {code}); logs in {logs}", file=sys.stderr)
+        print(output[-3000:], file=sys.stderr)
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,7 +291,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--silo-column needs DATA")
     if not args.silo_column and not args.silos:
         p.error("give DATA --silo-column COL, or --silos DIR")
-    return deploy(args)
+    from cadasg_dist.errors import CADASGError
+
+    try:
+        return deploy(args)
+    except CADASGError as err:  # a bad config or declaration: one line, before (or instead of) any process
+        print(f"deploy.py: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ two apps on the simulation engine (``run_simulation``) with settings it built it
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from cadasg_dist.federation.client import handle_train, optional_secaggplus_mod
-from cadasg_dist.federation.server import ServerSettings, run_server
+from cadasg_dist.federation.server import RunStopped, ServerSettings, run_server
 from cadasg_dist.federation.simulation import anchor_app_paths, settings_from_run_config
 
 
@@ -47,13 +48,34 @@ def build_server_app(settings: ServerSettings | None = None, *, app_root: Path |
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        if settings is not None:
+        if settings is not None:  # the simulation: `run_simulation` re-raises a stopped run to the CLI
             run_server(grid, context, settings)
             return
+        _log_rounds()
         run_config = context.run_config if app_root is None else anchor_app_paths(context.run_config, app_root)
-        run_server(grid, context, settings_from_run_config(run_config))
+        try:
+            run_server(grid, context, settings_from_run_config(run_config))
+        except RunStopped as err:  # one line a deployment's operator (and federated/deploy.py) can find
+            logging.getLogger("cadasg_dist").error("%s %s", STOPPED, err)
+            raise
 
     return app
+
+
+# The marker of a run that stopped without a model, in the ServerApp's log (``flwr run --stream``).
+STOPPED = "federated run stopped:"
+
+
+def _log_rounds() -> None:
+    """Under ``flwr run`` the ServerApp's process has no handler for the library's logger: give it
+    one, so the per-round lines (who replied, what was aggregated) reach the run's log stream."""
+    lib = logging.getLogger("cadasg_dist")
+    if not lib.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("cadasg: %(message)s"))
+        lib.addHandler(handler)
+        lib.setLevel(logging.INFO)
+        lib.propagate = False
 
 
 def run_simulation(settings: ServerSettings, *, ray_address: str | None = None, num_cpus: int | None = None,

@@ -57,8 +57,16 @@ class FederatedConfig:
     # The range SecAgg+ quantizes values in: a weighted update value beyond it is refused, not clipped.
     secagg_clip: float = 8.0
     # A round is aggregated from the silos that answered within round_timeout seconds, if at least
-    # min_clients did; otherwise the global model is kept and the round is logged as skipped.
+    # min_clients did; otherwise it is retried (round_retries) and then the run stops with an error.
     min_clients: int = 2
+    # Silos a round must survive losing after it started (SIGKILL, network): SecAgg+'s reconstruction
+    # threshold is lowered to (silos sampled - max_dropouts) when secagg_threshold asks for more. A run
+    # needs min_clients + max_dropouts silos (checked before it starts).
+    max_dropouts: int = 1
+    # Retries of a round that could not be aggregated (fewer than min_clients replies, or SecAgg+
+    # halted), each over the silos still connected; then the run stops with a non-zero exit and no
+    # model. A retried round's silos spend privacy budget again (their ledgers record it).
+    round_retries: int = 1
     # Seconds a round waits for the silos' answers.
     round_timeout: float = 600.0
     # Seconds the server waits for min_clients silos to connect before the first round.
@@ -87,6 +95,11 @@ class FederatedConfig:
             (self.local_lr_scale > 0 and math.isfinite(self.local_lr_scale),
              f"federated.local_lr_scale must be a finite number > 0, got {self.local_lr_scale}"),
             (self.min_clients >= 1, f"federated.min_clients must be >= 1, got {self.min_clients}"),
+            (self.max_dropouts >= 0, f"federated.max_dropouts must be >= 0, got {self.max_dropouts}"),
+            (self.round_retries >= 0, f"federated.round_retries must be >= 0, got {self.round_retries}"),
+            (not self.secagg or self.min_clients >= 2,
+             f"federated.min_clients={self.min_clients} with SecAgg+: a secure sum needs 2 silos or more, set "
+             "federated.min_clients >= 2"),
             (self.round_timeout > 0, f"federated.round_timeout must be > 0 seconds, got {self.round_timeout}"),
             (0 < self.secagg_shares <= 1, f"federated.secagg_shares must be in (0, 1], got {self.secagg_shares}"),
             (0 < self.secagg_threshold <= 1,
@@ -117,6 +130,15 @@ class FederatedConfig:
 
     def replace(self, **values: Any) -> FederatedConfig:
         return FederatedConfig.from_dict({**self.to_dict(), **values})
+
+
+def check_silo_count(fed: FederatedConfig, silos: int) -> None:
+    """Refuse a federation too small for its settings: every round must still reach ``min_clients``
+    after losing ``max_dropouts`` silos."""
+    if silos < fed.min_clients + fed.max_dropouts:
+        raise ConfigError(f"federated.min_clients={fed.min_clients} and federated.max_dropouts={fed.max_dropouts} need "
+                          f"at least {fed.min_clients + fed.max_dropouts} silos, there are {silos}: lower "
+                          "federated.max_dropouts (0: every round needs all silos) or federated.min_clients")
 
 
 def parse_failure(spec: str) -> tuple[int, int, str]:

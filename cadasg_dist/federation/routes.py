@@ -7,6 +7,9 @@ Two routes, one protocol:
   workflow API in flwr 1.41; the server then sees only the weighted sum of the silos' parameters
   and the sum of their statistics, never one silo's.
 
+Each round goes to the silos connected when it starts (``grid.get_node_ids()``: the SuperLink drops
+a SuperNode whose heartbeats stopped), never to a list fixed at the first round.
+
 Either route returns a ``RoundOutcome``: the replies' metrics and ledgers, the aggregated model and
 cache (or None), the failures, and the bytes each node sent and received (``MeteredGrid``).
 """
@@ -28,7 +31,7 @@ from cadasg_dist.errors import InvalidDataError
 from cadasg_dist.federation.config import SECAGG_MODULUS, SECAGG_QUANTIZATION, FederatedConfig
 from cadasg_dist.federation.plan import FederationPlan
 from cadasg_dist.federation.records import check_payload, expected_shapes, payload_bytes, secagg_unpack
-from cadasg_dist.federation.strategies import LegacyCapture, make_strategy
+from cadasg_dist.federation.strategies import DropoutTolerantSecAggPlus, LegacyCapture, make_strategy, secagg_parameters
 from cadasg_dist.model.networks import CADASGNetworks
 
 
@@ -58,7 +61,8 @@ class RoundOutcome:
                 "bytes_up_per_client": int(np.mean(up)) if up else 0,
                 "bytes_down_per_client": int(np.mean(list(self.bytes_down.values()))) if self.bytes_down else 0,
                 "exchange_seconds": [round(x, 3) for x in self.exchanges],
-                "silos": self.silos, "failures": self.failures}
+                "contributors": sorted(self.silos) if aggregated else [], "silos": self.silos,
+                "failures": self.failures}
 
 
 class MeteredGrid:
@@ -116,9 +120,13 @@ class PlainRoute:
         messages = list(self.strategy.configure_train(rnd, ArrayRecord(weights), config, self.grid))
         replies = self.grid.send_and_receive(messages, timeout=self.fed.round_timeout)
         valid, failures = [], []
+        # an error the SuperLink makes for a dead node comes from the SuperLink: name the node it was for
+        sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in messages if m.metadata.message_id}
+        answered = {sent_to.get(r.metadata.reply_to_message_id, r.metadata.src_node_id) for r in replies}
         for r in replies:
             if r.has_error():
-                failures.append(f"node {r.metadata.src_node_id}: {r.error.reason[:300]}")
+                node = sent_to.get(r.metadata.reply_to_message_id, r.metadata.src_node_id)
+                failures.append(f"node {node}: {r.error.reason[:300]}")
                 continue
             try:
                 check_payload(r.content, self.shapes)
@@ -127,7 +135,7 @@ class PlainRoute:
                 continue
             valid.append(r)
         failures += [f"node {m.metadata.dst_node_id}: no reply within {self.fed.round_timeout:g}s"
-                     for m in messages if m.metadata.dst_node_id not in {r.metadata.src_node_id for r in replies}]
+                     for m in messages if m.metadata.dst_node_id not in answered]
         silos, ledgers = {}, {}
         for r in valid:
             name, metrics, ledger = _reply_silo(r.content)
@@ -147,25 +155,33 @@ class SecureRoute:
 
     secure = True
 
-    def __init__(self, grid: MeteredGrid, context: Context, plan: FederationPlan, fed: FederatedConfig,
-                 nodes: list[int]) -> None:
+    def __init__(self, grid: MeteredGrid, context: Context, plan: FederationPlan, fed: FederatedConfig) -> None:
         from flwr.server.client_manager import SimpleClientManager
-        from flwr.server.compat.grid_client_proxy import GridClientProxy
         from flwr.server.compat.legacy_context import LegacyContext
 
         self.grid, self.plan, self.fed = grid, plan, fed
-        manager = SimpleClientManager()
-        for node in nodes:
-            manager.register(GridClientProxy(node_id=node, grid=grid, run_id=grid.run.run_id))
         self.capture = LegacyCapture()
-        self.context = LegacyContext(context, strategy=self.capture, client_manager=manager)
+        self.context = LegacyContext(context, strategy=self.capture, client_manager=SimpleClientManager())
         self.n_weights = len(list(CADASGNetworks(plan.dims, plan.config.model).parameters()))
+
+    def sample_live(self) -> int:
+        """Register exactly the silos connected now (the legacy client manager would otherwise keep
+        a dead one and SecAgg+ would wait for it every round); returns how many."""
+        from flwr.server.compat.grid_client_proxy import GridClientProxy
+
+        manager, live = self.context.client_manager, set(self.grid.get_node_ids())
+        for proxy in list(manager.all().values()):
+            if proxy.node_id not in live:
+                manager.unregister(proxy)
+        known = {p.node_id for p in manager.all().values()}
+        for node in sorted(live - known):
+            manager.register(GridClientProxy(node_id=node, grid=self.grid, run_id=self.grid.run.run_id))
+        return len(live)
 
     def round(self, rnd: int, phase: str, weights: OrderedDict[str, torch.Tensor], base: dict[str, Any]
               ) -> RoundOutcome:
         import flwr.compat.common.recorddict_compat as compat
         from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
-        from flwr.server.workflow import SecAggPlusWorkflow
         from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
 
         start = time.perf_counter()
@@ -178,10 +194,18 @@ class SecureRoute:
         state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({"current_round": rnd})
         params = ndarrays_to_parameters([w.numpy() for w in weights.values()])
         state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(params, keep_input=True)
-        SecAggPlusWorkflow(num_shares=fed.secagg_shares, reconstruction_threshold=fed.secagg_threshold,
-                           max_weight=fed.secagg_max_weight, clipping_range=fed.secagg_clip,
-                           quantization_range=SECAGG_QUANTIZATION, modulus_range=SECAGG_MODULUS,
-                           timeout=fed.round_timeout)(self.grid, self.context)
+        sampled = self.sample_live()
+        if sampled < 2:  # gone between the server's wait and this round: nothing a secure sum can do
+            up, down, exchanges = self.grid.take()
+            return RoundOutcome(rnd, phase, sampled, {}, time.perf_counter() - start, up, down, exchanges=exchanges,
+                                failures=[f"only {sampled} silo connected: SecAgg+ needs 2 or more"])
+        shares, threshold = secagg_parameters(fed, sampled)
+        # as fractions, which Flower turns back into these integers (it refuses an integer threshold equal
+        # to the shares, and integer shares of 2)
+        DropoutTolerantSecAggPlus(num_shares=shares / sampled, reconstruction_threshold=threshold / shares,
+                                  max_weight=fed.secagg_max_weight, clipping_range=fed.secagg_clip,
+                                  quantization_range=SECAGG_QUANTIZATION, modulus_range=SECAGG_MODULUS,
+                                  timeout=fed.round_timeout)(self.grid, self.context)
         results = self.capture.results
         silos, ledgers = {}, {}
         for _, res in results:
@@ -192,6 +216,8 @@ class SecureRoute:
             silos[name] = {"num-examples": float(res.num_examples), **metrics}
         failures = [f"node {n}: dropped out of SecAgg+" for n in self.capture.sampled
                     if n not in {p.node_id for p, _ in results}]
+        if not results:
+            failures.append(f"SecAgg+ halted ({shares} shares, threshold {threshold}); see the Flower log above")
         outcome = RoundOutcome(rnd, phase, len(self.capture.sampled), silos, 0.0, {}, {}, ledgers=ledgers,
                                failures=failures)
         if results:

@@ -4,9 +4,14 @@ Each round the server sends the global model to every connected silo, waits ``ro
 seconds, and aggregates the replies that came back: parameters by FedAvg (weighted by each silo's
 weight: its noisy count in a private run, its rows otherwise; the
 FedProx strategy only adds the proximal weight to the config), cache statistics by an exact sum.
-A round with fewer than ``min_clients`` replies is logged and skipped (the model is kept). After
-the last round a "final-cache" round asks every silo for one noisy release of its statistics under
-the final encoder; their sum is the global cache, so a context held by one silo only is in it.
+Each round goes to the silos connected when it starts. A round with fewer than ``min_clients``
+replies (or a SecAgg+ round that halted) is retried ``round_retries`` times over the silos then
+connected; after that the run stops (``RunStopped``: a non-zero exit, no model written). After
+the last round a "final-cache" round asks every connected silo for one noisy release of its
+statistics under the final encoder (retried alike; a silo asked twice sends the same release);
+their sum is the global cache, so a context held by one silo only is in it, unless that silo is
+gone by then. The artifact lists per round the silos it aggregated (``contributors``), per silo the
+rounds it contributed to (``contributions``), and every silo's last ledger.
 The rounds travel the plain route or, with ``federated.secagg``, Flower's SecAgg+
 (``federation.routes``); the aggregation is in ``federation.strategies``.
 
@@ -35,7 +40,7 @@ from flwr.serverapp import Grid
 from cadasg_dist.context.cache import CacheStats
 from cadasg_dist.errors import CADASGError
 from cadasg_dist.federation.accounting import run_guarantee
-from cadasg_dist.federation.config import FederatedConfig
+from cadasg_dist.federation.config import FederatedConfig, check_silo_count
 from cadasg_dist.federation.plan import FederationPlan
 from cadasg_dist.federation.records import model_arrays, summed_noise
 from cadasg_dist.federation.routes import MeteredGrid, PlainRoute, RoundOutcome, SecureRoute
@@ -46,8 +51,8 @@ from cadasg_dist.train.loop import new_cache
 from cadasg_dist.train.step import TrainState
 
 # The aggregation strategy is importable beside the entry points that drive it (the federated tests do).
-__all__ = ["FedAvgWithCache", "ServerSettings", "assemble_model", "initial_weights", "run_server", "server_step",
-           "wait_for_nodes"]
+__all__ = ["FedAvgWithCache", "RunStopped", "ServerSettings", "assemble_model", "initial_weights", "run_server",
+           "server_step", "wait_for_nodes"]
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +66,17 @@ class ServerSettings:
     out: Path | None = None
 
 
-def wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
+class RunStopped(CADASGError):
+    """A round could not be aggregated, even retried: the run stops and writes no model."""
+
+
+def wait_for_nodes(grid: Grid, count: int, timeout: float, what: str = "before the first round") -> list[int]:
+    """The connected silos once ``count`` are; raises ``RunStopped`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while len(nodes := list(grid.get_node_ids())) < count:
         if time.monotonic() > deadline:
-            raise CADASGError(f"only {len(nodes)} of {count} silos connected within {timeout:g}s")
+            raise RunStopped(f"only {len(nodes)} of the {count} silos needed were connected {what} "
+                             f"(waited federated.connect_timeout={timeout:g}s); the run stopped and wrote no model")
         time.sleep(0.5)
     return sorted(nodes)
 
@@ -84,48 +95,80 @@ def initial_weights(plan: FederationPlan) -> OrderedDict[str, torch.Tensor]:
     return model_arrays(TrainState.create(plan.dims, plan.config).nets)
 
 
+class RunRecord:
+    """What the rounds left for the artifact: every attempt's summary, each silo's last metrics and
+    ledger (every silo that sent anything, contributing or not: what the server saw is what the
+    guarantee covers), and the rounds each silo contributed to."""
+
+    def __init__(self) -> None:
+        self.rounds: list[dict[str, Any]] = []
+        self.latest: dict[str, dict[str, Any]] = {}
+        self.ledgers: dict[str, str] = {}
+        self.contributions: dict[str, list[int]] = {}
+
+    def add(self, outcome: RoundOutcome, aggregated: bool, attempt: int) -> None:
+        self.latest.update(outcome.silos)
+        self.ledgers.update(outcome.ledgers)
+        self.rounds.append({**outcome.summary(aggregated), "attempt": attempt})
+        if aggregated and outcome.phase == "train":
+            for name in outcome.silos:
+                self.contributions.setdefault(name, []).append(outcome.round)
+
+
+def play_round(route: PlainRoute | SecureRoute, grid: MeteredGrid, rnd: int, phase: str,
+               weights: OrderedDict[str, torch.Tensor], base: dict[str, Any], fed: FederatedConfig,
+               record: RunRecord) -> RoundOutcome:
+    """One round over the silos connected now, retried ``round_retries`` times (each over the silos
+    then connected) until ``min_clients`` replies are aggregated; else ``RunStopped``."""
+    attempts = fed.round_retries + 1
+    for attempt in range(1, attempts + 1):
+        wait_for_nodes(grid, fed.min_clients, fed.connect_timeout, f"for round {rnd} ({phase})")
+        outcome = route.round(rnd, phase, weights, base)
+        done = outcome.weights if phase == "train" else outcome.cache
+        ok = outcome.replied >= fed.min_clients and done is not None
+        _log_round(outcome, ok, fed, attempt)
+        record.add(outcome, ok, attempt)
+        if ok:
+            return outcome
+    raise RunStopped(f"round {rnd} ({phase}) could not be aggregated in {attempts} attempt(s): "
+                     f"{outcome.replied} of {outcome.sampled} silos replied, federated.min_clients={fed.min_clients}; "
+                     "the run stopped and wrote no model. Last failures: "
+                     + ("; ".join(outcome.failures[:3]) or "none"))
+
+
 def run_server(grid: Grid, context: Context, settings: ServerSettings) -> dict[str, Any]:
-    """The whole run; writes the artifact to ``settings.out`` and returns the run summary."""
+    """The whole run; writes the artifact to ``settings.out`` and returns the run summary. Raises
+    ``RunStopped`` (and writes nothing) when a round cannot be aggregated after its retries."""
     plan, fed = settings.plan, settings.fed
+    check_silo_count(fed, settings.num_silos)
     started = time.perf_counter()
     metered = MeteredGrid(grid)
-    nodes = wait_for_nodes(metered, max(settings.num_silos, fed.min_clients), fed.connect_timeout)
-    route = SecureRoute(metered, context, plan, fed, nodes) if fed.secagg else PlainRoute(metered, plan, fed)
+    wait_for_nodes(metered, settings.num_silos, fed.connect_timeout)
+    route = SecureRoute(metered, context, plan, fed) if fed.secagg else PlainRoute(metered, plan, fed)
     base = {"plan": plan.to_json(), "federated": fed.to_json(), "sources": json.dumps(settings.sources or [])}
     weights = initial_weights(plan)
-    rounds, last_cache = [], None
-    latest: dict[str, dict[str, Any]] = {}  # silo -> its last reply's metrics; ledgers alike
-    ledgers: dict[str, str] = {}
+    record = RunRecord()
     for rnd in range(1, fed.rounds + 1):
-        outcome = route.round(rnd, "train", weights, base)
-        latest.update(outcome.silos)
-        ledgers.update(outcome.ledgers)
-        ok = outcome.replied >= fed.min_clients and outcome.weights is not None
-        if ok:
-            weights, last_cache = server_step(weights, outcome.weights, fed.server_lr), outcome.cache
-        _log_round(outcome, ok, fed)
-        rounds.append(outcome.summary(ok))
-    final = route.round(fed.rounds + 1, "final-cache", weights, base)
-    latest.update(final.silos)
-    ledgers.update(final.ledgers)
-    _log_round(final, final.cache is not None, fed)
-    rounds.append(final.summary(final.cache is not None))
-    cache = final.cache if final.cache is not None else last_cache
-    # the final releases' noise, summed over the silos that sent one (a fallback cache: unknown, exact)
-    noise_var = summed_noise(list(final.silos.values()) if final.cache is not None else [])
-    if cache is None:
-        reasons = [f for r in rounds for f in r["failures"]][:3]
-        raise CADASGError("no silo returned cache statistics, the run produced no model; first failures: "
-                          + ("; ".join(reasons) or "none reported"))
+        outcome = play_round(route, metered, rnd, "train", weights, base, fed, record)
+        weights = server_step(weights, outcome.weights, fed.server_lr)
+    final = play_round(route, metered, fed.rounds + 1, "final-cache", weights, base, fed, record)
+    noise_var = summed_noise(list(final.silos.values()))  # the final releases' noise, summed over the silos
+    gone = sorted(set(record.latest) - set(final.silos))
+    if gone:  # their rows shaped the weights, but their cache cells are not in the model's cache
+        log.warning("silo(s) %s sent no final cache: contexts only they hold fall back to the shared prior",
+                    ", ".join(gone))
     rows_key = "noisy_rows" if plan.config.private else "rows"  # a private silo sends only its noisy count
-    summary = {"rounds": rounds, "secagg": route.secure, "strategy": fed.strategy, "federated": fed.to_dict(),
+    summary = {"rounds": record.rounds, "secagg": route.secure, "strategy": fed.strategy, "federated": fed.to_dict(),
                "silos": {name: {rows_key: int(m.get("num-examples", 0)), "epsilon": _eps(m.get("epsilon"))}
-                         for name, m in sorted(latest.items())},
-               "silo_ledgers": {name: json.loads(text) for name, text in sorted(ledgers.items())},
-               "final_cache_silos": sorted(final.silos), "schema_ledger": plan.schema_ledger,
+                         for name, m in sorted(record.latest.items())},
+               "silo_ledgers": {name: json.loads(text) for name, text in sorted(record.ledgers.items())},
+               "contributions": dict(sorted(record.contributions.items())),
+               "final_cache_silos": sorted(final.silos), "missing_from_final_cache": gone,
+               "schema_ledger": plan.schema_ledger,
                "seconds": round(time.perf_counter() - started, 3)}
     if settings.out is not None:
-        model = assemble_model(plan, weights, cache, ledgers, summary, noise_var, disjoint=fed.disjoint_units)
+        model = assemble_model(plan, weights, final.cache, record.ledgers, summary, noise_var,
+                               disjoint=fed.disjoint_units)
         model.save(settings.out)
         log.info("federated model written to %s", settings.out)
     return summary
@@ -136,10 +179,10 @@ def _eps(value: Any) -> float | None:
     return None if value is None or float(value) < 0 else float(value)
 
 
-def _log_round(o: RoundOutcome, aggregated: bool, fed: FederatedConfig) -> None:
+def _log_round(o: RoundOutcome, aggregated: bool, fed: FederatedConfig, attempt: int) -> None:
     up = [b for b in o.bytes_up.values() if b]
-    log.info("round %d (%s): %d/%d silos replied in %.1fs, %s; %.0f bytes up per silo%s", o.round, o.phase, o.replied,
-             o.sampled, o.seconds, "aggregated" if aggregated else
+    log.info("round %d (%s, attempt %d of %d): %d/%d silos replied in %.1fs, %s; %.0f bytes up per silo%s", o.round,
+             o.phase, attempt, fed.round_retries + 1, o.replied, o.sampled, o.seconds, "aggregated" if aggregated else
              f"NOT aggregated (fewer than min_clients={fed.min_clients})", np.mean(up) if up else 0,
              "; failures: " + "; ".join(o.failures) if o.failures else "")
 

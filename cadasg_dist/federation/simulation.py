@@ -19,7 +19,7 @@ import pandas as pd
 from cadasg_dist.config import CADASGConfig, flag_overrides
 from cadasg_dist.data.io import read_table
 from cadasg_dist.errors import ConfigError, InvalidDataError
-from cadasg_dist.federation.config import FederatedConfig, load_configs
+from cadasg_dist.federation.config import FederatedConfig, check_silo_count, load_configs
 from cadasg_dist.federation.plan import FederationPlan, build_plan
 from cadasg_dist.federation.server import ServerSettings
 
@@ -114,13 +114,24 @@ def prepare_run(cfg: CADASGConfig, fed: FederatedConfig, *, data: str | Path | N
     ``plan_path``, whose engine config is then the run's, or built)."""
     plan = FederationPlan.from_json(Path(plan_path).read_text()) if plan_path else None
     sources, pooled = silo_sources(data, silo_column, silos, cfg if plan is None else plan.config)
+    check_silo_count(fed, len(sources))  # before the plan's releases and before Ray or Flower start
     if plan is None:
-        plan = build_plan(pooled, cfg, fed)
+        plan = _declared_plan(pooled, cfg, fed)
     del pooled
-    if fed.min_clients > len(sources):
-        raise ConfigError(f"federated.min_clients={fed.min_clients} but there are only {len(sources)} silos")
     return ServerSettings(plan=plan, fed=fed, num_silos=len(sources), sources=sources,
                           out=Path(out) if out else None)
+
+
+def _declared_plan(pooled: pd.DataFrame, cfg: CADASGConfig, fed: FederatedConfig) -> FederationPlan:
+    """``build_plan``; a missing declaration in a run without --epsilon says why it is needed."""
+    try:
+        return build_plan(pooled, cfg, fed)
+    except ConfigError as err:
+        if cfg.private:
+            raise
+        raise ConfigError(f"a federation releases its shared schema with DP (federated.schema_epsilon="
+                          f"{fed.schema_epsilon:g}) even when training is not private, so it reads no category set "
+                          f"from the data either: {err}") from err
 
 
 def anchor_app_paths(run_config: Mapping[str, Any], app_root: Path) -> dict[str, Any]:

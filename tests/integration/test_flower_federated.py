@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,16 @@ train: {batch_size: 128, seed: 0}
 federated: {rounds: 2, local_epochs: 1, schema_epsilon: 10.0, round_timeout: 120, secagg_max_weight: 1000}
 """
 
+# The dropout runs: 3 rounds, a round survives losing one silo, silos get 150 s to connect (at the start
+# and before a retry: a loaded machine starts a SuperNode slowly).
+# The plain route: deployed, each message starts a ClientApp process that imports torch, and SecAgg+'s
+# four exchanges a round made one run take over 10 minutes on 2 shared cores. SecAgg+ under a silo
+# lost at each of its stages is tested in process (tests/unit/test_federated_dropouts.py).
+DROPOUTS = """
+federated: {rounds: 3, local_epochs: 1, schema_epsilon: 10.0, round_timeout: 120, secagg_max_weight: 1000,
+            secagg: false, min_clients: 2, max_dropouts: 1, round_retries: 1, connect_timeout: 150}
+"""
+
 pytestmark = pytest.mark.integration
 
 
@@ -45,6 +57,7 @@ def silo_inputs(mixed_table, tmp_path_factory):
     d = tmp_path_factory.mktemp("flower")
     df.to_parquet(d / "table.parquet")
     (d / "tiny.yaml").write_text(CONFIG)
+    (d / "dropouts.yaml").write_text(CONFIG.split("federated:")[0] + DROPOUTS)
     return d, df
 
 
@@ -130,3 +143,60 @@ def test_deployment_superlink_and_three_supernodes_with_tls(silo_inputs, tmp_pat
     plan = json.loads((tmp_path / "work" / "plan.json").read_text())
     assert plan["format"] == "cadasg-federation-plan"
     assert len(model.sample(20, context={"group": "rare"})) == 20
+
+
+def deploy_and_kill(d: Path, tmp_path: Path, victims: list[str], port: int) -> tuple[subprocess.CompletedProcess, Path]:
+    """``federated/deploy.py`` over the three silos; once round 1 is aggregated (round 2 starting),
+    SIGKILL the process group of each victim's SuperNode (its ClientApp included) from outside."""
+    work, out = tmp_path / "work", tmp_path / "model"
+    cmd = [sys.executable, str(ROOT / "federated" / "deploy.py"), str(d / "table.parquet"), "--silo-column", "site",
+           "--config", str(d / "dropouts.yaml"), "--out", str(out), "--workdir", str(work), "--port", str(port),
+           "--node-port", str(port + 100), "--timeout", "720"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    log, deadline = work / "logs" / "flwr-run.log", time.monotonic() + 420
+    try:
+        while not (log.exists() and "round 1 (train" in log.read_text(errors="replace")):
+            assert proc.poll() is None, "deploy.py ended before round 2: " + proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "round 1 never finished"
+            time.sleep(0.5)
+        groups = json.loads((work / "supernodes.json").read_text())
+        for name in victims:
+            os.killpg(groups[name], signal.SIGKILL)
+        stdout, stderr = proc.communicate(timeout=800)
+    finally:
+        if proc.poll() is None:  # a failed wait: stop deploy.py, which stops what it started
+            proc.terminate()
+            proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr), out
+
+
+def test_deployment_survives_a_supernode_killed_in_round_2(silo_inputs, tmp_path):
+    from cadasg_dist.synthesizer import CADASG
+
+    d, _ = silo_inputs
+    run, out = deploy_and_kill(d, tmp_path, ["s2"], 19591)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    meta = CADASG.load(out).meta["federated"]
+    rounds = meta["rounds"]
+    last = {r["round"]: r for r in rounds}  # a retried round: its aggregated attempt
+    assert sorted(last) == [1, 2, 3, 4] and all(r["aggregated"] for r in last.values())
+    assert last[1]["contributors"] == list(SILOS)
+    assert set(last[2]["contributors"]) >= {"s1", "s3"}  # s2 too if it had replied before it died
+    assert last[3]["contributors"] == ["s1", "s3"] and last[3]["sampled"] == 2  # the dead node is not sampled
+    assert meta["final_cache_silos"] == ["s1", "s3"]
+    assert meta["contributions"]["s1"] == meta["contributions"]["s3"] == [1, 2, 3]
+    assert meta["contributions"]["s2"] in ([1], [1, 2])
+    # every contributing silo's ledger is kept, the dead one's (as of its last reply) too
+    assert set(meta["silo_ledgers"]) == set(SILOS)
+    assert all(meta["silo_ledgers"][s]["format"] == meta["silo_ledgers"]["s1"]["format"] for s in SILOS)
+    assert "NOT aggregated" not in (tmp_path / "work" / "logs" / "flwr-run.log").read_text(errors="replace")
+
+
+def test_deployment_stops_when_too_many_supernodes_die(silo_inputs, tmp_path):
+    d, _ = silo_inputs
+    run, out = deploy_and_kill(d, tmp_path, ["s1", "s2"], 19691)
+    assert run.returncode == 1, run.stdout[-3000:] + run.stderr[-3000:]
+    assert run.stderr.startswith("cadasg: federated run stopped:"), run.stderr[-3000:]
+    assert "wrote no model" in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1  # one clear line
+    assert not (out / "meta.json").exists()

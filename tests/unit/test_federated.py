@@ -366,11 +366,13 @@ def test_run_survives_a_failing_silo_and_keeps_single_silo_contexts(plan, table_
     assert set(model.meta["federated"]["silo_ledgers"]) == set(SILOS) and not model.ledger.private
 
 
-def test_too_few_silos_skips_the_round(plan, table_path, tmp_path):
-    grid = InProcessGrid(3)
-    fed = FED.replace(min_clients=3, inject_failure="0:1:raise", rounds=1)
-    summary, _ = _run(plan, fed, table_path, tmp_path, grid)
-    assert summary["rounds"][0]["aggregated"] is False and summary["rounds"][0]["replied"] == 2
+def test_too_few_silos_stop_the_run_after_its_retries(plan, table_path, tmp_path):
+    from cadasg_dist.federation.server import RunStopped
+
+    fed = FED.replace(min_clients=3, max_dropouts=0, inject_failure="0:1:raise", rounds=1)
+    with pytest.raises(RunStopped, match=r"round 1 \(train\) could not be aggregated in 2 attempt\(s\): 2 of 3"):
+        _run(plan, fed, table_path, tmp_path, InProcessGrid(3))
+    assert not (tmp_path / "model").exists()
 
 
 def test_secagg_route_matches_plain_route(plan, table_path, tmp_path):
