@@ -28,6 +28,7 @@ import pandas as pd
 
 from cadasg_dist.distributed.data import PREPARE_ROWS, ContextRouting, context_counts, open_table, preparation_sample
 from cadasg_dist.distributed.plan import ShardPlan, make_plan
+from cadasg_dist.distributed.preflight import check_before_ray
 from cadasg_dist.distributed.worker import WorkerConfig, load_payload, quiet_console, train_loop_per_worker
 from cadasg_dist.errors import ConfigError
 from cadasg_dist.model.networks import CADASGNetworks, ModelDims
@@ -59,10 +60,7 @@ def fit_distributed(model: CADASG, data: str | Path | pd.DataFrame, *, context: 
     """
     start = time.perf_counter()
     cfg = model.config = fit_config(model.config, context, target)
-    if cfg.private:
-        from cadasg_dist.distributed.private import check_private_config
-
-        check_private_config(cfg)
+    check_before_ray(cfg, data, max_private_rows=prepare_rows)  # config, columns, declarations: before Ray
     ensure_ray(cfg.distributed.address)
     quiet_console()
     ds = open_table(data)
