@@ -110,11 +110,16 @@ def train_on_ray(wc: WorkerConfig, ds: Any, local_mode: bool) -> dict[str, Any]:
     """Run the trainer (with a spend journal when the run is private and on Ray Train workers) and
     return the final checkpoint's payload, checked against the journal."""
     import ray
+    from ray.train import TrainingFailedError
 
     journal = start_journal() if wc.cfg.private and not local_mode else None
     try:
-        result = make_trainer(dataclasses.replace(wc, journal=journal and journal[0]), ds, local_mode).fit()
-        spent = None if journal is None else ray.get(journal[1].state.remote())
+        try:
+            result = make_trainer(dataclasses.replace(wc, journal=journal and journal[0]), ds, local_mode).fit()
+        finally:
+            spent = None if journal is None else ray.get(journal[1].state.remote())
+    except TrainingFailedError as exc:
+        raise DistributedRunError(failure_message(wc, exc, spent)) from exc
     finally:
         if journal is not None:
             ray.kill(journal[1])
@@ -125,6 +130,33 @@ def train_on_ray(wc: WorkerConfig, ds: Any, local_mode: bool) -> dict[str, Any]:
     if spent is not None:
         check_spent(spent, payload["privacy"])
     return payload
+
+
+class DistributedRunError(RuntimeError):
+    """Ray Train gave up: more worker-group failures than ``distributed.max_failures``, or no room
+    for the workers (a lost node not replaced) through as many start-up timeouts."""
+
+
+def failure_message(wc: WorkerConfig, exc: Exception, spent: dict[str, Any] | None) -> str:
+    """One paragraph: what failed, what the cluster has now against what the workers need, what to
+    do, and (private) what was spent. Ray's own error is named by its first line only."""
+    import ray
+
+    d = wc.cfg.distributed
+    cause = str(getattr(exc, "controller_failure", exc)).strip().splitlines()
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    unit = "GPU" if d.use_gpu else "CPU"
+    have = float(ray.cluster_resources().get(unit, 0.0))
+    fits = int(have)  # each worker asks for one CPU (or one GPU)
+    text = (f"distributed training stopped after the {d.max_failures} restart(s) distributed.max_failures allows "
+            f"({type(exc).__name__}: {cause[-1] if cause else 'no detail'}). The cluster now has {have:g} {unit}(s) "
+            f"on {nodes} live node(s) for {d.num_workers} workers needing one {unit} each")
+    text += (f": add a node, or rerun with --num-workers {fits} (distributed.num_workers)." if fits < d.num_workers
+             else ": see the Ray Train logs for the failing worker.")
+    if spent is not None and spent["begun"]:
+        text += (f" The {spent['begun']} DP step(s) the workers began are spent: a rerun on this table spends a "
+                 "new budget on top of them.")
+    return text + " No model was returned."
 
 
 def check_spent(journal: dict[str, Any], privacy: dict[str, Any]) -> None:
@@ -201,7 +233,11 @@ def make_trainer(wc: WorkerConfig, ds: Any, local_mode: bool) -> Any:
         scaling_config=ScalingConfig(num_workers=0 if local_mode else d.num_workers, use_gpu=d.use_gpu),
         run_config=RunConfig(name=f"cadasg-{time.strftime('%Y%m%d-%H%M%S')}-{np.random.randint(1 << 30):08x}",
                              storage_path=storage,
-                             failure_config=FailureConfig(max_failures=d.max_failures),
+                             # A group that cannot start (a lost node not replaced) waits Ray's start-up
+                             # timeout (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, 60 s) per try, as many tries
+                             # as worker failures: bounded (Ray's default retries it forever).
+                             failure_config=FailureConfig(max_failures=d.max_failures,
+                                                          controller_failure_limit=d.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
         datasets={"train": ds},
         dataset_config=ContextRouting(wc.plan, wc.schema, wc.context),
