@@ -234,8 +234,9 @@ class WorkerRun:
             return self.trace.steps(self.privacy.batches(xs, cs))
         return self.trace.steps(split_batches(xs, cs, self.wc.steps_per_epoch, self.rng))
 
-    def epoch(self, xs: torch.Tensor, cs: torch.Tensor, number: int) -> dict[str, float]:
-        """Train epoch ``number`` (1-based) and return its mean metrics over workers."""
+    def epoch(self, xs: torch.Tensor, cs: torch.Tensor, number: int | None = None) -> dict[str, float]:
+        """Train epoch ``number`` (1-based; the next after the history when None) and return its mean
+        metrics over workers."""
         start, cpu = time.perf_counter(), time.process_time()
         try:
             return self._epoch(xs, cs, number)
@@ -244,14 +245,14 @@ class WorkerRun:
             # CPU seconds of this process: the work itself, whatever other jobs on the host take.
             self.timing["epoch_cpu_s"].append(time.process_time() - cpu)
 
-    def _epoch(self, xs: torch.Tensor, cs: torch.Tensor, number: int) -> dict[str, float]:
+    def _epoch(self, xs: torch.Tensor, cs: torch.Tensor, number: int | None) -> dict[str, float]:
         means = self.loop.run_epoch(self.batches(xs, cs))
         if self.cache.pending_updates:
             self.cache.sync(self.comm)  # epoch end: a checkpoint holds merged statistics only
         if means is None:  # a private run out of budget: every worker stops at the same step
             return {}
         means = sync_metrics(means, self.comm)
-        self.history.append({"epoch": number, **means})
+        self.history.append({"epoch": len(self.history) + 1 if number is None else number, **means})
         return means
 
     def _merge_cache(self) -> None:
