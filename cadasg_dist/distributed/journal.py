@@ -59,7 +59,10 @@ def start_journal() -> tuple[str, Any]:
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     name = f"cadasg-journal-{uuid.uuid4().hex}"
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    try:
+        here: Any = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    except Exception:  # noqa: BLE001 - a Ray client may not know its node: Ray places the actor (no CPU asked)
+        here = "DEFAULT"
     handle = ray.remote(StepJournal).options(name=name, num_cpus=0, max_restarts=0,
                                              scheduling_strategy=here).remote()
     ray.get(handle.state.remote())  # started before any worker looks it up
