@@ -34,8 +34,6 @@ def check_before_ray(cfg: CADASGConfig, data: str | Path | pd.DataFrame, *, max_
     private run's releases (checked where the row count is metadata: a DataFrame or Parquet)."""
     cfg = cfg.resolved()  # every automatic key from its profile: what the driver resolves first
     if cfg.private:
-        from cadasg_dist.distributed.private import check_private_config
-
         check_private_config(cfg)
     head, rows = table_head(data)
     if head is None:  # a remote source: the workers read it, this machine may not see it
@@ -49,6 +47,13 @@ def check_before_ray(cfg: CADASGConfig, data: str | Path | pd.DataFrame, *, max_
         if max_private_rows is not None and rows is not None and rows > max_private_rows:
             raise ConfigError(f"private distributed training releases its preprocessing statistics from the whole "
                               f"table in the driver, which reads at most {max_private_rows} rows; this table has more")
+
+
+def check_private_config(cfg: CADASGConfig) -> None:
+    """What a private run on Ray Train refuses whatever the data (the workers check it again)."""
+    if cfg.privacy.unit is not None:
+        raise ConfigError(f"privacy.unit={cfg.privacy.unit!r}: context shards can split a unit's rows across "
+                          "workers, which breaks per-unit clipping; train unit-level privacy with CADASG.fit")
 
 
 def check_columns(df: pd.DataFrame, cfg: CADASGConfig) -> None:

@@ -39,8 +39,9 @@ import torch
 from cadasg_dist.config import CacheConfig, CADASGConfig
 from cadasg_dist.context.cache import ContextCache
 from cadasg_dist.distributed.journal import JournalClient, lost_steps
+from cadasg_dist.distributed.preflight import check_private_config
 from cadasg_dist.distributed.sync import Collectives, flatten, unflatten_into
-from cadasg_dist.errors import ConfigError, PrivacyBudgetError
+from cadasg_dist.errors import PrivacyBudgetError
 from cadasg_dist.model.networks import CADASGNetworks, ModelDims
 from cadasg_dist.privacy.ledger import PrivacyLedger
 from cadasg_dist.private.budget import BudgetPlan, plan_budget, private_configs
@@ -52,12 +53,6 @@ from cadasg_dist.train.step import Batch
 __all__ = ["REAL_ROW_METRICS", "ShardPrivacy", "check_private_config"]
 
 log = logging.getLogger(__name__)
-
-
-def check_private_config(cfg: CADASGConfig) -> None:
-    if cfg.privacy.unit is not None:
-        raise ConfigError(f"privacy.unit={cfg.privacy.unit!r}: context shards can split a unit's rows across "
-                          "workers, which breaks per-unit clipping; train unit-level privacy with CADASG.fit")
 
 
 def worker_plan(plan: BudgetPlan, world: int) -> BudgetPlan:
