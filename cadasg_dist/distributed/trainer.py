@@ -139,7 +139,7 @@ class DistributedRunError(RuntimeError):
 
 def failure_message(wc: WorkerConfig, exc: Exception, spent: dict[str, Any] | None) -> str:
     """One paragraph: what failed, what the cluster has now against what the workers need, what to
-    do, and (private) what was spent. Ray's own error is named by its first line only."""
+    do, and (private) what was spent. Ray's own error is named by its last line only."""
     import ray
 
     d = wc.cfg.distributed
@@ -151,8 +151,10 @@ def failure_message(wc: WorkerConfig, exc: Exception, spent: dict[str, Any] | No
     text = (f"distributed training stopped after the {d.max_failures} restart(s) distributed.max_failures allows "
             f"({type(exc).__name__}: {cause[-1] if cause else 'no detail'}). The cluster now has {have:g} {unit}(s) "
             f"on {nodes} live node(s) for {d.num_workers} workers needing one {unit} each")
-    text += (f": add a node, or rerun with --num-workers {fits} (distributed.num_workers)." if fits < d.num_workers
-             else ": see the Ray Train logs for the failing worker.")
+    if fits >= d.num_workers:
+        text += ": see the Ray Train logs for the failing worker."
+    else:
+        text += ": add a node" + (f", or rerun with --num-workers {fits} (distributed.num_workers)." if fits else ".")
     if spent is not None and spent["begun"]:
         text += (f" The {spent['begun']} DP step(s) the workers began are spent: a rerun on this table spends a "
                  "new budget on top of them.")
