@@ -125,7 +125,7 @@ def test_lost_node_resumes_on_a_replacement_and_fails_clearly_without_one(tmp_pa
     # Ray Train waits this long for room for the workers per try (two tries: distributed.max_failures = 1).
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "20"}
     done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True, text=True,
-                          timeout=560, env=env, cwd=ROOT)
+                          timeout=590, env=env, cwd=ROOT)
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
     assert done.returncode == 0 and lines, done.stderr[-4000:]
     r = json.loads(lines[-1][len("RESULT "):])
