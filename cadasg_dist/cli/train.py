@@ -34,8 +34,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cadasg_dist.synthesizer import CADASG
-
     cfg = build_config(args)
     if cfg.target is None:
         raise CADASGError("--target is required: the column whose relationship to the others must be kept")
@@ -45,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
         model = fit_on_ray(cfg, args.data, num_workers=args.num_workers, use_gpu=args.use_gpu,
                            address=args.address, on_plan=lambda text: print(text, file=sys.stderr, flush=True))
     else:
+        from cadasg_dist.synthesizer import CADASG  # late: fit_on_ray checks the run before torch loads
+
         model = CADASG(cfg).fit(args.data, progress=Progress())
     out = model.save(args.out)
     print(f"trained on {model.meta['training_rows']} rows in {model.meta['fit_seconds']:.1f}s; "

@@ -16,14 +16,19 @@ Privacy caveats first:
 * Trust. One worker's contribution alone is noised with ``σ/√N``; ring all-reduce shows partial
   sums to peers. The guarantee is for whoever sees the model; the workers of a run trust each
   other (keep their traffic on a private network, docs/guides/cluster.md).
+* Failures. A step counts once any worker has begun it (``journal``): the steps a killed worker
+  group loses after its last checkpoint are recorded when it resumes, and the run keeps its planned
+  step count, so it ends with the ε of an uninterrupted run.
 * Units. A privacy unit's rows must be clipped together, but context shards can split a unit
   across workers; ``privacy.unit`` is refused here (use ``CADASG.fit`` for unit-level privacy).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -33,8 +38,10 @@ import torch
 
 from cadasg_dist.config import CacheConfig, CADASGConfig
 from cadasg_dist.context.cache import ContextCache
+from cadasg_dist.distributed.journal import JournalClient, lost_steps
+from cadasg_dist.distributed.preflight import check_private_config
 from cadasg_dist.distributed.sync import Collectives, flatten, unflatten_into
-from cadasg_dist.errors import ConfigError, PrivacyBudgetError
+from cadasg_dist.errors import PrivacyBudgetError
 from cadasg_dist.model.networks import CADASGNetworks, ModelDims
 from cadasg_dist.privacy.ledger import PrivacyLedger
 from cadasg_dist.private.budget import BudgetPlan, plan_budget, private_configs
@@ -45,11 +52,7 @@ from cadasg_dist.train.step import Batch
 
 __all__ = ["REAL_ROW_METRICS", "ShardPrivacy", "check_private_config"]
 
-
-def check_private_config(cfg: CADASGConfig) -> None:
-    if cfg.privacy.unit is not None:
-        raise ConfigError(f"privacy.unit={cfg.privacy.unit!r}: context shards can split a unit's rows across "
-                          "workers, which breaks per-unit clipping; train unit-level privacy with CADASG.fit")
+log = logging.getLogger(__name__)
 
 
 def worker_plan(plan: BudgetPlan, world: int) -> BudgetPlan:
@@ -64,7 +67,7 @@ class ShardedDPState(DPState):
 
     def __init__(self, cfg: CADASGConfig, plan: BudgetPlan, ledger: PrivacyLedger, *, n_rows: int, world: int,
                  comm: Collectives, has_utility: bool, strata: int, n_cells: int,
-                 final_cache: CacheConfig | None = None) -> None:
+                 final_cache: CacheConfig | None = None, journal: JournalClient | None = None) -> None:
         # No seed: every worker's noise comes from its own OS entropy (independent shares, not replayable).
         super().__init__(cfg, worker_plan(plan, world), ledger, n_units=n_rows, has_utility=has_utility,
                          strata=strata, n_cells=n_cells, final_cache=final_cache)
@@ -73,6 +76,47 @@ class ShardedDPState(DPState):
         self.comm = comm
         self.global_expected = plan.sample_rate * n_rows
         self.expected_units = self.global_expected / world  # the mean all-reduce divides by N again
+        self.journal = journal
+        self.steps_lost = 0  # counted in the ledger, begun before a failure, not in the weights
+        self.final_lost = False  # the final cache pass was begun before a failure: counted, not redone
+
+    def allows_step(self) -> bool:
+        """The budget guard, then the write-ahead: the journal holds this step before it draws noise."""
+        if not super().allows_step():
+            return False
+        if self.journal is not None:
+            self.journal.begin(self.steps_taken + 1)
+        return True
+
+    @contextlib.contextmanager
+    def final_release(self, cache: ContextCache) -> Iterator[None]:
+        if self.journal is not None:
+            self.journal.begin_final()
+        with super().final_release(cache):
+            yield
+
+    def journal_state(self) -> dict[str, Any] | None:
+        """What the journal holds now (None without one): read by rank 0 before any worker of the
+        group begins a step, and broadcast, so every worker settles the same count."""
+        return None if self.journal is None else self.journal.state()
+
+    def settle_lost(self, state: dict[str, Any] | None) -> int:
+        """After a restore: record the steps (and the final pass) ``state`` (``journal_state``) shows
+        begun since the checkpoint, once; returns the number of steps."""
+        if state is None:
+            return 0
+        lost = lost_steps(state, self.steps_taken)
+        if lost:
+            self.ledger.record(name=self.name, noise_multiplier=self.plan.step_sigma,
+                               sample_rate=self.plan.sample_rate, steps=lost)
+            self.steps_taken += lost
+            self.steps_lost += lost
+            log.warning("%d DP steps begun before a worker failure are counted as spent", lost)
+        if state["final"] and not self.final_released:
+            self.account_final()
+            self.final_lost = True
+            log.warning("the final cache pass begun before a worker failure is counted, not repeated")
+        return lost
 
     def privatize_vae(self, nets: CADASGNetworks, batch: Batch, onehot: torch.Tensor, eps: torch.Tensor,
                       cfg: CADASGConfig, shared: list[torch.Tensor]) -> float:
@@ -98,6 +142,8 @@ class ShardedDPState(DPState):
         out["noise_multipliers"] = {"train_step": p.step_sigma, **p.parts, **p.full_pass}
         out["workers"] = self.world
         out["noise_variance_share_per_worker"] = 1.0 / self.world
+        out["steps_lost_to_failures"] = self.steps_lost
+        out["final_cache_pass_lost"] = self.final_lost
         return out
 
     def refresh_cells(self, cache: ContextCache) -> None:
@@ -110,8 +156,10 @@ class ShardPrivacy:
     """A worker's private-training pieces: the run's budget plan, noisy cache config, DP state and sampler."""
 
     def __init__(self, cfg: CADASGConfig, dims: ModelDims, ledger_state: dict[str, Any], *,
-                 plan: dict[str, Any] | None, n_rows: int, local_rows: int, world: int, comm: Collectives) -> None:
-        """``plan``: the driver's budget plan as plain data (``BudgetPlan.to_dict``; planned here when None)."""
+                 plan: dict[str, Any] | None, n_rows: int, local_rows: int, world: int, comm: Collectives,
+                 journal: str | None = None) -> None:
+        """``plan``: the driver's budget plan as plain data (``BudgetPlan.to_dict``; planned here when None);
+        ``journal``: the name of the run's spend journal actor (None in a single-process test)."""
         check_private_config(cfg)
         spent = PrivacyLedger.from_state_dict(ledger_state)
         has_utility = bool(dims.target_spans)
@@ -121,7 +169,7 @@ class ShardPrivacy:
         n_rows = self.plan.n_rows or n_rows  # the driver's plan holds the released count
         self.dp = ShardedDPState(self.run_cfg, self.plan, spent, n_rows=n_rows, world=world, comm=comm,
                                  has_utility=has_utility, strata=dims.strata, n_cells=dims.contexts * dims.strata,
-                                 final_cache=final_cache)
+                                 final_cache=final_cache, journal=None if journal is None else JournalClient(journal))
         if not self.dp.next_step_fits():
             raise PrivacyBudgetError(f"epsilon={cfg.privacy.epsilon} does not cover a single training step at noise "
                                      f"multiplier {self.plan.step_sigma:.4g}; raise epsilon")
@@ -131,21 +179,33 @@ class ShardPrivacy:
 
     def batches(self, xs: torch.Tensor, cs: torch.Tensor) -> Iterator[Batch]:
         """One epoch of Poisson batches of this worker's rows; the loop's budget guard stops every
-        worker at the same step (they share the ledger)."""
-        return poisson_batches(xs, cs, self.sampler, self.plan.steps_per_epoch, by_unit=False)
+        worker at the same step (they share the ledger). An epoch ends at the next multiple of
+        ``steps_per_epoch`` counted steps: after a failure the resumed epoch takes only the steps
+        the lost ones left in it."""
+        spe = self.plan.steps_per_epoch
+        return poisson_batches(xs, cs, self.sampler, spe - self.dp.steps_taken % spe, by_unit=False)
+
+    def first_epoch(self) -> int:
+        """The epoch the counted steps are in (0-based): where a resumed group goes on."""
+        return self.dp.steps_taken // self.plan.steps_per_epoch
 
     def state_dict(self) -> dict[str, Any]:
         """Shared by every worker (rank 0 saves it): the ledger and the step counters."""
         return {"ledger": json.dumps(self.dp.ledger.state_dict()), "steps_taken": self.dp.steps_taken,
                 "stop_reason": self.dp.stop_reason or "", "final_released": self.dp.final_released,
+                "steps_lost": self.dp.steps_lost, "final_lost": self.dp.final_lost,
                 "report": json.dumps(self.dp.report())}
 
     def load(self, state: dict[str, Any], cache: ContextCache) -> None:
-        """Resume: the saved ledger holds every step up to the checkpoint, so replayed steps are counted
-        once. The noise and sampling streams are not restored (checkpoints never hold them): the
-        restarted workers draw fresh secret ones, which changes nothing in the accounting."""
+        """Resume: the saved ledger holds every step up to the checkpoint; the worker then adds the
+        steps begun after it from the journal (``ShardedDPState.settle_lost``), so every step is
+        counted once. The noise and
+        sampling streams are not restored (checkpoints never hold them): the restarted workers draw
+        fresh secret ones, which changes nothing in the accounting."""
         self.dp.ledger.load_state_dict(json.loads(state["ledger"]))
         self.dp.steps_taken = int(state["steps_taken"])
         self.dp.stop_reason = state["stop_reason"] or None
         self.dp.final_released = bool(state["final_released"])
+        self.dp.steps_lost = int(state.get("steps_lost", 0))
+        self.dp.final_lost = bool(state.get("final_lost", False))
         self.dp.refresh_cells(cache)

@@ -14,6 +14,7 @@ lazy dataset with a ``ContextRouting`` data config. It never holds more than the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -27,7 +28,9 @@ import numpy as np
 import pandas as pd
 
 from cadasg_dist.distributed.data import PREPARE_ROWS, ContextRouting, context_counts, open_table, preparation_sample
+from cadasg_dist.distributed.journal import lost_steps, start_journal
 from cadasg_dist.distributed.plan import ShardPlan, make_plan
+from cadasg_dist.distributed.preflight import check_before_ray
 from cadasg_dist.distributed.worker import WorkerConfig, load_payload, quiet_console, train_loop_per_worker
 from cadasg_dist.errors import ConfigError
 from cadasg_dist.model.networks import CADASGNetworks, ModelDims
@@ -48,21 +51,23 @@ POLL_ENV, POLL_INTERVAL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25"
 def fit_distributed(model: CADASG, data: str | Path | pd.DataFrame, *, context: list[str] | None = None,
                     target: str | None = None, progress: ProgressFn | None = None, local_mode: bool = False,
                     prepare_rows: int = PREPARE_ROWS, on_plan: Callable[[str], None] | None = None,
-                    fail_at_epoch: int | None = None, fail_marker: str | None = None) -> CADASG:
+                    trace_dir: str | None = None) -> CADASG:
     """Train ``model`` with Ray Train on ``model.config.distributed.num_workers`` workers; returns it.
 
     ``local_mode`` runs the train function in this process (``ScalingConfig(num_workers=0)``), for
     tests of the loop. ``on_plan`` gets the shard plan as text (the CLI prints it; it is also logged
     and, for a non-private run, kept in ``model.meta["distributed"]``). ``progress`` gets the
-    epochs' reports after the run (Ray keeps the live ones in its logs). ``fail_at_epoch`` and
-    ``fail_marker`` are a test hook: worker 1 exits once at that epoch's end.
+    epochs' reports after the run (Ray keeps the live ones in its logs). ``trace_dir`` is a test
+    hook: each worker writes its PID and the steps it begins there (``worker.StepTrace``), so a test
+    can kill one from outside mid-epoch.
+
+    A private run on Ray Train keeps a spend journal (``journal``): the steps a failed worker group
+    began after its last checkpoint are counted once when it resumes, and the run refuses to return
+    a model whose ledger lacks a step the journal holds.
     """
     start = time.perf_counter()
     cfg = model.config = fit_config(model.config, context, target)
-    if cfg.private:
-        from cadasg_dist.distributed.private import check_private_config
-
-        check_private_config(cfg)
+    check_before_ray(cfg, data, max_private_rows=prepare_rows)  # config, columns, declarations: before Ray
     ensure_ray(cfg.distributed.address)
     quiet_console()
     ds = open_table(data)
@@ -88,14 +93,10 @@ def fit_distributed(model: CADASG, data: str | Path | pd.DataFrame, *, context: 
     if on_plan is not None:
         on_plan(text)
     wc = WorkerConfig(cfg, model.schema, model.transformer.to_dict(), model.extractor.to_dict(), dims, plan, total,
-                      ledger=ledger, budget=budget, fail_at_epoch=fail_at_epoch, fail_marker=fail_marker)
+                      ledger=ledger, budget=budget, trace_dir=trace_dir)
     planned = time.perf_counter()
-    result = make_trainer(wc, ds, local_mode).fit()
+    payload = train_on_ray(wc, ds, local_mode)
     trained = time.perf_counter()
-    if result.checkpoint is None:
-        raise RuntimeError("the distributed run ended without a checkpoint; see the Ray Train logs")
-    with result.checkpoint.as_directory() as d:
-        payload = load_payload(Path(d))
     finish_model(model, payload, dims, time.perf_counter() - start, total, plan)
     model.meta["distributed"]["timing"].update(driver_prepare_s=planned - start, trainer_fit_s=trained - planned)
     if progress is not None:
@@ -103,6 +104,71 @@ def fit_distributed(model: CADASG, data: str | Path | pd.DataFrame, *, context: 
             eps = model.epsilon if cfg.private and h is model.history[-1] else None
             progress(EpochReport(int(h["epoch"]), cfg.train.epochs, model.meta["fit_seconds"], h, eps))
     return model
+
+
+def train_on_ray(wc: WorkerConfig, ds: Any, local_mode: bool) -> dict[str, Any]:
+    """Run the trainer (with a spend journal when the run is private and on Ray Train workers) and
+    return the final checkpoint's payload, checked against the journal."""
+    import ray
+    from ray.train import TrainingFailedError
+
+    journal = start_journal() if wc.cfg.private and not local_mode else None
+    try:
+        try:
+            result = make_trainer(dataclasses.replace(wc, journal=journal and journal[0]), ds, local_mode).fit()
+        finally:
+            spent = None if journal is None else ray.get(journal[1].state.remote())
+    except TrainingFailedError as exc:
+        raise DistributedRunError(failure_message(wc, exc, spent)) from exc
+    finally:
+        if journal is not None:
+            ray.kill(journal[1])
+    if result.checkpoint is None:
+        raise RuntimeError("the distributed run ended without a checkpoint; see the Ray Train logs")
+    with result.checkpoint.as_directory() as d:
+        payload = load_payload(Path(d))
+    if spent is not None:
+        check_spent(spent, payload["privacy"])
+    return payload
+
+
+class DistributedRunError(RuntimeError):
+    """Ray Train gave up: more worker-group failures than ``distributed.max_failures``, or no room
+    for the workers (a lost node not replaced) through as many start-up timeouts."""
+
+
+def failure_message(wc: WorkerConfig, exc: Exception, spent: dict[str, Any] | None) -> str:
+    """One paragraph: what failed, what the cluster has now against what the workers need, what to
+    do, and (private) what was spent. Ray's own error is named by its last line only."""
+    import ray
+
+    d = wc.cfg.distributed
+    cause = str(getattr(exc, "controller_failure", exc)).strip().splitlines()
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    unit = "GPU" if d.use_gpu else "CPU"
+    have = float(ray.cluster_resources().get(unit, 0.0))
+    fits = int(have)  # each worker asks for one CPU (or one GPU)
+    text = (f"distributed training stopped after the {d.max_failures} restart(s) distributed.max_failures allows "
+            f"({type(exc).__name__}: {cause[-1] if cause else 'no detail'}). The cluster now has {have:g} {unit}(s) "
+            f"on {nodes} live node(s) for {d.num_workers} workers needing one {unit} each")
+    if fits >= d.num_workers:
+        text += ": see the Ray Train logs for the failing worker."
+    else:
+        text += ": add a node" + (f", or rerun with --num-workers {fits} (distributed.num_workers)." if fits else ".")
+    if spent is not None and spent["begun"]:
+        text += (f" The {spent['begun']} DP step(s) the workers began are spent: a rerun on this table spends a "
+                 "new budget on top of them.")
+    return text + " No model was returned."
+
+
+def check_spent(journal: dict[str, Any], privacy: dict[str, Any]) -> None:
+    """Refuse a model whose ledger lacks a DP step (or the final cache pass) that a worker began:
+    its ε would be under-reported."""
+    counted = int(privacy["steps_taken"])
+    if lost_steps(journal, counted) or (journal["final"] and not privacy["final_released"]):
+        raise RuntimeError(f"the workers began {journal['begun']} DP steps but the final ledger counts {counted} "
+                           "(or lacks the final cache pass): the model is not returned, its epsilon would be "
+                           "under-reported; see the Ray Train logs")
 
 
 def shard_plan(model: CADASG, ids: np.ndarray, ds: Any, workers: int) -> tuple[ShardPlan, str]:
@@ -169,7 +235,11 @@ def make_trainer(wc: WorkerConfig, ds: Any, local_mode: bool) -> Any:
         scaling_config=ScalingConfig(num_workers=0 if local_mode else d.num_workers, use_gpu=d.use_gpu),
         run_config=RunConfig(name=f"cadasg-{time.strftime('%Y%m%d-%H%M%S')}-{np.random.randint(1 << 30):08x}",
                              storage_path=storage,
-                             failure_config=FailureConfig(max_failures=d.max_failures),
+                             # A group that cannot start (a lost node not replaced) waits Ray's start-up
+                             # timeout (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, 60 s) per try, as many tries
+                             # as worker failures: bounded (Ray's default retries it forever).
+                             failure_config=FailureConfig(max_failures=d.max_failures,
+                                                          controller_failure_limit=d.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
         datasets={"train": ds},
         dataset_config=ContextRouting(wc.plan, wc.schema, wc.context),

@@ -9,8 +9,10 @@ steps per epoch (that of one worker on the whole table), so collectives line up.
 Checkpoints (every epoch, written by rank 0 and reported with ``ray.train.report``): networks,
 the three optimizers, the loss balancer, the merged cache, the privacy state (ledger and
 accountant), every worker's RNG states, the epoch and the history. A restarted worker group
-(``FailureConfig(max_failures)``) loads all of it and replays from the next epoch: the ledger comes
-back with the steps it had counted, so the replayed steps are counted once.
+(``FailureConfig(max_failures)``) loads all of it and goes on from the next epoch. A private run's
+ledger comes back with the steps it had counted, plus those the spend journal shows begun after the
+checkpoint (``journal``): they are counted once, as spent, and the resumed epoch takes only the
+steps left in it. A non-private run replays the lost steps from the restored RNG states.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import sys
 import tempfile
 import time
@@ -37,6 +38,7 @@ from cadasg_dist.context.extractor import RuleContextExtractor
 from cadasg_dist.data.schema import Schema
 from cadasg_dist.data.transforms import DataTransformer
 from cadasg_dist.distributed.data import DATASET, read_shard
+from cadasg_dist.distributed.journal import StepTrace
 from cadasg_dist.distributed.plan import ShardPlan
 from cadasg_dist.distributed.sync import Collectives, GradientSync, ShardCache, SyncedBalancer, sync_metrics
 from cadasg_dist.errors import ConfigError
@@ -66,9 +68,10 @@ class WorkerConfig:
     ledger: dict[str, Any] | None = None
     # The run's budget plan (a BudgetPlan as plain data), planned once by the driver; None when not private.
     budget: dict[str, Any] | None = None
-    # Test hook: worker 1 exits at the end of this epoch once (a marker file makes it once only).
-    fail_at_epoch: int | None = None
-    fail_marker: str | None = None
+    # The name of the run's spend journal actor (a private run on Ray Train; journal.py).
+    journal: str | None = None
+    # Test hook: each worker writes its PID and the steps it begins to files in this folder (StepTrace).
+    trace_dir: str | None = None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -78,15 +81,14 @@ class WorkerConfig:
         return {"cfg": self.cfg.to_dict(), "schema": self.schema.to_dict(), "transformer": self.transformer,
                 "context": self.context, "dims": self.dims.to_dict(), "plan": self.plan.to_dict(),
                 "total_rows": self.total_rows, "ledger": self.ledger, "budget": self.budget,
-                "fail_at_epoch": self.fail_at_epoch,
-                "fail_marker": self.fail_marker}
+                "journal": self.journal, "trace_dir": self.trace_dir}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> WorkerConfig:
         return cls(CADASGConfig.from_dict(raw["cfg"]), Schema.from_dict(raw["schema"]), raw["transformer"],
                    raw["context"], ModelDims.from_dict(raw["dims"]), ShardPlan.from_dict(raw["plan"]),
-                   int(raw["total_rows"]), raw.get("ledger"), raw.get("budget"), raw.get("fail_at_epoch"),
-                   raw.get("fail_marker"))
+                   int(raw["total_rows"]), raw.get("ledger"), raw.get("budget"), raw.get("journal"),
+                   raw.get("trace_dir"))
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -101,11 +103,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     xs, cs = encode_shard(wc, read_shard(ray.train.get_dataset_shard(DATASET)), rank)
     run = WorkerRun(wc, rank, world, local_rows=len(xs))
     run.timing["load_s"] = time.perf_counter() - start
+    run.trace = StepTrace(wc.trace_dir, rank)
     first = run.restore(ray.train.get_checkpoint())
     progress = worker_progress(rank)
     for epoch in range(first, run.epochs):
-        metrics = run.epoch(xs, cs)
-        inject_failure(wc, epoch + 1, rank)
+        metrics = run.epoch(xs, cs, epoch + 1)
         run.report(epoch + 1, metrics)
         progress(EpochReport(epoch + 1, run.epochs, time.perf_counter() - start, metrics))
     run.finish(xs, cs)
@@ -190,7 +192,7 @@ class WorkerRun:
 
             self.hidden_metrics = REAL_ROW_METRICS  # computed on real rows: never reported
             self.privacy = ShardPrivacy(cfg, wc.dims, wc.ledger or {}, plan=wc.budget, n_rows=wc.total_rows,
-                                        local_rows=local_rows, world=world, comm=self.comm)
+                                        local_rows=local_rows, world=world, comm=self.comm, journal=wc.journal)
             cfg = self.privacy.run_cfg  # the cache noise calibrated for the run
             seed = None  # the generator below draws the cache's noise: secret
         else:
@@ -214,6 +216,7 @@ class WorkerRun:
         self.resumed_from = 0  # the epoch of the checkpoint this worker group restarted from (0 = fresh)
         self.first_step = 0
         self.finished = False  # restored from the final checkpoint: the final cache pass is done and counted
+        self.trace = StepTrace(None, rank)
         self.timing: dict[str, Any] = {"load_s": 0.0, "epoch_s": [], "epoch_cpu_s": [], "final_pass_s": 0.0,
                                        "report_s": 0.0}
 
@@ -228,26 +231,28 @@ class WorkerRun:
         """One epoch: shuffled slices of this shard (as many as one worker would take on the whole
         table), or, when private, Poisson batches at the global sample rate."""
         if self.privacy is not None:
-            return self.privacy.batches(xs, cs)
-        return split_batches(xs, cs, self.wc.steps_per_epoch, self.rng)
+            return self.trace.steps(self.privacy.batches(xs, cs))
+        return self.trace.steps(split_batches(xs, cs, self.wc.steps_per_epoch, self.rng))
 
-    def epoch(self, xs: torch.Tensor, cs: torch.Tensor) -> dict[str, float]:
+    def epoch(self, xs: torch.Tensor, cs: torch.Tensor, number: int | None = None) -> dict[str, float]:
+        """Train epoch ``number`` (1-based; the next after the history when None) and return its mean
+        metrics over workers."""
         start, cpu = time.perf_counter(), time.process_time()
         try:
-            return self._epoch(xs, cs)
+            return self._epoch(xs, cs, number)
         finally:
             self.timing["epoch_s"].append(time.perf_counter() - start)
             # CPU seconds of this process: the work itself, whatever other jobs on the host take.
             self.timing["epoch_cpu_s"].append(time.process_time() - cpu)
 
-    def _epoch(self, xs: torch.Tensor, cs: torch.Tensor) -> dict[str, float]:
+    def _epoch(self, xs: torch.Tensor, cs: torch.Tensor, number: int | None) -> dict[str, float]:
         means = self.loop.run_epoch(self.batches(xs, cs))
         if self.cache.pending_updates:
             self.cache.sync(self.comm)  # epoch end: a checkpoint holds merged statistics only
         if means is None:  # a private run out of budget: every worker stops at the same step
             return {}
         means = sync_metrics(means, self.comm)
-        self.history.append({"epoch": len(self.history) + 1, **means})
+        self.history.append({"epoch": len(self.history) + 1 if number is None else number, **means})
         return means
 
     def _merge_cache(self) -> None:
@@ -258,8 +263,10 @@ class WorkerRun:
     def finish(self, xs: torch.Tensor, cs: torch.Tensor) -> None:
         """Final cache pass over every worker's rows (one merged noisy release), then the final report."""
         start = time.perf_counter()
-        if self.cfg.cache.final_pass and not self.finished:  # a group restarted after the final report skips it
-            private = self.privacy is not None
+        private = self.privacy is not None
+        # Skipped by a group restarted after the final report, and by one that lost a begun pass
+        # (counted already: a second release would spend beyond the plan; journal.py).
+        if self.cfg.cache.final_pass and not self.finished and not (private and self.privacy.dp.final_released):
             with self.privacy.dp.final_release(self.cache) if private else contextlib.nullcontext():
                 final_cache_pass(self.cfg, self.state, self.cache, xs, cs)  # the ShardCache noises 1/N
                 self.cache.sync(self.comm)
@@ -316,9 +323,10 @@ class WorkerRun:
         self.timing["report_s"] += time.perf_counter() - start  # the final report's own time is not in it
 
     def restore(self, checkpoint: Any) -> int:
-        """Load the last checkpoint if the group was restarted; returns the first epoch to run."""
+        """Load the last checkpoint if the group was restarted; returns the first epoch to run. A
+        private group with no checkpoint still counts the steps an earlier attempt began."""
         if checkpoint is None:
-            return 0
+            return self._settle_lost() if self.privacy is not None else 0
         with checkpoint.as_directory() as d:
             payload = load_payload(Path(d))
         self.state.load_state_dict(payload["train_state"])
@@ -335,7 +343,27 @@ class WorkerRun:
         self.resumed_from = int(payload["epoch"])
         self.first_step = self.state.step
         self.finished = bool(payload.get("final", False))
+        if self.privacy is not None and not self.finished:  # past the epochs whose steps were all lost
+            return max(self.resumed_from, self._settle_lost())
         return self.resumed_from
+
+    def _settle_lost(self) -> int:
+        """Count the steps an earlier attempt began after the checkpoint (rank 0 reads the journal
+        before any worker of this group can begin a step; every worker applies the same count);
+        returns the epoch the counted steps are in."""
+        dp = self.privacy.dp
+        dp.settle_lost(self._broadcast(dp.journal_state() if self.rank == 0 else None))
+        return self.privacy.first_epoch()
+
+    def _broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every worker."""
+        if self.world == 1:
+            return obj
+        import torch.distributed as dist
+
+        out = [obj]
+        dist.broadcast_object_list(out, src=0)
+        return out[0]
 
     def _gather(self, obj: Any) -> list[Any]:
         if self.world == 1:
@@ -349,20 +377,3 @@ class WorkerRun:
 
 def load_payload(path: Path) -> dict[str, Any]:
     return torch.load(path / STATE_FILE, weights_only=True, map_location="cpu")  # a GPU worker's tensors too
-
-
-def inject_failure(wc: WorkerConfig, epoch: int, rank: int) -> None:
-    """Test hook: kill worker 1's process at the end of ``fail_at_epoch``, once."""
-    if wc.fail_at_epoch is None or epoch != wc.fail_at_epoch or rank != min(1, wc.plan.num_workers - 1):
-        return
-    marker = Path(wc.fail_marker or "")
-    if not wc.fail_marker or marker.exists():
-        return
-    import ray.train
-
-    # The controller registers reported checkpoints asynchronously; crash once the last one is in, as
-    # a real failure an epoch after a checkpoint would (a crash sooner restarts from an earlier one).
-    ray.train.get_all_reported_checkpoints()
-    marker.write_text(f"killed at epoch {epoch}\n")
-    log.warning("fault injection: worker %d exits at epoch %d", rank, epoch)
-    os._exit(1)
