@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from cadasg_dist.config import CADASGConfig, flag_overrides, parse_overrides
+from cadasg_dist.config import FLAG_KEYS, CADASGConfig, flag_overrides, parse_overrides
 from cadasg_dist.errors import CADASGError, ConfigError
 from cadasg_dist.train.progress import EpochLike, epoch_line, line_due
 
@@ -56,6 +56,17 @@ class CommandParser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
+
+
+def show_config_defaults(p: argparse.ArgumentParser, defaults: Mapping[str, Any]) -> None:
+    """Name in each config flag's help the value it keeps when left out: ``defaults`` maps dotted
+    config keys (``config.flags.FLAG_KEYS``) to the config's default. (The flag's own default stays
+    None, so ``--config`` still wins over it.)"""
+    for action in p._actions:
+        key = FLAG_KEYS.get(action.dest)
+        if key in defaults and action.help and "default" not in action.help:
+            value = defaults[key]
+            action.help += f" (default: {'off' if value is False else 'on' if value is True else value})"
 
 
 def plain_doc(doc: str | None) -> str:
