@@ -44,7 +44,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "default" in text or not action.option_strings or action.default in (None, False, [], "", argparse.SUPPRESS):
+        default = action.default
+        empty = default is None or default is False or default is argparse.SUPPRESS or default in ([], "")
+        if "default" in text or not action.option_strings or empty:
             return text
         return f"{text} (default: %(default)s)"
 

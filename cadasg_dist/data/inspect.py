@@ -8,7 +8,8 @@ run's schema comes from declarations and DP releases and is never inspected this
 
 * a numeric column with a few text values ("twenty", "n/a") becomes a categorical of as many levels
   as it has distinct numbers;
-* a column that is nearly unique per row (a name, a code) is modelled as a huge categorical;
+* a column that is nearly unique per row (a name, a code, a record number) is modelled as a huge
+  categorical or as a number (``infer_schema`` refuses only the plainest identifiers);
 * context columns with more levels than the rows support give contexts of a handful of rows each.
 
 ``cadasg schema`` says the same of a draft codebook (``Codebook.warnings``); these are the same
@@ -39,7 +40,12 @@ def schema_warnings(df: pd.DataFrame, schema: Schema, *, context: Sequence[str] 
     columns) for too few rows. An empty list: nothing to warn of."""
     out: list[str] = []
     for col in schema.columns:
-        if col.kind != "categorical" or col.name not in df.columns:
+        if col.name not in df.columns:
+            continue
+        if col.kind in ("integer", "continuous") and _unique_integers(df[col.name]):
+            out.append(f"{col.name}: a different whole number on every row looks like an identifier (a record "
+                       f"number), modelled as a number; declare data.columns.{col.name}.kind: identifier to drop it")
+        if col.kind != "categorical":
             continue
         present = df[col.name].dropna()
         levels = len(col.categories or ())
@@ -53,6 +59,13 @@ def schema_warnings(df: pd.DataFrame, schema: Schema, *, context: Sequence[str] 
     if context and n_contexts:
         out.extend(context_warnings(list(context), n_contexts, len(df)))
     return out
+
+
+def _unique_integers(s: pd.Series) -> bool:
+    present = s.dropna()
+    if len(s) < IDENTIFIER_MIN_ROWS or len(present) < len(s) or not pd.api.types.is_numeric_dtype(present):
+        return False
+    return bool(present.nunique() == len(present) and (present % 1 == 0).all())
 
 
 def _numeric_with_text(name: str, present: pd.Series, levels: int) -> str:
