@@ -111,7 +111,8 @@ class _DeprecatedAlias(argparse.Action):
 def add_address_flag(p: argparse.ArgumentParser, help_text: str, *, old_names: tuple[str, ...] = ()) -> None:
     """``--address``: the Ray cluster to join (one name in every subcommand); ``old_names`` keep
     working as hidden, deprecated aliases."""
-    p.add_argument("--address", metavar="auto|HOST:PORT|ray://HOST:PORT", help=help_text)
+    p.add_argument("--address", metavar="ADDRESS",
+                   help=f"{help_text}: auto, HOST:PORT or ray://HOST:PORT (default: start a local Ray)")
     for old in old_names:
         p.add_argument(old, dest="address", action=_DeprecatedAlias, new="--address", help=argparse.SUPPRESS)
 

@@ -75,7 +75,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--plan", help="use this public federation plan instead of building one (its engine config "
                                   "is the run's; the federated settings still come from flags and --config)")
     p.add_argument("--write-plan", metavar="FILE", help="build the public plan, write it to FILE and stop")
-    add_address_flag(p, "Ray cluster to join instead of starting a local one (default: start one)",
+    add_address_flag(p, "Ray cluster to run the simulation on",
                      old_names=("--ray-address",))
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray started for the simulation "
                                                  "(default: all of this machine's)")

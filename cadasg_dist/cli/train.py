@@ -46,7 +46,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_force_flag(p)
     add_num_workers_flag(p, "Ray Train workers, each on a shard of contexts (default: 0, train in this process)")
     p.add_argument("--use-gpu", action="store_true", default=None, help="one GPU per Ray worker")
-    add_address_flag(p, "Ray cluster to join, with --num-workers N (default: start a local Ray)")
+    add_address_flag(p, "Ray cluster to train on, with --num-workers N")
     add_config_flags(p)
     p.set_defaults(func=run)
     return p

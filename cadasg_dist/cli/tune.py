@@ -53,7 +53,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="show Tune's status tables")
     p.add_argument("--out", required=True, metavar="DIR", help="search directory (rerun with the same one to resume)")
     add_force_flag(p, "an existing picked model, OUT/picked")
-    add_address_flag(p, "Ray cluster to run the trials on (default: start a local Ray)")
+    add_address_flag(p, "Ray cluster to run the trials on")
     add_config_flags(p)
     p.set_defaults(func=run)
     return p

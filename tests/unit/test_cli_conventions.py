@@ -116,7 +116,7 @@ def test_version_and_help_show_defaults_without_rst_markup(capsys):
         main(["federated", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "``" not in text and "--rounds ROUNDS federated rounds (default: 5)" in text
-    assert "[--address" in text and "[--ray-address" not in text and "--ray-address RAY" not in text
+    assert "[--address" in text and "[--ray-address" not in text and "--ray-address ADDRESS" not in text
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
