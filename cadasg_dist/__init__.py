@@ -17,13 +17,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from cadasg_dist._version import __version__
-
 __all__ = ["CADASG", "CADASGConfig", "Codebook", "__version__", "evaluate"]
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy imports keep `import cadasg_dist` cheap (the CLI's error paths should not load torch).
+    # Lazy imports keep `import cadasg_dist` cheap (the CLI's error paths should not load torch; the
+    # version is read from the installed metadata, which takes importlib.metadata).
+    if name == "__version__":
+        from cadasg_dist._version import __version__
+
+        return __version__
     if name == "CADASG":
         from cadasg_dist.synthesizer import CADASG
 

@@ -257,7 +257,7 @@ class CADASG:
             "config": self.config.to_dict(), "schema": self.schema.to_dict(),
             "transformer": self.transformer.to_dict(), "context": self.extractor.to_dict(),
             "dims": self.nets.dims.to_dict(), "ledger": self.ledger.state_dict(),
-            "meta": {**self.meta, "history": self.history[-1:] if self.history else []},
+            "meta": {**self.meta, "history": self.history},  # every epoch: ``loss_history()`` after ``load``
         }
         return save_artifact(out_dir, json_parts=json_parts,
                              tensor_parts={"model": self.nets.state_dict(), "cache": self.cache.state_dict()})
@@ -283,7 +283,20 @@ class CADASG:
                 raise
             raise ArtifactError(f"{model_dir}: inconsistent artifact ({type(exc).__name__}: {exc})") from None
         model.meta = parts["meta"]
+        model.history = list(model.meta.get("history") or [])  # artifacts before the full history: the last epoch
         return model
+
+    def loss_history(self) -> pd.DataFrame:
+        """One row per epoch (per round for a federated model) of the training metrics, as saved with
+        the model. A private run never records the losses computed on real rows (``loss_vae``,
+        ``loss_critic``, ``loss_predictor``): those columns are absent. A model saved before the
+        artifact kept every epoch has its last epoch only. Columns: the epoch (or round), then the
+        metrics by name, alike before and after ``save``/``load``."""
+        if not self.history:
+            return pd.DataFrame({"epoch": []})
+        frame = pd.DataFrame.from_records(self.history)
+        first = [c for c in ("epoch", "round") if c in frame.columns]
+        return frame[first + sorted(c for c in frame.columns if c not in first)]
 
     @property
     def epsilon(self) -> float:

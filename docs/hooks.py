@@ -37,6 +37,8 @@ def _flag_row(action: argparse.Action) -> str:
     shown = "" if default in (None, argparse.SUPPRESS, False) or action.nargs == 0 else f"`{default}`"
     required = "yes" if action.required or not action.option_strings else ""
     helptext = (action.help or "").replace("%(default)s", str(default))
+    if action.help == argparse.SUPPRESS:  # hidden from --help: an old name kept working
+        helptext = "deprecated alias, hidden from --help"
     return f"| {names} | {required} | {_cell(shown)} | {_cell(helptext)} |"
 
 
@@ -55,7 +57,9 @@ def cli_page() -> str:
     for name in COMMANDS:
         cmd = sub.choices[name]
         usage = cmd.format_usage().replace("usage: ", "").strip()
-        parts += ["", f"## cadasg {name}", "", _cell(cmd.description or summary.get(name, "")), "",
+        # a description is the subcommand's docstring: its usage lines' [--flag X] are not Markdown links
+        about = _cell(cmd.description or summary.get(name, "")).replace("[", "\\[")
+        parts += ["", f"## cadasg {name}", "", about, "",
                   "```text", usage, "```", "", "| flag | required | default | meaning |", "|---|---|---|---|"]
         parts += [_flag_row(a) for a in cmd._actions if not isinstance(a, argparse._HelpAction)]
     return "\n".join(parts) + "\n"

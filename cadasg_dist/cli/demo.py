@@ -5,7 +5,8 @@ and report.html), and prints per-context counts real vs synthetic, fidelity numb
 The demo is explicitly non-private (ε = ∞) so it runs in a few minutes; add ``--epsilon`` to
 ``cadasg train`` for a private model. It trains on a local Ray (started here, stopped at the end)
 with Ray Train and ``num_workers`` workers, each holding a shard of the contexts, as
-``cadasg train --num-workers`` does on a cluster; ``num_workers = 0`` trains in this process.
+``cadasg train --num-workers`` does on a cluster; ``--num-workers 0`` trains in this process. An
+existing ``OUT/model`` is replaced only with ``--force``.
 """
 
 from __future__ import annotations
@@ -17,14 +18,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pandas as pd
+from cadasg_dist.cli.common import Progress, add_force_flag, add_num_workers_flag, check_num_workers, check_overwrite
 
-from cadasg_dist.cli.common import Progress
-from cadasg_dist.config import CADASGConfig, ColumnOverride, ContextConfig, DataConfig, TrainConfig
-from cadasg_dist.errors import ConfigError
+if TYPE_CHECKING:  # imported where used: building the ``cadasg`` parser must not load pandas
+    import pandas as pd
 
-if TYPE_CHECKING:
+    from cadasg_dist.config import CADASGConfig
     from cadasg_dist.synthesizer import CADASG
 
 DEMO_TARGET = "hospvis"
@@ -33,20 +32,24 @@ DEMO_CONTEXT = ("year", "female")
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("demo", help="train on the bundled table, sample, and write a report")
-    p.add_argument("--out", default="runs/demo", help="where the model, samples and report go")
-    p.add_argument("--epochs", type=int, help="override the demo's epochs")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-workers", type=int, default=2,
-                   help="Ray Train workers on a local Ray (default 2); 0 trains in this process")
+    p.add_argument("--out", default="runs/demo", metavar="DIR", help="where the model, samples and report go")
+    add_force_flag(p, "an existing DIR/model")
+    p.add_argument("--epochs", type=int, help="override the demo's epochs (default: chosen from the table's size)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, the model and the samples")
+    add_num_workers_flag(p, "Ray Train workers on a local Ray; 0 trains in this process", default=2)
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
+    check_num_workers(args.num_workers)
+    check_overwrite(Path(args.out) / "model", args.force, "--out")
     return run_demo(out_dir=Path(args.out), epochs=args.epochs, seed=args.seed or 0, num_workers=args.num_workers)
 
 
 def demo_config(epochs: int | None = None, seed: int = 0) -> CADASGConfig:
+    from cadasg_dist.config import CADASGConfig, ColumnOverride, ContextConfig, DataConfig, TrainConfig
+
     cfg = CADASGConfig(
         target=DEMO_TARGET,
         # id is the person (never modelled); edlevel1..4 are one-hot copies of edlevel, computed from it
@@ -60,6 +63,8 @@ def demo_config(epochs: int | None = None, seed: int = 0) -> CADASGConfig:
 
 
 def split(df: pd.DataFrame, seed: int = 0, train_share: float = 0.8) -> tuple[pd.DataFrame, pd.DataFrame]:
+    import numpy as np
+
     perm = np.random.default_rng(seed).permutation(len(df))
     cut = int(train_share * len(df))
     return df.iloc[perm[:cut]].reset_index(drop=True), df.iloc[perm[cut:]].reset_index(drop=True)
@@ -73,6 +78,8 @@ def binarize_target(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def context_table(real: pd.DataFrame, synthetic: pd.DataFrame) -> pd.DataFrame:
+    import pandas as pd
+
     cols = list(DEMO_CONTEXT)
     r = real.groupby(cols).size().rename("real")
     s = synthetic.groupby(cols).size().rename("synthetic")
@@ -88,8 +95,7 @@ def run_demo(out_dir: Path, epochs: int | None = None, seed: int = 0, num_worker
     from cadasg_dist.evaluate import evaluate, write_report
     from cadasg_dist.synthesizer import CADASG  # late: torch, only once a demo runs
 
-    if num_workers < 0:
-        raise ConfigError(f"--num-workers {num_workers}: use 0 to train in this process, or 1 or more Ray workers")
+    check_num_workers(num_workers)
     t0 = time.perf_counter()
     df = load_rwm5yr()
     train, holdout = split(df, seed)

@@ -1,5 +1,12 @@
 """The ``evaluate`` subcommand: read the tables, evaluate, write metrics.json and report.html.
 
+    cadasg evaluate --real HOLDOUT --synthetic SYN [--train TRAIN] --model DIR --out REPORT_DIR
+    cadasg evaluate --real HOLDOUT --synthetic SYN [--train TRAIN] --target COL --context COLS --out REPORT_DIR
+
+With ``--model`` the model's own target and context columns are used (``--target`` and ``--context``
+given as well win), with its schema and privacy ledger. Without a target no utility is measured, and
+the summary says so.
+
 Privacy: the report it writes describes real rows and is NOT privacy-protected; the printed
 summary says so. User errors raise ``CADASGError`` subclasses, which the main CLI turns into one
 line and exit code 2.
@@ -13,12 +20,12 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cadasg_dist.cli.common import CONTEXT_HELP
 from cadasg_dist.config import csv_list
-from cadasg_dist.data.io import read_table
-from cadasg_dist.data.schema import Schema
 from cadasg_dist.errors import ArtifactError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported where used: building the ``cadasg`` parser must not load pandas
+    from cadasg_dist.data.schema import Schema
     from cadasg_dist.evaluate.result import EvaluationResult
 
 
@@ -32,9 +39,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--synthetic", required=True, metavar="SYN", help="synthetic table (CSV/Parquet)")
     p.add_argument("--train", metavar="TRAIN", help="the table the generator trained on (for the utility "
                    "baseline and the privacy metrics)")
-    p.add_argument("--model", metavar="DIR", help="saved model directory: its schema.json and ledger.json are used")
-    p.add_argument("--target", metavar="COL", help="column to predict for the utility metrics")
-    p.add_argument("--context", metavar="COL[,COL]", default="", help="context column(s), comma-separated")
+    p.add_argument("--model", metavar="DIR", help="saved model directory: its target, context columns, schema and "
+                                                  "privacy ledger are used")
+    p.add_argument("--target", metavar="COL", help="column to predict for the utility metrics (default: the "
+                                                   "model's, with --model; none: no utility)")
+    p.add_argument("--context", metavar="COL[,COL]", help=CONTEXT_HELP.replace("(default: none, one context)",
+                                                                            "(default: the model's, with --model)"))
     p.add_argument("--out", required=True, metavar="REPORT_DIR", help="directory for metrics.json and report.html")
     p.add_argument("--seed", type=int, help="seed of every subsample and model (default: evaluate()'s)")
     p.set_defaults(func=run, run=run)  # the main CLI dispatches on ``func``
@@ -43,26 +53,46 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run the subcommand; prints a short summary and the report path, returns 0."""
+    from cadasg_dist.data.io import read_table
     from cadasg_dist.evaluate.evaluation import evaluate
     from cadasg_dist.evaluate.report import write_report
 
+    schema, ledger = load_model_files(args.model) if args.model else (None, None)  # checked before any table
+    target, context = model_columns(args.model) if args.model else (None, [])
+    target = args.target or target
+    context = csv_list(args.context) if args.context else context
     real = read_table(args.real)
     synthetic = read_table(args.synthetic)
     train = read_table(args.train) if args.train else None
-    schema, ledger = load_model_files(args.model) if args.model else (None, None)
-    context = csv_list(args.context or "")
     extra = {} if args.seed is None else {"seed": args.seed}
-    result = evaluate(real, synthetic, target=args.target, context=context, train=train, schema=schema,
+    result = evaluate(real, synthetic, target=target, context=context, train=train, schema=schema,
                       privacy=ledger, **extra)
     report = write_report(result, args.out, real=real, synthetic=synthetic)
     print(summary_text(result))
+    if target is None:
+        print("utility: not measured (no target: give --target COL, or --model DIR to use the model's)")
     print(f"report: {report}")
     print("(the report describes real rows: it is not privacy-protected, do not publish it)")
     return 0
 
 
+def model_columns(model_dir: str | Path) -> tuple[str | None, list[str]]:
+    """The target and context columns a saved model was trained with (``DIR/config.json``; none
+    when a directory holds only a schema and a ledger)."""
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        return None, []
+    raw = _read_json(path)
+    if not isinstance(raw, dict):
+        raise ArtifactError(f"{path} is not a CA-DASG config")
+    context = (raw.get("context") or {}).get("columns") or []
+    return raw.get("target"), [str(c) for c in context]
+
+
 def load_model_files(model_dir: str | Path) -> tuple[Schema | None, dict[str, Any] | None]:
     """Schema from ``DIR/schema.json`` and (epsilon, delta) from ``DIR/ledger.json``, each if present."""
+    from cadasg_dist.data.schema import Schema
+
     d = Path(model_dir)
     if not d.is_dir():
         raise ArtifactError(f"model directory not found: {d}")

@@ -1,6 +1,6 @@
 """``cadasg federated``: train across institution silos on the Flower simulation engine.
 
-    cadasg federated DATA --silo-column COL --target COL --context COLS --rounds R --out DIR
+    cadasg federated DATA --silo-column COL --target COL --context COLS --rounds R --out DIR [--force]
     cadasg federated DATA --silo-column COL --silos NAME,NAME,... --epsilon 1 --config FILE --out DIR
     cadasg federated --silos DIR_OF_FILES --target COL --context COLS --rounds R --out DIR
     cadasg federated DATA --silo-column COL --config FILE --write-plan plan.json   # for deployment
@@ -8,9 +8,11 @@
 One simulated client per silo; a silo reads only its own rows. The silos of a table split by a
 column are named by a declaration, never by the data: ``--silos NAME,...`` or the column's declared
 category set (``data.columns.COL.categories``); a private run without either is refused before any
-row is read. Flags parse into ``CADASGConfig``
-and ``FederatedConfig`` (the ``federated:`` section of ``--config``); a flag left out keeps the
-config's value or the dataclass default. See docs/guides/federated.md.
+row is read. Flags parse into ``CADASGConfig`` and ``FederatedConfig`` (the ``federated:`` section
+of ``--config``); a flag left out keeps the config's value or the dataclass default. ``--target``
+and ``--out`` are checked before any row is read; an existing model directory is replaced only with
+``--force``. ``--address`` joins a running Ray (``--ray-address``, its old name, still works).
+See docs/guides/federated.md.
 """
 
 from __future__ import annotations
@@ -24,21 +26,34 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cadasg_dist.cli.common import add_engine_flags, flag_values, run_alone
+from cadasg_dist.cli.common import (
+    CONTEXT_HELP,
+    TARGET_HELP,
+    add_address_flag,
+    add_engine_flags,
+    add_force_flag,
+    check_overwrite,
+    flag_values,
+    plain_doc,
+    require_target,
+    run_alone,
+    show_config_defaults,
+)
 from cadasg_dist.errors import CADASGError
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("federated", help="train across silos with Flower (simulation engine)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=plain_doc(__doc__))
     p.add_argument("data", nargs="?", help="table to split into silos by --silo-column")
     p.add_argument("--silo-column", help="column whose values are the silos (e.g. region); the silo names come from "
                                          "--silos NAME,... or data.columns.COL.categories")
     p.add_argument("--silos", metavar="DIR|NAMES", help="directory with one .csv/.parquet file per silo; with "
                                                         "--silo-column, the silos' names (comma-separated)")
-    p.add_argument("--target", help="target column")
-    p.add_argument("--context", help="context column(s), comma-separated")
-    p.add_argument("--out", help="model directory to write")
+    p.add_argument("--target", metavar="COL", help=TARGET_HELP)
+    p.add_argument("--context", metavar="COL[,COL]", help=CONTEXT_HELP)
+    p.add_argument("--out", metavar="DIR", help="model directory to write (required unless --write-plan)")
+    add_force_flag(p)
     p.add_argument("--config", help="YAML run config; its federated: section sets the federation")
     p.add_argument("--codebook", metavar="FILE", help="confirmed codebook (cadasg schema): column kinds, categories "
                                                       "(the silo column's too) and bounds, declared public")
@@ -52,17 +67,29 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-secagg", dest="secagg", action="store_false", help="Flower SecAgg+ off")
     p.add_argument("--min-clients", type=int, help="fewest silos a round is aggregated from")
     p.add_argument("--round-timeout", type=float, help="seconds to wait for the silos each round")
-    add_engine_flags(p, {"--epsilon": "privacy budget per silo (inf = explicitly non-private)",
-                         "--delta": "privacy delta", "--privacy-unit": "column identifying a person within a silo",
-                         "--seed": "random seed",
+    add_engine_flags(p, {"--epsilon": "privacy budget per silo (default: inf, explicitly non-private)",
+                         "--delta": "privacy delta (default: 1/n² capped at 1e-5)",
+                         "--privacy-unit": "column identifying a person within a silo (default: each row is one)",
+                         "--seed": "random seed (default: 0)",
                          "--set": "any config value by dotted key, federated.* included (repeatable)"})
     p.add_argument("--plan", help="use this public federation plan instead of building one (its engine config "
                                   "is the run's; the federated settings still come from flags and --config)")
     p.add_argument("--write-plan", metavar="FILE", help="build the public plan, write it to FILE and stop")
-    p.add_argument("--ray-address", help="join this running Ray cluster instead of starting one")
-    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray started for the simulation")
+    add_address_flag(p, "Ray cluster to run the simulation on",
+                     old_names=("--ray-address",))
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray started for the simulation "
+                                                 "(default: all of this machine's)")
+    show_config_defaults(p, _federated_defaults())
     p.set_defaults(func=run)
     return p
+
+
+def _federated_defaults() -> dict[str, Any]:
+    import dataclasses
+
+    from cadasg_dist.federation.config import FederatedConfig
+
+    return {f"federated.{k}": v for k, v in dataclasses.asdict(FederatedConfig()).items()}
 
 
 def build_configs(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -114,14 +141,16 @@ def _run(args: argparse.Namespace) -> int:
     from cadasg_dist.federation.simulation import prepare_run
 
     cfg, fed = build_configs(args)
-    if cfg.target is None and not args.plan:
-        raise CADASGError("--target is required: the column whose relationship to the others must be kept")
+    if not args.plan:  # a plan carries its engine config, the target included
+        require_target(cfg, "the column whose relationship to the others must be kept")
     if args.silo_column is None and args.silos is None:
         raise CADASGError("give DATA with --silo-column COL (and the silo names), or --silos DIR (one file per silo)")
     if args.silo_column and not args.data:
         raise CADASGError("--silo-column needs the DATA table to split")
     if not args.write_plan and not args.out:
         raise CADASGError("--out is required (or --write-plan FILE to only build the public plan)")
+    check_overwrite(None if args.write_plan else args.out, args.force)
+    check_overwrite(args.write_plan, args.force, "--write-plan")
     settings = prepare_run(cfg, fed, data=args.data, silo_column=args.silo_column, silos=args.silos,
                            plan_path=args.plan, out=args.out)
     if args.write_plan:
@@ -131,7 +160,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"federated run: {settings.num_silos} silos ({', '.join(s['name'] for s in settings.sources)}), "
           f"{fed.rounds} rounds x {fed.local_epochs} local epochs, {fed.strategy}, "
           f"SecAgg+ {'on' if fed.secagg else 'off'}", file=sys.stderr, flush=True)
-    run_simulation(settings, ray_address=args.ray_address, num_cpus=args.num_cpus)
+    run_simulation(settings, ray_address=args.address, num_cpus=args.num_cpus)
     return report(Path(args.out))
 
 

@@ -1,13 +1,16 @@
 """``cadasg tune``: search loss weights and noise levels, write the Pareto front, optionally pick one.
 
     cadasg tune DATA --target COL --context COL[,COL] --trials N [--epsilon E] [--space FILE]
-                [--pick "utility@epsilon<=3"] [--config FILE] [--set KEY=VALUE ...] --out DIR
+                [--pick "utility@epsilon<=3" [--force]] [--config FILE] [--set KEY=VALUE ...]
+                [--address auto|ray://HOST:PORT] --out DIR
 
 Flags parse into ``CADASGConfig`` as for ``cadasg train``; a key set by a flag (``--epochs``,
 ``--set``) is pinned: it leaves the search space. ``--epsilon E`` (or a finite ``privacy.epsilon``
 in ``--config``) makes every trial private with ε up to E: the space's ``privacy.epsilon`` values
 at most E, and E. Without one nothing is private, and every line of output says so.
-Running the same command again with the same ``--out`` resumes an interrupted search.
+Running the same command again with the same ``--out`` resumes an interrupted search; the picked
+model (``OUT/picked``) is replaced only with ``--force``. ``--address`` runs the trials on a running
+Ray cluster (default: a local Ray).
 
 Privacy of tuning: trials train and are scored on tuning rows the picked model never trains on;
 the picked model's ε covers its own training rows only, and the tuning rows are not protected.
@@ -21,21 +24,36 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cadasg_dist.cli.common import EXIT_INTERRUPTED, add_config_flags, build_config, privacy_line
+from cadasg_dist.cli.common import (
+    CONTEXT_HELP,
+    EXIT_INTERRUPTED,
+    TARGET_HELP,
+    add_address_flag,
+    add_config_flags,
+    add_force_flag,
+    build_config,
+    check_overwrite,
+    plain_doc,
+    privacy_line,
+    require_target,
+)
 from cadasg_dist.errors import CADASGError
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("tune", help="search loss weights and noise levels; write the Pareto front")
+    p = subparsers.add_parser("tune", help="search loss weights and noise levels; write the Pareto front",
+                              description=plain_doc(__doc__))
     p.add_argument("data", help="CSV or Parquet file (or a directory of Parquet parts)")
-    p.add_argument("--target", help="target column (required)")
-    p.add_argument("--context", help="context column(s), comma-separated")
+    p.add_argument("--target", metavar="COL", help=TARGET_HELP)
+    p.add_argument("--context", metavar="COL[,COL]", help=CONTEXT_HELP)
     p.add_argument("--trials", type=int, required=True, help="number of trials (configurations) to run")
     p.add_argument("--space", help="search space YAML (default: configs/tune/default.yaml)")
     p.add_argument("--pick", help='train one front member on the final rows, e.g. "utility@epsilon<=3"')
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: CPUs / search.cpus_per_trial)")
     p.add_argument("--verbose", action="store_true", help="show Tune's status tables")
-    p.add_argument("--out", required=True, help="search directory (rerun with the same one to resume)")
+    p.add_argument("--out", required=True, metavar="DIR", help="search directory (rerun with the same one to resume)")
+    add_force_flag(p, "an existing picked model, OUT/picked")
+    add_address_flag(p, "Ray cluster to run the trials on")
     add_config_flags(p)
     p.set_defaults(func=run)
     return p
@@ -63,10 +81,13 @@ def build_job(args: argparse.Namespace) -> TuneJob:
     from cadasg_dist.tuning.search import SearchRequest
 
     cfg = build_config(args)
-    if cfg.target is None:
-        raise CADASGError("--target is required: utility is measured on it")
+    require_target(cfg, "utility is measured on it")
+    if args.address:
+        cfg = cfg.replace(**{"distributed.address": args.address})
     cap = cfg.privacy.epsilon if cfg.private else None  # --epsilon, else the config file's
     rule = parse_pick(args.pick) if args.pick else None
+    if rule is not None:
+        check_overwrite(Path(args.out) / "picked", args.force, "--out")
     file_cfg = CADASGConfig.from_yaml(args.config) if args.config else CADASGConfig()
     pinned = changed_keys(file_cfg, cfg) - {"target", "context.columns", "privacy.epsilon"}
     space = _space(args).for_run(epsilon_cap=cap, pinned=pinned)

@@ -23,8 +23,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from opacus.accountants.analysis import rdp as rdp_analysis
-from opacus.accountants.rdp import RDPAccountant
 
 from cadasg_dist.errors import ArtifactError, CADASGError, ConfigError, PrivacyBudgetError
 from cadasg_dist.privacy import _checks
@@ -33,19 +31,28 @@ LEDGER_FORMAT = "cadasg.privacy_ledger"
 LEDGER_VERSION = 1
 ACCOUNTANTS = ("rdp", "prv")
 MECHANISM_KINDS = ("subsampled_gaussian",)
-# The same orders as Opacus's RDPAccountant, so our ε equals the one Opacus reports.
-DEFAULT_RDP_ORDERS: tuple[float, ...] = tuple(float(a) for a in RDPAccountant.DEFAULT_ALPHAS)
+# The same orders as Opacus's ``RDPAccountant.DEFAULT_ALPHAS`` (tests/unit/test_privacy_ledger.py checks
+# they are equal), so our ε equals the one Opacus reports; written out so that importing this module
+# (every saved model's ledger does) does not import Opacus, which takes seconds.
+DEFAULT_RDP_ORDERS: tuple[float, ...] = (*(1 + x / 10.0 for x in range(1, 100)), *(float(a) for a in range(12, 64)))
 # Opacus's PRVAccountant default; the PRV ε we report is its *upper* bound (estimate + error).
 PRV_EPS_ERROR = 0.01
 
 History = Sequence[tuple[float, float, int]]  # (noise_multiplier, sample_rate, steps)
 
 
+def _rdp() -> Any:
+    """Opacus's RDP analysis, imported on first use: loading and sampling a model need no accounting."""
+    from opacus.accountants.analysis import rdp
+
+    return rdp
+
+
 @functools.lru_cache(maxsize=4096)
 def _rdp_one_step(noise_multiplier: float, sample_rate: float, orders: tuple[float, ...]) -> np.ndarray:
     # compute_rdp(steps=k) is compute_rdp(steps=1) * k, bit for bit, so caching one step is exact.
     curve = np.asarray(
-        rdp_analysis.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=list(orders)),
+        _rdp().compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=list(orders)),
         dtype=np.float64,
     )
     curve.setflags(write=False)
@@ -79,7 +86,7 @@ def rdp_to_epsilon(*, rdp: np.ndarray, orders: Sequence[float], delta: float) ->
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Optimal order is the", category=UserWarning)
-        eps, order = rdp_analysis.get_privacy_spent(orders=list(orders), rdp=np.asarray(rdp), delta=delta)
+        eps, order = _rdp().get_privacy_spent(orders=list(orders), rdp=np.asarray(rdp), delta=delta)
     return max(float(eps), 0.0), float(order)
 
 
@@ -198,9 +205,9 @@ def recompute_epsilon(ledger_json: Mapping[str, Any] | str) -> float:
         return prv_epsilon(history, delta=delta)
     orders = [float(a) for a in state["rdp_orders"]]
     total = sum(
-        np.asarray(rdp_analysis.compute_rdp(q=q, noise_multiplier=s, steps=k, orders=orders)) for s, q, k in history
+        np.asarray(_rdp().compute_rdp(q=q, noise_multiplier=s, steps=k, orders=orders)) for s, q, k in history
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Optimal order is the", category=UserWarning)
-        eps, _ = rdp_analysis.get_privacy_spent(orders=orders, rdp=total, delta=delta)
+        eps, _ = _rdp().get_privacy_spent(orders=orders, rdp=total, delta=delta)
     return max(float(eps), 0.0)

@@ -18,7 +18,8 @@ def table(tmp_path, mixed_table):
 
 def _error(capsys, argv):
     code = main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
+    # progress lines ("reading DATA ...", "preparing ...") may come first: the error itself is one line
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.endswith(" ...")]
     assert code == 2
     assert len(err) == 1 and err[0].startswith("cadasg: error: ")
     return err[0]

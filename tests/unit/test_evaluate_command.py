@@ -92,3 +92,19 @@ def test_saved_ledger_state_gives_epsilon(files) -> None:
     assert schema is not None and summary == {"epsilon": pytest.approx(ledger.epsilon()), "delta": 1e-5}
     (files["model"] / "ledger.json").write_text(json.dumps(privacy.PrivacyLedger.non_private().state_dict()))
     assert load_model_files(files["model"])[1] == {"epsilon": float("inf"), "delta": None}
+
+
+def test_model_brings_its_target_and_context(tmp_path, capsys, tiny_model, mixed_table) -> None:
+    model = tiny_model.save(tmp_path / "m")
+    real, syn = tmp_path / "real.csv", tmp_path / "syn.csv"
+    mixed_table.head(300).to_csv(real, index=False)
+    tiny_model.sample(300, seed=1).to_csv(syn, index=False)
+    assert run(parse(["evaluate", "--real", str(real), "--synthetic", str(syn), "--model", str(model),
+                      "--out", str(tmp_path / "report")])) == 0
+    out = capsys.readouterr().out
+    assert "utility " in out and "worst context" in out and "not measured" not in out
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert metrics["context"] == ["group"] and metrics["target"] == "label"
+    # without a model or --target the summary says why there is no utility line
+    assert run(parse(["evaluate", "--real", str(real), "--synthetic", str(syn), "--out", str(tmp_path / "r2")])) == 0
+    assert "utility: not measured (no target" in capsys.readouterr().out
