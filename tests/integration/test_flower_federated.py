@@ -81,7 +81,7 @@ def simulated(silo_inputs, ray_session):
     run = cadasg_federated([str(d / "table.parquet"), "--silo-column", "site", "--config", str(d / "tiny.yaml"),
                             "--epsilon", "20", "--secagg", "--rounds", "3",
                             "--set", "federated.inject_failure=1:2:raise",
-                            "--ray-address", ray_session.get_runtime_context().gcs_address, "--out", str(out)])
+                            "--address", ray_session.get_runtime_context().gcs_address, "--out", str(out)])
     return CADASG.load(out), run, df
 
 
