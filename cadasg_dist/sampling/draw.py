@@ -77,25 +77,62 @@ def latent_draw(priors: Priors, cell: torch.Tensor, generator: torch.Generator) 
     return z
 
 
-class SpanSoftmax:
-    """``networks.activate`` with ``tau=None`` (softmax per softmax span, continuous spans passed
-    through), vectorised over spans: the spans of one width are gathered into one (B, spans, width)
-    tensor and normalised together (max, exp, sum: elementwise passes over contiguous memory, much
-    cheaper than ``torch.softmax`` over a short last dimension), in place on the decoder output."""
+class FoldedDecoder:
+    """The decoder as sampling runs it, with the cell's latent prior folded into the first layer.
 
-    def __init__(self, spans: tuple[Any, ...], features: int) -> None:
-        by_width: dict[int, list[int]] = {}
-        for s in spans:
-            if s.kind == "softmax":
-                by_width.setdefault(s.width, []).extend(range(s.start, s.stop))
-        self.groups = [(w, torch.tensor(cols, dtype=torch.long)) for w, cols in sorted(by_width.items())]
+    z = μ_k + ε L_kᵀ for a row of cell k, and the first layer reads [z, cond_k], so its output is
+    ε (W_z L_k)ᵀ + (W_z μ_k + W_c cond_k + b): one (hidden x latent) matrix and one bias per cell,
+    computed once. The latent draw, the concatenation of the condition and its one-hot columns
+    disappear from the per-row work. The ε of a cell's rows are drawn contiguous (rows sorted by
+    cell, put back in place at the end): ε is i.i.d., so which row gets which ε changes nothing.
+    The head's outputs are computed with the softmax spans grouped by width (its rows permuted),
+    so one max/exp/sum over a (B, spans, width) view activates every span of a width.
+    The result is ``networks.activate(decoder(z, cond), tau=None)`` with ``pin_stratum`` applied.
+    """
 
-    def __call__(self, raw: torch.Tensor) -> torch.Tensor:
-        for width, cols in self.groups:
-            x = raw[:, cols].view(raw.shape[0], -1, width)
+    def __init__(self, nets: Any, priors: Priors, strata: int) -> None:
+        dims, layers = nets.dims, list(nets.decoder.body)
+        latent = priors.latent_mean.shape[1]
+        first = layers[0]
+        w_z, w_c = first.weight[:, :latent], first.weight[:, latent:]
+        cells = torch.arange(priors.latent_mean.shape[0])
+        cond = dims.condition(nets.one_hot(cells // strata), cells % strata)
+        self.scale = (w_z @ priors.latent_chol).transpose(1, 2).contiguous()  # (K, L, H): ε -> first layer
+        self.shift = priors.latent_mean @ w_z.T + cond @ w_c.T + first.bias  # (K, H)
+        self.layers = layers[1:]
+        self.latent, self.dims, self.strata = latent, dims, strata
+        soft = sorted((s for s in dims.spans if s.kind == "softmax"), key=lambda s: s.width)
+        cont = [c for s in dims.spans if s.kind != "softmax" for c in range(s.start, s.stop)]
+        perm = cont + [c for s in soft for c in range(s.start, s.stop)]
+        self.head_w, self.head_b = nets.decoder.head.weight[perm].contiguous(), nets.decoder.head.bias[perm]
+        self.unperm = torch.argsort(torch.tensor(perm))
+        self.groups: list[tuple[int, int, int]] = []  # (first column, last column, width) per width
+        at = len(cont)
+        for width in sorted({s.width for s in soft}):
+            count = sum(s.width for s in soft if s.width == width)
+            self.groups.append((at, at + count, width))
+            at += count
+
+    def __call__(self, cell: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, order): activated rows for ``cell`` sorted by cell, and where each came from."""
+        order = torch.argsort(cell, stable=True)
+        ids, counts = torch.unique_consecutive(cell[order], return_counts=True)
+        eps = torch.randn(len(cell), self.latent, generator=generator)
+        h = torch.empty(len(cell), self.shift.shape[1])
+        start = 0
+        for k, c in zip(ids.tolist(), counts.tolist()):
+            torch.addmm(self.shift[k], eps[start:start + c], self.scale[k], out=h[start:start + c])
+            start += c
+        for layer in self.layers:
+            h = torch.nn.functional.leaky_relu_(h, layer.negative_slope) if isinstance(layer, torch.nn.LeakyReLU) \
+                else layer(h)
+        raw = torch.addmm(self.head_b, h, self.head_w.T)
+        for a, b, width in self.groups:
+            x = raw[:, a:b].view(len(cell), -1, width)
             e = (x - x.amax(2, keepdim=True)).exp_()
-            raw[:, cols] = e.div_(e.sum(2, keepdim=True)).view(raw.shape[0], -1)
-        return raw
+            raw[:, a:b] = e.div_(e.sum(2, keepdim=True)).view(len(cell), -1)
+        rows = raw.index_select(1, self.unperm)
+        return pin_stratum(rows, cell[order], self.dims), order
 
 
 class Sampler:
@@ -106,7 +143,7 @@ class Sampler:
         self.model = model
         self.priors = Priors.from_cache(model.cache, model.config.model.latent_dim)
         self._calibration: Any = None
-        self.activate = SpanSoftmax(model.nets.dims.spans, model.nets.dims.features)
+        self.decoder = FoldedDecoder(model.nets, self.priors, model.cache.strata)
 
     def calibration(self) -> Any:
         from cadasg_dist.model.calibration import MarginalCalibration, reference_draw
@@ -122,20 +159,20 @@ class Sampler:
     @torch.inference_mode()
     def feature_probs(self, cell: torch.Tensor, generator: torch.Generator, *, calibrated: bool = True
                       ) -> torch.Tensor:
-        """(N, D) activated decoder output for rows of ``cell`` (see ``CADASG.feature_probs``)."""
-        nets, strata = self.model.nets, self.model.cache.strata
-        dims = nets.dims
-        z = latent_draw(self.priors, cell, generator)
+        """(N, D) activated decoder output for rows of ``cell`` (see ``CADASG.feature_probs``), in
+        blocks of ``BLOCK`` rows; a transposed view of a (D, N) tensor."""
+        strata = self.model.cache.strata
         kinds = self.model.config.model.calibrate_marginals
         calibration = self.calibration() if calibrated and kinds != "off" else None
-        out = torch.empty(len(cell), dims.features)
+        # Filled column-major: decode reads each span's values as one contiguous run, and a block's
+        # transpose is done while it is in cache, not over the whole chunk afterwards.
+        out = torch.empty(self.model.nets.dims.features, len(cell))
         for a in range(0, len(cell), BLOCK):
-            c = cell[a:a + BLOCK]
-            cond = dims.condition(nets.one_hot(c // strata), c % strata)
-            rows = self.activate(nets.decoder(z[a:a + BLOCK], cond))
-            rows = pin_stratum(rows, c, dims)
-            out[a:a + BLOCK] = rows if calibration is None else calibration.apply(rows, c // strata)
-        return out
+            rows, order = self.decoder(cell[a:a + BLOCK], generator)
+            if calibration is not None:
+                rows = calibration.apply(rows, cell[a:a + BLOCK][order] // strata)
+            out[:, a + order] = rows.T
+        return out.T
 
     def _draw_chunk(self, cells: np.ndarray, generator: torch.Generator, rng: np.random.Generator) -> pd.DataFrame:
         """The rows of one chunk of cells (context x target stratum), as the user sees them: every
