@@ -202,6 +202,11 @@ class CADASG:
             self._sampler = Sampler(self)
         return self._sampler
 
+    @property
+    def _calibration(self) -> Any:
+        """The marginal calibration the sampler fitted (None before the first draw)."""
+        return None if self._sampler is None else self._sampler._calibration
+
     def cell_allocation(self, n: int, context: dict[str, Any] | None, rng: np.random.Generator) -> np.ndarray:
         """Cache cell (context x target stratum) of each of ``n`` rows: the matching cells' shares of
         the cache's noisy counts, allocated exactly (largest remainder) and shuffled, so context
