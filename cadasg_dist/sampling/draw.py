@@ -6,9 +6,9 @@ a DataFrame (decoded, contexts filled in, derived columns added), whatever asked
 
 Speed: the decoder runs in blocks of ``BLOCK`` rows, so each activation (BLOCK x hidden floats)
 stays in the CPU cache instead of streaming a chunk-sized tensor through memory for every layer;
-the latent draw is one matrix product per cell over contiguous rows (the rows sorted by cell and
-put back), not a boolean gather per cell. Neither changes what is drawn: the same normal numbers
-feed the same per-cell transforms.
+each cell's latent prior is folded into the decoder's first layer (``FoldedDecoder``) and the
+softmax spans are activated by width in one pass. None of this changes what is drawn: the same
+Gaussian codes feed the same per-cell maps.
 
 Privacy: sampling reads only the model and its cache (post-processing of what training released);
 it spends no budget.
@@ -57,24 +57,6 @@ def exact_chunks(cells: np.ndarray, counts: np.ndarray, chunk: int, rng: np.rand
         take = left.copy() if m == total else rng.multivariate_hypergeometric(left, m)
         left -= take
         yield rng.permutation(np.repeat(cells, take))
-
-
-def latent_draw(priors: Priors, cell: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """z ~ q(z | cell) for each row: one N(0, I) matrix for all rows, then per cell mean + eps Lᵀ
-    over the cell's rows, taken contiguous (rows sorted by cell, then put back in place)."""
-    eps = torch.randn(len(cell), priors.latent_mean.shape[1], generator=generator)
-    order = torch.argsort(cell, stable=True)
-    sorted_cells = cell[order]
-    z_sorted = torch.empty_like(eps)
-    ids, counts = torch.unique_consecutive(sorted_cells, return_counts=True)
-    start = 0
-    for k, c in zip(ids.tolist(), counts.tolist()):
-        rows = order[start:start + c]
-        z_sorted[start:start + c] = torch.addmm(priors.latent_mean[k], eps[rows], priors.latent_chol[k].T)
-        start += c
-    z = torch.empty_like(eps)
-    z[order] = z_sorted
-    return z
 
 
 class FoldedDecoder:
