@@ -44,13 +44,15 @@ from cadasg_dist.data.io import read_table
 from cadasg_dist.data.schema import Schema, infer_schema
 from cadasg_dist.data.transforms import DataTransformer
 from cadasg_dist.errors import ArtifactError, ContextError, InvalidDataError
-from cadasg_dist.model.calibration import MarginalCalibration, reference_draw
 from cadasg_dist.model.histograms import class_counts, context_counts
 from cadasg_dist.model.networks import CADASGNetworks, ModelDims, model_dims
 from cadasg_dist.privacy.ledger import PrivacyLedger
+from cadasg_dist.sampling import run, stream
+from cadasg_dist.sampling.draw import Sampler
+from cadasg_dist.sampling.draw import largest_remainder as _largest_remainder
+from cadasg_dist.sampling.stream import SampleResult
 from cadasg_dist.train.fit import ProgressFn, fit_local
 from cadasg_dist.train.loop import new_cache
-from cadasg_dist.train.step import Priors, generate
 
 if TYPE_CHECKING:
     from cadasg_dist.private.prepare import PrivatePreparation
@@ -85,8 +87,8 @@ class CADASG:
         self.ledger: PrivacyLedger = PrivacyLedger.non_private()
         self.history: list[dict[str, float]] = []
         self.meta: dict[str, Any] = {}
-        self._priors: Priors | None = None
-        self._calibration: MarginalCalibration | None = None
+        self._sampler: Sampler | None = None
+        self.last_seed: int | None = None  # the seed of the last draw (fresh when none was given)
 
 
     # --- fitting ---------------------------------------------------------------------------
@@ -178,7 +180,7 @@ class CADASG:
         ledger, and the artifact's metadata (``privacy``: the DP state's report). Returns ``self``."""
         self.nets, self.cache, self.history = nets.cpu().eval(), cache, history  # sampling runs on the CPU
         self.ledger = ledger
-        self._priors = self._calibration = None
+        self._sampler = None
         self.meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "cadasg_version": __version__,
                      "torch_version": torch.__version__, "created": datetime.now(UTC).isoformat(),
                      "fit_seconds": round(seconds, 3), "training_rows": rows,
@@ -192,6 +194,19 @@ class CADASG:
         if self.nets is None:
             raise ContextError("the model is not trained: call fit() or CADASG.load() first")
 
+    @property
+    def sampler(self) -> Sampler:
+        """The model's sampler (its priors and marginal calibration, computed once per model)."""
+        self._require_fitted()
+        if self._sampler is None:
+            self._sampler = Sampler(self)
+        return self._sampler
+
+    @property
+    def _calibration(self) -> Any:
+        """The marginal calibration the sampler fitted (None before the first draw)."""
+        return None if self._sampler is None else self._sampler._calibration
+
     def cell_allocation(self, n: int, context: dict[str, Any] | None, rng: np.random.Generator) -> np.ndarray:
         """Cache cell (context x target stratum) of each of ``n`` rows: the matching cells' shares of
         the cache's noisy counts, allocated exactly (largest remainder) and shuffled, so context
@@ -204,46 +219,49 @@ class CADASG:
             weights = np.ones(len(cells))
         return rng.permutation(np.repeat(cells, _largest_remainder(weights, n)))
 
-    @torch.inference_mode()
-    def sample(self, n: int, *, context: dict[str, Any] | None = None, seed: int | None = 0,
-               chunk: int = 200_000) -> pd.DataFrame:
-        """``n`` synthetic rows; ``context`` fixes some or all context columns; the same seed gives
-        the same rows."""
-        self._require_fitted()
-        if not isinstance(n, int | np.integer) or isinstance(n, bool) or n <= 0:
-            raise InvalidDataError(f"n must be a positive integer, got {n!r}")
-        rng = np.random.default_rng(seed)
-        g = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        cells = self.cell_allocation(int(n), context, rng)
-        frames = []
-        for i in range(0, len(cells), chunk):
-            cell = torch.from_numpy(cells[i:i + chunk])
-            probs = self.feature_probs(cell, g)
-            frame = self.transformer.decode(probs.numpy(), rng)
-            frames.append(self.extractor.fill(frame, (cell // self.cache.strata).numpy()))
-        out = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-        return self.schema.with_derived(out)
+    def sample(self, n: int, *, conditions: dict[str, Any] | None = None, context: dict[str, Any] | None = None,
+               seed: int | None = None, chunk: int = 200_000) -> pd.DataFrame:
+        """``n`` synthetic rows. ``conditions`` fixes values of any columns (see below), ``context``
+        some or all context columns; ``seed=None`` draws a fresh seed, reported as ``last_seed``;
+        the same seed (and chunk) gives the same rows. The rows are built in memory: a request larger
+        than the memory available is refused (``sample_to_file`` streams any n).
 
-    @torch.inference_mode()
+        Conditions (``cadasg_dist/sampling/conditions.py``): a context column or the target's class
+        (a numeric target's value bin) restricts the draw to its cells: exact and free. Another
+        categorical column is met exactly by rejection. A number takes a range ``(lo, hi)``
+        (either end None), kept by rejection, or one value inside the column's modelled range: an
+        integer column keeps rows drawn with that value; a continuous one keeps rows drawn within
+        half a quantile step of it and pins the column to the value. A condition met by under
+        0.2% of drawn rows is refused with the rate achieved."""
+        rows, self.last_seed = run.draw(self, self.sampler, n, conditions=conditions, context=context, seed=seed,
+                                        chunk=chunk)
+        return rows
+
+    def sample_remaining(self, known: pd.DataFrame, *, seed: int | None = None, chunk: int = 200_000
+                         ) -> pd.DataFrame:
+        """Complete the partial rows of ``known`` (SDV's ``sample_remaining_columns``): each row's
+        present values are conditions as in ``sample``, its missing cells are generated; the result
+        keeps ``known``'s index and order and holds every output column."""
+        rows, self.last_seed = run.remaining(self, self.sampler, known, seed=seed, chunk=chunk)
+        return rows
+
+    def sample_to_file(self, path: str | Path, n: int, *, chunk: int = 200_000, seed: int | None = None,
+                       conditions: dict[str, Any] | None = None, context: dict[str, Any] | None = None
+                       ) -> SampleResult:
+        """Write ``n`` rows to ``path`` (.parquet: a row group per chunk; .csv) in bounded memory, the
+        seed recorded in the file's metadata (a CSV's sidecar ``.meta.json``); see ``sample``."""
+        result = stream.to_file(self, self.sampler, path, n, chunk=chunk, seed=seed, conditions=conditions,
+                                context=context)
+        self.last_seed = result.seed
+        return result
+
     def feature_probs(self, cell: torch.Tensor, generator: torch.Generator, *, calibrated: bool = True
                       ) -> torch.Tensor:
         """(N, D) decoder output for rows of the given cells, activated (softmax spans as
         probabilities), the target pinned to each cell's class and, unless ``calibrated`` is False
         or ``model.calibrate_marginals`` is "off", the marginal calibration applied. Draws the latent
         codes from ``generator``; ``sample`` decodes the result."""
-        if self._priors is None:
-            self._priors = Priors.from_cache(self.cache, self.config.model.latent_dim)
-        probs = generate(self.nets, self._priors, cell, self.nets.one_hot(cell // self.cache.strata), generator,
-                         tau=None)
-        kinds = self.config.model.calibrate_marginals
-        if not calibrated or kinds == "off":
-            return probs
-        if self._calibration is None:
-            reference, contexts = reference_draw(self)
-            self._calibration = MarginalCalibration.fit(reference, self.transformer, self.nets.dims, kinds,
-                                                        self.config.class_calibration,
-                                                        contexts if self.config.context_calibration else None)
-        return self._calibration.apply(probs, cell // self.cache.strata)
+        return self.sampler.feature_probs(cell, generator, calibrated=calibrated)
 
     @property
     def contexts(self) -> list[dict[str, Any]]:
@@ -314,16 +332,6 @@ def _check_columns(df: pd.DataFrame, cfg: CADASGConfig) -> None:
         if col is not None and cfg.data.columns.get(col, ColumnOverride()).kind == "derived":
             raise InvalidDataError(f"column {col!r} is declared derived, so it is not modelled: it cannot be the "
                                    f"target or a context column; use the column it is derived from instead")
-
-
-def _largest_remainder(weights: np.ndarray, n: int) -> np.ndarray:
-    """Integer counts summing to ``n`` in proportion to ``weights`` (Hamilton's method)."""
-    share = weights / weights.sum() * n
-    counts = np.floor(share).astype(np.int64)
-    remainder = n - int(counts.sum())
-    if remainder > 0:
-        counts[np.argsort(-(share - counts), kind="stable")[:remainder]] += 1
-    return counts
 
 
 def fit_config(config: CADASGConfig, context: list[str] | None, target: str | None,

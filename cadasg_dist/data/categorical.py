@@ -72,8 +72,17 @@ class CategoricalTransform:
         return onehot
 
     def decode_codes(self, codes: np.ndarray) -> pd.Series:
+        """The categories of ``codes`` in the column's dtype; text stays object (no string inference)."""
         values = np.array(self.categories + [None], dtype=object)[codes]
-        return _restore_dtype(pd.Series(values), self.schema)
+        dtype = self.schema.dtype
+        if dtype == "object" or dtype.startswith("str") or dtype == "category":
+            return pd.Series(values, dtype=object)
+        if not self.schema.has_missing and (dtype.startswith(("int", "float")) or dtype == "bool"):
+            try:  # a typed array from the categories, without converting each object
+                return pd.Series(np.array(self.categories, dtype=dtype)[codes])
+            except (TypeError, ValueError):
+                pass
+        return _restore_dtype(pd.Series(values, dtype=object), self.schema)
 
     def to_dict(self) -> dict[str, Any]:
         return {"categories": list(self.categories), "frequencies": self.frequencies}

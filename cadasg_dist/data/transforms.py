@@ -131,21 +131,25 @@ class DataTransformer:
 
     def decode(self, features: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:
         """Feature matrix -> table. Softmax spans hold probabilities; categories are *sampled*
-        from them (one-hot rows decode deterministically)."""
+        from them (one-hot rows decode deterministically), one ``rng.random(n)`` per softmax span in
+        span order. Vectorised: the matrix is read once as contiguous columns, so each span's work
+        is a few passes over n contiguous values (no per-row Python, no strided reads)."""
+        columns = np.ascontiguousarray(features.T)  # (D, N): a span's values are contiguous
         out: dict[str, Any] = {}
         missing_mask: dict[str, np.ndarray] = {}
         atom_mask: dict[str, np.ndarray] = {}
         for span in self.spans:
-            block = features[:, span.start:span.stop]
             t = self.transforms[span.column]
-            if span.role == "missing":
-                missing_mask[span.column] = sample_categories(block, rng) == 1
-            elif span.role == "atom":
-                atom_mask[span.column] = sample_categories(block, rng) == 1
-            elif isinstance(t, CategoricalTransform):
-                out[span.column] = t.decode_codes(sample_categories(block, rng))
+            if span.kind == "softmax":
+                codes = _draw_codes(columns[span.start:span.stop], rng)
+                if span.role == "missing":
+                    missing_mask[span.column] = codes == 1
+                elif span.role == "atom":
+                    atom_mask[span.column] = codes == 1
+                else:
+                    out[span.column] = t.decode_codes(codes)
             else:
-                out[span.column] = t.decode(block[:, 0])
+                out[span.column] = t.decode(columns[span.start])
         frame = {}
         for name, t in self.transforms.items():
             values = out[name]
@@ -154,7 +158,7 @@ class DataTransformer:
                     values = np.where(atom_mask[name], t.atom, values)
                 values = self._numeric_column(values, t.schema, missing_mask.get(name))
             frame[name] = values
-        return pd.DataFrame(frame)
+        return pd.DataFrame(frame, copy=False)
 
     @staticmethod
     def _numeric_column(x: np.ndarray, schema: ColumnSchema, missing: np.ndarray | None) -> pd.Series:
@@ -197,6 +201,23 @@ class DataTransformer:
 
 def sample_categories(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Draw one index per row from row-wise probabilities (vectorised inverse-CDF sampling)."""
-    cdf = np.cumsum(probs, axis=1)
-    u = rng.random(len(probs))[:, None] * cdf[:, -1:]
-    return np.minimum((cdf < u).sum(axis=1), probs.shape[1] - 1)
+    return _draw_codes(np.ascontiguousarray(probs.T), rng)
+
+
+def _draw_codes(columns: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One index per row from probabilities given as columns (W, N): inverse-CDF sampling with
+    u ~ U(0, 1) scaled by the row's total, the CDF accumulated column by column (left to right,
+    in the probabilities' precision, as ``np.cumsum`` does)."""
+    u = rng.random(columns.shape[1])
+    if columns.shape[0] == 1:
+        return np.zeros(columns.shape[1], dtype=np.int64)
+    total = columns[0].copy()
+    for row in columns[1:]:
+        total += row
+    target = u * total
+    acc = columns[0].copy()
+    codes = np.zeros(columns.shape[1], dtype=np.int64)
+    for row in columns[1:]:
+        codes += acc < target
+        acc += row
+    return codes

@@ -51,6 +51,7 @@ def test_end_to_end_train_sample_and_their_errors(capsys, tmp_path, table):
     assert main(["sample", str(out), "--n", "50", "--context", "group=rare", "--out", str(csv)]) == 0
     rows = pd.read_csv(csv)
     assert len(rows) == 50 and set(rows["group"]) == {"rare"}
+    assert capsys.readouterr().err.startswith("seed: ")  # a fresh seed, reported
     bad = tmp_path / "bad.csv"
     assert "valid values: a, b, rare" in _error(
         capsys, ["sample", str(out), "--n", "5", "--context", "group=zzz", "--out", str(bad)])

@@ -1,0 +1,126 @@
+"""Sampling benchmark: rows/s and peak RSS of in-process ``sample()`` and of ``sample_to_file`` to
+Parquet, against the old path (a git revision, ``--baseline``) in the same run.
+
+Each measurement runs in its own process, pinned to one core (``taskset -c 0`` where available)
+with ``torch.set_num_threads(1)``, so its peak RSS (``ru_maxrss``) is its own and rows/s is per
+core. The old path is the baseline revision's ``cadasg_dist`` (extracted with ``git archive``):
+``sample()`` in memory, and, for a file, ``sample()`` then ``write_table`` as its CLI did. The big
+file run (``--big``, 50M rows by default) is new-path only: the old path builds it in memory.
+Rows/s is counted on CPU time of the process as well as wall time: on a shared machine the wall
+clock also counts time spent waiting for the core.
+
+    .venv/bin/python bench/sampling.py                       # HI model trained for 1 epoch, 1M and 50M rows
+    .venv/bin/python bench/sampling.py --model m --rows 1000000 --big 0 --baseline main
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "datasets" / "HI.csv"
+
+
+def child(kind: str, model_dir: str, n: int, out: str) -> None:
+    """One measurement in this process: print its JSON line."""
+    import torch
+
+    torch.set_num_threads(1)
+    from cadasg_dist.synthesizer import CADASG
+
+    model = CADASG.load(model_dir)
+    model.sample(2_000, seed=0)  # warm-up: priors, calibration, allocators
+    wall, cpu = time.perf_counter(), time.process_time()
+    if kind == "sample":
+        rows = model.sample(n, seed=1)
+        assert len(rows) == n
+    elif kind == "file_old":
+        from cadasg_dist.data.io import write_table
+
+        write_table(model.sample(n, seed=1), out)
+    else:
+        model.sample_to_file(out, n, seed=1)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"wall": wall, "cpu": cpu, "peak_rss": peak}))
+
+
+def measure(tree: Path, kind: str, model_dir: str, n: int, out: str, timeout: int) -> dict:
+    pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
+    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    cmd = [*pin, sys.executable, str(ROOT / "bench" / "sampling.py"), "--child", kind, "--model", model_dir,
+           "--rows", str(n), "--out", out]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=tree)
+    if done.returncode != 0:
+        raise SystemExit(f"{kind} ({tree}) failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def baseline_tree(rev: str, into: Path) -> Path:
+    """The ``cadasg_dist`` package of revision ``rev``, extracted under ``into``."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "cadasg_dist"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into
+
+
+def train_model(path: Path) -> None:
+    if not path.exists():
+        cmd = [sys.executable, "-m", "cadasg_dist.cli", "train", str(DATA), "--target", "whi", "--context", "region",
+               "--epochs", "1", "--out", str(path)]
+        subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True, cwd=ROOT)
+
+
+def row(name: str, n: int, r: dict, old: dict | None) -> str:
+    rate, cpu_rate = n / r["wall"], n / r["cpu"]
+    ratio = f"{cpu_rate / (n / old['cpu']):.2f}x" if old else "-"
+    return (f"| {name} | {n:,} | {r['wall']:.1f} | {rate:,.0f} | {cpu_rate:,.0f} | {r['peak_rss'] / 2**20:,.0f} | "
+            f"{ratio} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="a trained model directory (default: HI, 1 epoch, trained once)")
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--big", type=int, default=50_000_000, help="rows of the big file run (0: skip)")
+    ap.add_argument("--baseline", default="main", help="git revision of the old path ('' : skip)")
+    ap.add_argument("--timeout", type=int, default=3600)
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(args.child, args.model, args.rows, args.out)
+    model = args.model or str(ROOT / "bench" / ".cache" / "sampling_hi_model")
+    if args.model is None:
+        train_model(Path(model))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "s.parquet")
+        old_tree = baseline_tree(args.baseline, Path(tmp)) if args.baseline else None
+        lines = ["| path | rows | wall s | rows/s (wall) | rows/s (CPU) | peak RSS MB | CPU rows/s vs old |",
+                 "|---|---|---|---|---|---|---|"]
+        old = measure(old_tree, "sample", model, args.rows, out, args.timeout) if old_tree else None
+        if old:
+            lines.append(row("old sample()", args.rows, old, None))
+        lines.append(row("sample()", args.rows, measure(ROOT, "sample", model, args.rows, out, args.timeout), old))
+        old_file = measure(old_tree, "file_old", model, args.rows, out, args.timeout) if old_tree else None
+        if old_file:
+            lines.append(row("old sample() + write_table (parquet)", args.rows, old_file, None))
+        lines.append(row("sample_to_file (parquet)", args.rows,
+                         measure(ROOT, "file", model, args.rows, out, args.timeout), old_file))
+        if args.big:
+            lines.append(row("sample_to_file (parquet)", args.big,
+                             measure(ROOT, "file", model, args.big, out, args.timeout), None))
+    print(f"model {model}; load average {os.getloadavg()[0]:.1f} at the end")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
