@@ -68,7 +68,7 @@ class ConstraintConfig:
         need = {"range": ("column",), "inequality": ("a", "b"), "band": ("column", "context")}.get(self.kind, ())
         missing = [key for key in need if not getattr(self, key)]
         if missing:
-            return f"a {self.kind} constraint needs {' and '.join(missing)}"
+            return f"{'an' if self.kind[0] in 'aeiou' else 'a'} {self.kind} constraint needs {' and '.join(missing)}"
         if self.kind == "range":
             return _range_problem(self.low, self.high, self.inclusive or "both")
         if self.kind == "inequality":

@@ -178,6 +178,9 @@ def validate(cfg: CADASGConfig) -> None:
     for i, entry in enumerate(cfg.constraints):
         problem = entry.problem()
         checks.append((problem is None, f"constraints[{i}]: {problem}"))
+        checks.append((not (cfg.private and entry.kind == "combinations" and entry.allowed is None),
+                       f"constraints[{i}]: a private run never reads the combinations from the table: declare them "
+                       f"(allowed: [[...], ...] over {', '.join(entry.columns)})"))
     require(checks)
 
 

@@ -15,6 +15,8 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
+from cadasg_dist.context.labels import Interval
+
 RULES: dict[str, type[Rule]] = {}
 
 
@@ -133,6 +135,13 @@ class Grid:
         while (v < x or (strict and v == x)) if upward else (v > x or (strict and v == x)):
             v = np.nextafter(v, toward)
         return float(v)
+
+    def holds_some(self, interval: Interval) -> bool:
+        """Whether some value of the grid lies in ``interval``."""
+        if self.kind == "set":
+            return bool(interval.contains(np.array(self.values, dtype=float)).any())
+        return self.inner(interval.lo, True, not interval.lo_closed) <= self.inner(interval.hi, False,
+                                                                                   not interval.hi_closed)
 
     def clip(self, x: np.ndarray, lo: float, hi: float) -> np.ndarray:
         """``x`` moved into the closed [lo, hi] (grid values): clipped, or the nearest set value."""

@@ -83,8 +83,7 @@ class _Maker:
         if e.kind == "range":
             col = self.column(i, e.column, "a continuous, integer or numeric category column", numeric_set=True)
             rule = Range(col.name, e.low, e.high, e.inclusive or "both", _grid(col))
-            lo, hi = rule.bounds()
-            if lo > hi:
+            if not rule.grid.holds_some(rule.interval):
                 raise ConfigError(f"constraints[{i}]: no value of {col.name!r} lies in {rule.interval.text()}")
             return rule
         if e.kind == "inequality":
@@ -139,8 +138,7 @@ class _Maker:
             if iv is None:
                 raise ConfigError(f"constraints[{i}]: label {label!r} of {ctx.name!r} names no interval; give its "
                                   f"band: bands: {{{str(label)!r}: [low, high]}}")
-            grid = _grid(col)
-            if grid.inner(iv.lo, True, not iv.lo_closed) > grid.inner(iv.hi, False, not iv.hi_closed):
+            if not _grid(col).holds_some(iv):
                 raise ConfigError(f"constraints[{i}]: band {iv.text()} of label {label!r} holds no value of "
                                   f"{col.name!r}")
             bands[label_key(label)] = iv
