@@ -61,15 +61,22 @@ def rule_from_dict(d: dict[str, Any]) -> Rule:
 
 # --- a column's values as numbers, and back ------------------------------------------------------
 
-def numbers(s: pd.Series) -> np.ndarray:
-    """A column as float64 (NaN where missing); datetimes as int64 nanoseconds, exact."""
+_NAT = np.iinfo(np.int64).min  # NaT as int64 nanoseconds
+
+
+def numbers(s: pd.Series, dates: bool = False) -> np.ndarray:
+    """A column as float64 (NaN where missing or not a number); datetimes (or, with ``dates``, text
+    that parses as dates, as a table read from CSV holds them) as int64 nanoseconds, exact."""
+    if dates and not pd.api.types.is_datetime64_any_dtype(s.dtype):
+        s = pd.to_datetime(s, errors="coerce")
     if pd.api.types.is_datetime64_any_dtype(s.dtype):
         return s.to_numpy(dtype="datetime64[ns]").astype(np.int64)
     return pd.to_numeric(s, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
 
 
-def missing(s: pd.Series) -> np.ndarray:
-    return s.isna().to_numpy()
+def absent(x: np.ndarray) -> np.ndarray:
+    """Which of ``numbers``' values are missing: a missing value satisfies every rule."""
+    return x == _NAT if x.dtype == np.int64 else np.isnan(x)
 
 
 def put(frame: pd.DataFrame, column: str, rows: np.ndarray, values: np.ndarray) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cadasg_dist.constraints.base import Grid, Rule, key_codes, label_key, missing, nudge, numbers, put
+from cadasg_dist.constraints.base import Grid, Rule, absent, key_codes, label_key, nudge, numbers, put
 from cadasg_dist.context.labels import Interval
 
 
@@ -51,8 +51,8 @@ class Range(Rule):
         return self.grid.inner(iv.lo, True, not iv.lo_closed), self.grid.inner(iv.hi, False, not iv.hi_closed)
 
     def violated(self, frame: pd.DataFrame) -> np.ndarray:
-        s = frame[self.column]
-        return ~self.interval.contains(numbers(s)) & ~missing(s)
+        x = numbers(frame[self.column])
+        return ~self.interval.contains(x) & ~absent(x)
 
     def repair(self, frame: pd.DataFrame, fixed: frozenset[str], reference: pd.DataFrame) -> None:
         rows = np.flatnonzero(self.violated(frame))
@@ -95,14 +95,14 @@ class Inequality(Rule):
         return ~(left < b) if self.strict else ~(left <= b)
 
     def violated(self, frame: pd.DataFrame) -> np.ndarray:
-        sa, sb = frame[self.a], frame[self.b]
-        return self._fails(numbers(sa), numbers(sb)) & ~missing(sa) & ~missing(sb)
+        a, b = numbers(frame[self.a], self.datetime), numbers(frame[self.b], self.datetime)
+        return self._fails(a, b) & ~absent(a) & ~absent(b)
 
     def repair(self, frame: pd.DataFrame, fixed: frozenset[str], reference: pd.DataFrame) -> None:
         rows = np.flatnonzero(self.violated(frame))
         if rows.size == 0:
             return
-        a, b = numbers(frame[self.a])[rows], numbers(frame[self.b])[rows]
+        a, b = numbers(frame[self.a], self.datetime)[rows], numbers(frame[self.b], self.datetime)[rows]
         shift = self._shift()
         new_a, new_b = b - shift, a + shift  # the pair sorted: each keeps the other's place
         if self.grid_a.kind == "int" and not self.datetime:  # datetimes: exact int64 nanoseconds already
@@ -169,7 +169,7 @@ class Band(Rule):
         for i, iv in enumerate(intervals):
             rows = which == i
             bad[rows] = ~iv.contains(x[rows])
-        return bad & ~missing(frame[self.column])
+        return bad & ~absent(x)
 
     def repair(self, frame: pd.DataFrame, fixed: frozenset[str], reference: pd.DataFrame) -> None:
         bad = self.violated(frame)
