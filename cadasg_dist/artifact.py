@@ -2,9 +2,10 @@
 
 Layout: ``model.safetensors`` (network weights), ``cache.safetensors`` (the context cache's
 sufficient statistics), JSON for ``config``, ``schema``, ``transformer``, ``context``, ``dims``,
-``ledger`` and ``meta`` (format, versions, created time), and ``checksums.json`` (SHA-256 of every
-other file). No training rows are stored. Loading checks the format marker and every checksum, so
-a tampered or foreign directory fails with one clear ``ArtifactError``.
+``ledger`` and ``meta`` (format, versions, created time), ``constraints`` when the model has
+some, and ``checksums.json`` (SHA-256 of every other file). No training rows are stored. Loading
+checks the format marker and every checksum, so a tampered or foreign directory fails with one
+clear ``ArtifactError``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ FORMAT = "cadasg-artifact"
 FORMAT_VERSION = 1
 JSON_PARTS = ("config", "schema", "transformer", "context", "dims", "ledger", "meta")
 TENSOR_PARTS = ("model", "cache")
+# Parts a model writes only when it has them (``constraints``: its declared rules); checked like the rest.
+OPTIONAL_JSON_PARTS = ("constraints",)
 
 
 def _sha256(path: Path) -> str:
@@ -89,6 +92,7 @@ def load_artifact(model_dir: str | Path) -> tuple[dict[str, Any], dict[str, dict
             raise ArtifactError(f"{d}: {name} does not match its checksum (the artifact was modified); "
                                 "retrain or restore the original files")
     parts = {n: json.loads((d / f"{n}.json").read_text()) for n in JSON_PARTS}
+    parts |= {n: json.loads((d / f"{n}.json").read_text()) for n in OPTIONAL_JSON_PARTS if f"{n}.json" in sums}
     meta = parts["meta"]
     if meta.get("format") != FORMAT:
         raise ArtifactError(f"{d} was not written by CA-DASG (format {meta.get('format')!r})")

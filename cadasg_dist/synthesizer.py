@@ -36,7 +36,8 @@ import torch
 
 from cadasg_dist._version import __version__
 from cadasg_dist.artifact import FORMAT, FORMAT_VERSION, load_artifact, save_artifact
-from cadasg_dist.config import CADASGConfig, ColumnOverride, ContextConfig
+from cadasg_dist.config import CADASGConfig, ColumnOverride, ConstraintConfig, ContextConfig
+from cadasg_dist.constraints import ConstraintSet, build_constraints, with_entries
 from cadasg_dist.context.cache import ContextCache
 from cadasg_dist.context.extractor import RuleContextExtractor
 from cadasg_dist.data.codebook import Codebook
@@ -89,6 +90,7 @@ class CADASG:
         self.meta: dict[str, Any] = {}
         self._sampler: Sampler | None = None
         self.last_seed: int | None = None  # the seed of the last draw (fresh when none was given)
+        self._constraints: ConstraintSet | None = None
 
 
     # --- fitting ---------------------------------------------------------------------------
@@ -122,6 +124,8 @@ class CADASG:
             self.transformer = DataTransformer(self.schema, cfg.data.continuous_encoding, cfg.data.n_quantiles,
                                                exclude=self.extractor.categorical_columns,
                                                atom_share=cfg.data.atom_share).fit(df)
+        # the declared constraints checked against the table before training (rows read only without DP)
+        self._constraints = build_constraints(cfg, self.schema, self.extractor, None if prep is not None else df)
         self.config = cfg = cfg.resolved(len(df))  # automatic epochs
         if prep is not None:
             # encoded already when a release needed it; the tie spreading's seed is secret, like all noise
@@ -268,6 +272,31 @@ class CADASG:
         self._require_fitted()
         return [self.extractor.describe(i) for i in range(self.extractor.n_contexts)]
 
+    # --- constraints -----------------------------------------------------------------------
+    @property
+    def constraints(self) -> ConstraintSet:
+        """The rules every sampled row satisfies (config ``constraints`` and ``add_constraints``);
+        ``.describe()`` lists them, ``.stats`` counts the rows drawn, redrawn and repaired."""
+        if self._constraints is None:
+            if self.schema is None or self.extractor is None:
+                return ConstraintSet()
+            self._constraints = build_constraints(self.config, self.schema, self.extractor)
+        return self._constraints
+
+    @constraints.setter
+    def constraints(self, value: ConstraintSet) -> None:
+        self._constraints = value
+
+    def add_constraints(self, *entries: ConstraintConfig | dict[str, Any]) -> CADASG:
+        """Declare more constraints (``ConstraintConfig`` or its keys as a dict); returns ``self``.
+
+        Before ``fit`` they join the config and are checked at fit. On a fitted model they are
+        checked against its schema now and hold from the next ``sample``; a ``combinations`` entry
+        must then list ``allowed`` (the table is not at hand). Either way they are saved with it."""
+        config, self._constraints = with_entries(self.config, entries, self.constraints, self.schema, self.extractor)
+        self.config = config
+        return self
+
     # --- persistence -----------------------------------------------------------------------
     def save(self, out_dir: str | Path) -> Path:
         self._require_fitted()
@@ -277,6 +306,8 @@ class CADASG:
             "dims": self.nets.dims.to_dict(), "ledger": self.ledger.state_dict(),
             "meta": {**self.meta, "history": self.history},  # every epoch: ``loss_history()`` after ``load``
         }
+        if self.constraints:
+            json_parts["constraints"] = self.constraints.to_dict()
         return save_artifact(out_dir, json_parts=json_parts,
                              tensor_parts={"model": self.nets.state_dict(), "cache": self.cache.state_dict()})
 
@@ -296,6 +327,8 @@ class CADASG:
             cache.load_state_dict(tensors["cache"])
             model.cache = cache
             model.ledger = PrivacyLedger.from_state_dict(parts["ledger"])
+            if "constraints" in parts:
+                model.constraints = ConstraintSet.from_dict(parts["constraints"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             if isinstance(exc, ArtifactError):
                 raise

@@ -20,6 +20,7 @@ from cadasg_dist.config.sections import (
     CacheConfig,
     ColumnKind,
     ColumnOverride,
+    ConstraintConfig,
     ContextConfig,
     DataConfig,
     DistributedConfig,
@@ -30,8 +31,8 @@ from cadasg_dist.config.sections import (
 )
 
 __all__ = [
-    "FLAG_KEYS", "CADASGConfig", "CacheConfig", "ColumnKind", "ColumnOverride", "ContextConfig", "DataConfig",
-    "DistributedConfig", "LossConfig", "ModelConfig", "PrivacyConfig", "TrainConfig", "build_dataclass",
+    "FLAG_KEYS", "CADASGConfig", "CacheConfig", "ColumnKind", "ColumnOverride", "ConstraintConfig", "ContextConfig",
+    "DataConfig", "DistributedConfig", "LossConfig", "ModelConfig", "PrivacyConfig", "TrainConfig", "build_dataclass",
     "csv_list", "flag_overrides", "parse_overrides", "read_yaml", "read_yaml_mapping", "require",
     "split_section", "to_plain", "validate",
 ]

@@ -32,6 +32,9 @@ class CADASGConfig:
     train: sections.TrainConfig = field(default_factory=sections.TrainConfig)
     privacy: sections.PrivacyConfig = field(default_factory=sections.PrivacyConfig)
     distributed: sections.DistributedConfig = field(default_factory=sections.DistributedConfig)
+    # Rules every synthetic row satisfies: ranges, inequalities, fixed combinations, band ties (a list
+    # of ConstraintConfig entries, keys below as constraints[].KEY; docs/guides/constraints.md).
+    constraints: tuple[sections.ConstraintConfig, ...] = ()
 
     def __post_init__(self) -> None:
         validate(self)
@@ -172,6 +175,12 @@ def validate(cfg: CADASGConfig) -> None:
     for band_col, edges in cfg.context.bands.items():
         ok = len(edges) >= 2 and all(a < b for a, b in zip(edges, edges[1:]))
         checks.append((ok, f"context.bands[{band_col!r}] must be >= 2 increasing edges, got {list(edges)}"))
+    for i, entry in enumerate(cfg.constraints):
+        problem = entry.problem()
+        checks.append((problem is None, f"constraints[{i}]: {problem}"))
+        checks.append((not (cfg.private and entry.kind == "combinations" and entry.allowed is None),
+                       f"constraints[{i}]: a private run never reads the combinations from the table: declare them "
+                       f"(allowed: [[...], ...] over {', '.join(entry.columns)})"))
     require(checks)
 
 

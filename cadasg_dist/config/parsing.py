@@ -91,7 +91,7 @@ def build_dataclass(cls: type, raw: Any, where: str) -> Any:
     if raw is None:
         return cls()
     if not isinstance(raw, dict):
-        raise ConfigError(f"config section {where or 'top level'} must be a mapping, got {raw!r}")
+        raise ConfigError(f"config section {where.rstrip('.') or 'top level'} must be a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - names)
@@ -129,6 +129,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             value = [v for v in value.split(",") if v]
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{where} must be a list, got {value!r}")
+        if dataclasses.is_dataclass(args[0]):  # a list of entries: errors name the entry
+            return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
         return tuple(_coerce(args[0], v, where) for v in value)
     return _coerce_scalar(tp, value, where)
 

@@ -84,7 +84,8 @@ def dataclass_keys(cls: type, prefix: str = "") -> list[Key]:
     """Every key of ``cls`` and of the sections it holds, depth first, in declaration order.
 
     ``data.columns`` maps a column name to a ``ColumnOverride``: its keys are listed once, as
-    ``data.columns.NAME.KEY``.
+    ``data.columns.NAME.KEY``; ``constraints`` is a list of ``ConstraintConfig``, listed as
+    ``constraints[].KEY``.
     """
     hints = typing.get_type_hints(cls)
     comments = {**field_comments(cls)}
@@ -102,6 +103,9 @@ def dataclass_keys(cls: type, prefix: str = "") -> list[Key]:
         keys.append(Key(f"{prefix}{field.name}", _type_name(hint), _default(field), first_sentence(meaning)))
         if typing.get_origin(hint) is dict and typing.get_args(hint)[1] is ColumnOverride:
             keys.extend(dataclass_keys(ColumnOverride, f"{prefix}{field.name}.NAME."))
+        entry = typing.get_args(hint)[0] if typing.get_origin(hint) is tuple else None
+        if dataclasses.is_dataclass(entry):  # a list of entries (constraints): their keys once, as KEY[].ENTRY_KEY
+            keys.extend(dataclass_keys(entry, f"{prefix}{field.name}[]."))
     return keys
 
 

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from cadasg_dist.config.constraint import ConstraintConfig  # noqa: F401 (the constraints list's entry)
 from cadasg_dist.config.parsing import require
 
 ColumnKind = Literal["continuous", "integer", "categorical", "boolean", "datetime", "identifier", "derived"]

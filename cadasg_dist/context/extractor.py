@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from cadasg_dist.config import ContextConfig
+from cadasg_dist.context.labels import same_bounds, same_interval
 from cadasg_dist.data.schema import Schema, datetime_to_seconds
 from cadasg_dist.errors import ContextError, InvalidDataError
 
@@ -140,6 +141,9 @@ class RuleContextExtractor(ContextExtractor):
             j = self.columns.index(col)
             labels = [k[j] for k in self.domain]
             match = np.array([_same_label(lab, value, col in self.config.bands) for lab in labels])
+            if not match.any():  # "40-55" for a category "[40, 55)": the one label of those bounds
+                loose = np.array([same_bounds(lab, value) for lab in labels])
+                match = loose if len({lab for lab, hit in zip(labels, loose) if hit}) == 1 else match
             if not match.any():
                 valid = sorted({str(lab) for lab in labels})
                 raise ContextError(f"unknown value {value!r} for context column {col!r}; valid values: "
@@ -200,15 +204,22 @@ def _plain(v: Any) -> Any:
 
 
 def _same_label(label: Label, value: Any, banded: bool) -> bool:
+    """Whether a user's ``value`` names ``label``: equal, the same number, or (spelling aside) the
+    same interval: a band of ``context.bands`` by its bounds (``"[40,55)"`` and ``"40-55"`` name
+    ``"[40, 55)"``), an interval-like category of a user's band column by its ends too."""
     if label == value or str(label) == str(value):
         return True
     if banded and label is not None:
+        if same_bounds(label, value):
+            return True
         try:
             x = float(value)
         except (TypeError, ValueError):
             return False
         lo, hi = _band_bounds(label)
         return lo <= x < hi
+    if isinstance(value, str) and same_interval(label, value):
+        return True
     try:
         return float(label) == float(value)
     except (TypeError, ValueError):

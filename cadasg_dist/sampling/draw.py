@@ -160,8 +160,15 @@ class Sampler:
         """The rows of one chunk of cells (context x target stratum), as the user sees them: every
         output column, contexts filled in, derived columns added. Each sampling path comes here."""
         m = self.model
-        cell = torch.from_numpy(np.ascontiguousarray(cells, dtype=np.int64))
-        probs = self.feature_probs(cell, generator)
-        frame = m.transformer.decode(probs.numpy(), rng)
-        frame = m.extractor.fill(frame, cells // m.cache.strata)
+        frame = self._decoded(cells, generator, rng)
+        constraints = m.constraints
+        if constraints:  # the one call of ConstraintSet.enforce: broken rows redrawn from their cells, else repaired
+            frame = constraints.enforce(frame, cells, lambda again: self._decoded(again, generator, rng))
         return m.schema.with_derived(frame)
+
+    def _decoded(self, cells: np.ndarray, generator: torch.Generator, rng: np.random.Generator) -> pd.DataFrame:
+        """Decoded rows of ``cells`` with their context columns filled in (no derived columns yet)."""
+        m = self.model
+        cell = torch.from_numpy(np.ascontiguousarray(cells, dtype=np.int64))
+        frame = m.transformer.decode(self.feature_probs(cell, generator).numpy(), rng)
+        return m.extractor.fill(frame, cells // m.cache.strata)

@@ -85,6 +85,8 @@ def _probabilities(job: SampleJob) -> tuple[np.random.Generator, np.ndarray, np.
 
 
 def _merged(model: CADASG, jobs: list[SampleJob]) -> list[pd.DataFrame]:
+    if model.constraints:  # broken rows are redrawn from each request's own streams: one sample() each
+        raise _Unbatchable("the model has constraints")
     parts = [_probabilities(job) for job in jobs]
     sizes = [len(ids) for _, ids, _ in parts]
     ids = np.concatenate([p[1] for p in parts])

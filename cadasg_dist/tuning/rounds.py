@@ -37,6 +37,7 @@ def snapshot_of(model: CADASG, nets: CADASGNetworks, cache: ContextCache, epochs
     view = CADASG(model.config)
     view.schema, view.extractor, view.transformer = model.schema, model.extractor, model.transformer
     view.nets, view.cache, view.ledger = nets, cache, model.ledger
+    view.constraints = model.constraints  # built at prepare, with the combinations read from the table
     view.meta = {"epochs": epochs}
     return view
 

@@ -59,12 +59,13 @@ def _leaf_keys(cls: type, prefix: str = "") -> set[str]:
 
 
 def test_configuration_reference_lists_every_key_with_a_meaning() -> None:
-    from cadasg_dist.config import CADASGConfig, ColumnOverride
+    from cadasg_dist.config import CADASGConfig, ColumnOverride, ConstraintConfig
     from cadasg_dist.config.reference import dataclass_keys
     from cadasg_dist.federation.config import FederatedConfig
 
     listed = dataclass_keys(CADASGConfig)
-    expected = _leaf_keys(CADASGConfig) | {f"data.columns.NAME.{k}" for k in _leaf_keys(ColumnOverride)}
+    expected = (_leaf_keys(CADASGConfig) | {f"data.columns.NAME.{k}" for k in _leaf_keys(ColumnOverride)}
+                | {f"constraints[].{k}" for k in _leaf_keys(ConstraintConfig)})
     assert {k.key for k in listed} == expected
     assert all(k.meaning and k.type for k in listed), [k.key for k in listed if not k.meaning]
     page = hooks.config_page()

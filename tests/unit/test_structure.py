@@ -1,6 +1,6 @@
 """The shape of the code, read from its imports and its syntax (nothing is imported):
 
-* layers run data -> context -> model -> privacy mechanisms -> training -> private pipeline ->
+* layers run data -> context -> constraints -> model -> privacy mechanisms -> training -> private pipeline ->
   synthesizer -> evaluation -> runtimes -> CLI -> the Flower app, and no import runs back up;
 * no import circle among the package's modules, and ``privacy/`` imports nothing of the engine (its
   errors are shared);
@@ -22,6 +22,7 @@ LAYERS = (
     ("cadasg_dist._version", "cadasg_dist.errors", "cadasg_dist.config"),
     ("cadasg_dist.data", "cadasg_dist.datasets"),
     ("cadasg_dist.context",),
+    ("cadasg_dist.constraints",),
     ("cadasg_dist.model",),
     ("cadasg_dist.privacy",),
     ("cadasg_dist.train",),
