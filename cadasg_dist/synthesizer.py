@@ -204,6 +204,8 @@ class CADASG:
         self._require_fitted()
         if self._sampler is None:
             self._sampler = Sampler(self)
+        elif self._sampler.model is not self:  # a copy (copy.copy) draws with its own constraints
+            self._sampler = self._sampler.bound_to(self)
         return self._sampler
 
     @property

@@ -16,6 +16,7 @@ it spends no budget.
 
 from __future__ import annotations
 
+import copy
 import secrets
 from collections.abc import Iterator
 from typing import Any
@@ -126,6 +127,13 @@ class Sampler:
         self.priors = Priors.from_cache(model.cache, model.config.model.latent_dim)
         self._calibration: Any = None
         self.decoder = FoldedDecoder(model.nets, self.priors, model.cache.strata)
+
+    def bound_to(self, model: Any) -> Sampler:
+        """This sampler drawing for ``model``, a copy of its model with the same networks and cache
+        (its priors and calibration are reused; its constraints are its own)."""
+        twin = copy.copy(self)
+        twin.model = model
+        return twin
 
     def calibration(self) -> Any:
         from cadasg_dist.model.calibration import MarginalCalibration, reference_draw
