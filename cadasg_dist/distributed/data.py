@@ -195,17 +195,18 @@ class ContextRouting(DataConfig):
             options = self._get_execution_options(name)
             shards = self.shards(ds, world_size) if name == DATASET else [type(ds).copy(ds)] * world_size
             for rank, mine in enumerate(shards):
+                if isinstance(mine, ParquetShard):
+                    out[rank][name] = mine
+                    continue
                 mine.context.execution_options = options
                 out[rank][name] = bounded(mine).iterator()
         return out
 
-    def shards(self, ds: ray.data.Dataset, world_size: int) -> list[ray.data.Dataset]:
+    def shards(self, ds: ray.data.Dataset, world_size: int) -> list[Any]:
         """One lazy dataset per worker: its partition directory, or (several hosts) the source filtered."""
         if self._dir is None:
             return [ds.map_batches(RouteRows(self._plan, self._schema, self._context, rank), batch_format="pandas",
                                    **task_args()) for rank in range(world_size)]
-        import ray.data
-
         root = Path(self._dir)
         if not (root / DONE_FILE).exists():  # a restarted worker group reuses the routed parts
             routed = ds.map_batches(RouteRows(self._plan, self._schema, self._context, None), batch_format="pandas",
@@ -219,9 +220,26 @@ class ContextRouting(DataConfig):
             part = root / f"{WORKER_COLUMN}={rank}"
             if not part.is_dir():
                 raise InvalidDataError(f"worker {rank}'s shard is empty: use fewer workers for this table")
-            out.append(ray.data.read_parquet(str(part), partitioning=None, **task_args()))
+            out.append(ParquetShard(str(part)))
         return out
 
+
+class ParquetShard:
+    """A worker's routed Parquet parts, read by the worker itself with pyarrow, batch by batch.
+
+    Not a Ray Data read: ``read_parquet`` samples the files in tasks that ask for a CPU, which on a
+    small node the training workers hold while they wait for this very shard (a deadlock)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def iter_batches(self, batch_format: str = "pandas", batch_size: int = SHARD_BATCH_ROWS) -> Any:
+        import pyarrow.dataset as pads
+
+        if batch_format != "pandas":
+            raise ValueError(f"a ParquetShard yields pandas batches, not {batch_format!r}")
+        for batch in pads.dataset(self.path, format="parquet").to_batches(batch_size=batch_size):
+            yield batch.to_pandas()
 
 def load_shard(shard: Any, encode: Callable[[pd.DataFrame, int], np.ndarray], ids: Callable[[pd.DataFrame], np.ndarray],
                expected_rows: int) -> tuple[np.ndarray, np.ndarray]:
