@@ -106,7 +106,15 @@ def main() -> None:
     ap.add_argument("--overhead-only", action="store_true",
                     help="only in-process vs 1 Ray worker, end to end (Ray start-up included): the 5-minute goal")
     ap.add_argument("--storage", default=str(ROOT / "bench" / ".cache" / "ray_results"))
+    ap.add_argument("--rows", type=int, help="large-table mode (bench/scaling_rows.py): HI resampled to this many rows")
+    ap.add_argument("--modes", default="inproc,ray1,ray2", help="with --rows: which runs, in order")
+    ap.add_argument("--sample-rows", type=int, default=1_000_000, help="with --rows: rows sampled (0: none)")
     args = ap.parse_args()
+    if args.rows:
+        from bench.scaling_rows import main_rows
+
+        main_rows(args.rows, args.epochs, args.modes.split(","), args.sample_rows)
+        return
     if args.batch_size:
         SETTINGS["train.batch_size"] = args.batch_size
     if args.hidden:

@@ -37,7 +37,7 @@ from cadasg_dist.config import CADASGConfig
 from cadasg_dist.context.extractor import RuleContextExtractor
 from cadasg_dist.data.schema import Schema
 from cadasg_dist.data.transforms import DataTransformer
-from cadasg_dist.distributed.data import DATASET, read_shard
+from cadasg_dist.distributed.data import DATASET, load_shard
 from cadasg_dist.distributed.journal import StepTrace
 from cadasg_dist.distributed.plan import ShardPlan
 from cadasg_dist.distributed.sync import Collectives, GradientSync, ShardCache, SyncedBalancer, sync_metrics
@@ -100,7 +100,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(wc.cfg.train.threads or 1)
     start = time.perf_counter()
-    xs, cs = encode_shard(wc, read_shard(ray.train.get_dataset_shard(DATASET)), rank)
+    xs, cs = encode_shard(wc, ray.train.get_dataset_shard(DATASET), rank)
     run = WorkerRun(wc, rank, world, local_rows=len(xs))
     run.timing["load_s"] = time.perf_counter() - start
     run.trace = StepTrace(wc.trace_dir, rank)
@@ -151,15 +151,25 @@ def quiet_console() -> None:
                 handler.addFilter(quiet)
 
 
-def encode_shard(wc: WorkerConfig, df: pd.DataFrame, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(n, D) float32 features and (n,) context ids of this worker's rows."""
+def encode_shard(wc: WorkerConfig, shard: Any, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, D) float32 features and (n,) context ids of this worker's rows, encoded batch by batch as
+    they stream from its Ray Data shard (``data.load_shard``): the worker never holds them as pandas.
+
+    Held encoded rather than re-read each epoch: encoding is most of a read's cost, epochs shuffle
+    the whole shard, and the encoded rows take D x 4 bytes each (measured in bench/scaling.py)."""
     transformer = DataTransformer.from_dict(wc.schema, wc.transformer)
     extractor = RuleContextExtractor.from_dict(wc.context, wc.schema)
     # Tie spreading is noise too: secret in a private run, as in the engine's private fit.
-    seed = entropy.secret_seed() if wc.cfg.private else wc.cfg.train.seed + rank
-    x = transformer.encode(df, seed=seed)
-    ids = extractor.ids(df)
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(ids.astype(np.int64))
+    base = wc.cfg.train.seed + rank
+
+    def encode(batch: pd.DataFrame, i: int) -> np.ndarray:
+        if wc.cfg.private:
+            return transformer.encode(batch, seed=entropy.secret_seed())
+        seed = base if i == 0 else int(np.random.SeedSequence([base, i]).generate_state(1)[0])
+        return transformer.encode(batch, seed=seed)
+
+    x, ids = load_shard(shard, encode, extractor.ids, wc.plan.loads[rank])
+    return torch.from_numpy(x), torch.from_numpy(ids)
 
 
 def worker_device(use_gpu: bool) -> torch.device:
