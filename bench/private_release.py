@@ -1,7 +1,7 @@
 """The main job as a new user does it: a private release of a table from its drafted codebook and
 ``--epsilon`` alone, scored beside the DP baselines cached by ``bench/privacy.py``.
 
-    .venv/bin/python bench/private_release.py --tables HI,rwm5yr,diamonds,MedExp,SLID --epsilons 1,3
+    .venv/bin/python bench/private_release.py --tables MedExp,SLID,rwm5yr,HI,diamonds --epsilons 1,3
 
 For each table (the 80/20 split of ``bench/splits.py``) and each ε:
 
@@ -14,9 +14,16 @@ For each table (the 80/20 split of ``bench/splits.py``) and each ε:
    ``bench.engine.score`` (utility ratio, worst context's fidelity, column shape), ``--draws``
    samples averaged; the fit's wall time is reported beside it.
 
-Baselines (MST, AIM, the DP-GAN) are read from ``bench/.cache/{table}/{name}_eps{ε}[_derived]/`` where
-``bench/privacy.py`` left them (they need ``.venv-bench``); a missing one is shown as "-".
-Prints markdown and writes it to bench/results/private_release.{md,json}.
+Baselines (MST, AIM, the DP-GAN) in the same run, on the same split and at the same ε, with
+``bench/privacy.py``'s commands and δ = min(1e-5, 1/n²): read from
+``bench/.cache/{table}/{name}_eps{ε}[_derived]/`` where a run left them, fitted there first where
+not (MST and AIM in the baseline environment ``--bench-python``, ``.venv-bench`` as
+bench/requirements-bench.txt builds it; the DP-GAN in this one). A baseline that fails or runs past
+``--baseline-timeout`` is shown as "-" and its reason logged and kept in the JSON.
+
+Order: every table at the first ε, then every table at the next (smallest tables first, as
+listed), so a run cut short still holds each table's ε = 1 row. The results files are rewritten
+after every row. Prints markdown and writes it to bench/results/private_release.{md,json}.
 """
 
 from __future__ import annotations
@@ -34,7 +41,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.engine import average_draws, cached, score  # noqa: E402
+from bench.baselines import run_command  # noqa: E402
+from bench.engine import BENCH_PY, CACHE, average_draws, cached, score  # noqa: E402
+from bench.privacy import BASELINES as COMMANDS  # noqa: E402
 from bench.splits import derived_columns, load_table, split  # noqa: E402
 from cadasg_dist.cli import main as cadasg  # noqa: E402
 
@@ -83,14 +92,27 @@ def release(table: str, eps: float, draws: int, seed: int, work: Path) -> dict:
             "epsilon_spent": meta["privacy"]["epsilon_spent"]}
 
 
-def baseline(table: str, name: str, eps: float, seed: int) -> dict | None:
-    """A DP baseline's cached release, scored on the same split (None when not cached)."""
-    hit = cached(table, f"{name}_eps{eps:g}" + ("_derived" if derived_columns(table) else ""), seed)
-    if hit is None:
-        return None
+def baseline(table: str, name: str, eps: float, seed: int, python: Path, timeout: float) -> dict:
+    """A DP baseline's release scored on the same split: read from the cache, or fitted into it
+    first. Returns the scores, or ``{"error": why}``."""
+    key = f"{name}_eps{eps:g}" + ("_derived" if derived_columns(table) else "")
     df, spec = load_table(table)
     train, test = split(df, seed)
-    return {**score(name.upper(), hit[0], train, test, spec, seed), "table": table, "epsilon": eps}
+    hit = cached(table, key, seed)
+    if hit is None:
+        if name != "dpgan" and not python.exists():
+            return {"error": f"no baseline environment at {python} (bench/requirements-bench.txt builds it)"}
+        delta = min(1e-5, 1.0 / len(train) ** 2)
+        template = (COMMANDS[name].replace(str(BENCH_PY), str(python))
+                    .replace("{eps}", f"{eps:g}").replace("{delta}", f"{delta:g}"))
+        log(f"{table}/{key}: fitting")
+        meta = run_command(table, key, template, seed, CACHE, threads=1, timeout=timeout,
+                           derived=derived_columns(table))
+        if meta.get("status") != "ok":
+            return {"error": str(meta.get("error") or meta.get("stderr_tail", "failed"))[-300:]}
+        hit = cached(table, key, seed)
+    fit_s = hit[1].get("fit_seconds")
+    return {**score(name.upper(), hit[0], train, test, spec, seed), "fit_s": fit_s}
 
 
 def render(rows: list[dict]) -> str:
@@ -109,28 +131,38 @@ def render(rows: list[dict]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tables", default="HI,rwm5yr,diamonds,MedExp,SLID")
+    ap.add_argument("--tables", default="MedExp,SLID,rwm5yr,HI,diamonds")
     ap.add_argument("--epsilons", default="1,3")
     ap.add_argument("--draws", type=int, default=3, help="synthetic samples scored per fit (averaged)")
     ap.add_argument("--seed", type=int, default=0, help="split and sampling seed (the DP noise is secret)")
+    ap.add_argument("--baselines", default=",".join(BASELINES), help="of mst,aim,dpgan; empty: none")
+    ap.add_argument("--bench-python", type=Path, default=BENCH_PY, help="the baseline environment's python")
+    ap.add_argument("--baseline-timeout", type=float, default=1200, help="seconds per baseline fit")
     args = ap.parse_args()
+    names = [b for b in args.baselines.split(",") if b]
     rows = []
     with tempfile.TemporaryDirectory(prefix="cadasg-release-") as tmp:
-        for table in args.tables.split(","):
-            for eps in (float(e) for e in args.epsilons.split(",")):
+        for eps in (float(e) for e in args.epsilons.split(",")):
+            for table in args.tables.split(","):
                 log(f"{table} at epsilon={eps:g}")
                 row = release(table, eps, args.draws, args.seed, Path(tmp))
-                for b in BASELINES:
-                    found = baseline(table, b, eps, args.seed)
-                    row[f"{b}_utility"] = None if found is None else found["utility_ratio"]
+                log(json.dumps({k: row.get(k) for k in ("utility_ratio", "context_min", "fit_s", "error")}))
+                for b in names:
+                    found = baseline(table, b, eps, args.seed, args.bench_python, args.baseline_timeout)
+                    row[f"{b}_utility"], row[f"{b}_fit_s"] = found.get("utility_ratio"), found.get("fit_s")
+                    row[f"{b}_error"] = found.get("error")
+                    log(f"{table}/{b} eps={eps:g}: " + (f"utility {found['utility_ratio']:.3f}"
+                                                        if "error" not in found else found["error"]))
                 rows.append(row)
-                log(json.dumps({k: row.get(k) for k in ("utility_ratio", "context_min", "fit_s")}))
-    text = render(rows)
-    print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "private_release.md").write_text(text + "\n")
-    (RESULTS / "private_release.json").write_text(json.dumps(rows, indent=1, default=str))
+                write(sorted(rows, key=lambda r: (args.tables.split(",").index(r["table"]), r["epsilon"])))
+    print(render(rows))
     return 0
+
+
+def write(rows: list[dict]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "private_release.md").write_text(render(rows) + "\n")
+    (RESULTS / "private_release.json").write_text(json.dumps(rows, indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -148,17 +148,30 @@ def clip_and_noise(
 
     ``grads`` is ``{name: (B, *shape)}`` as from :func:`per_sample_grads`; returns ``{name: shape}``.
     """
+    return noisy_mean(clipped_sum(grads, max_grad_norm=max_grad_norm), max_grad_norm=max_grad_norm,
+                      noise_multiplier=noise_multiplier, generator=generator, expected_batch_size=expected_batch_size)
+
+
+def clipped_sum(grads: Mapping[str, Tensor], *, max_grad_norm: float) -> dict[str, Tensor]:
+    """The first half of :func:`clip_and_noise`: each example's whole gradient clipped to L2 norm C,
+    summed over the examples. Privacy: NOT a release; sums over disjoint chunks of one batch add up
+    to the batch's sum (the chunked path of ``private.step``), then :func:`noisy_mean` noises it once."""
     clip = _checks.check_positive(max_grad_norm, name="max_grad_norm")
-    sigma = _checks.check_noise_multiplier(noise_multiplier, allow_zero=True)
-    divisor = _checks.check_positive(expected_batch_size, name="expected_batch_size")
     _grads_batch_size(grads)  # validates that every tensor has the same batch size
     norms = torch.stack([_example_norms(g) for g in grads.values()], dim=1).norm(dim=1)  # (B,)
     factors = (clip / (norms + _NORM_EPS)).clamp(max=1.0)  # (B,)
-    out = {}
-    for name, g in grads.items():
-        summed = torch.einsum("b,b...->...", factors.to(g.dtype), g)  # (*shape)
-        out[name] = (summed + _gaussian_like(summed, std=sigma * clip, generator=generator)) / divisor
-    return out
+    return {name: torch.einsum("b,b...->...", factors.to(g.dtype), g) for name, g in grads.items()}
+
+
+def noisy_mean(summed: Mapping[str, Tensor], *, max_grad_norm: float, noise_multiplier: float,
+               generator: torch.Generator | None, expected_batch_size: float) -> dict[str, Tensor]:
+    """The second half of :func:`clip_and_noise`: N(0, (σC)²) added to a :func:`clipped_sum`, divided
+    by the expected batch size q·n."""
+    clip = _checks.check_positive(max_grad_norm, name="max_grad_norm")
+    sigma = _checks.check_noise_multiplier(noise_multiplier, allow_zero=True)
+    divisor = _checks.check_positive(expected_batch_size, name="expected_batch_size")
+    return {name: (s + _gaussian_like(s, std=sigma * clip, generator=generator)) / divisor
+            for name, s in summed.items()}
 
 
 def per_layer_clip_and_noise(

@@ -158,11 +158,19 @@ def numeric_dtype(col: PrivateColumn) -> bool:
     return col.dtype.startswith(("int", "uint", "float", "Int", "UInt", "Float"))
 
 
-def settle_kind(col: PrivateColumn, max_categories: int) -> None:
-    """Post-processing of the (declared or released) bounds: a numeric-coded categorical, and an
+def settle_kind(col: PrivateColumn, max_categories: int, target: str | None = None) -> None:
+    """Post-processing of the (declared or released) bounds: a numeric-coded categorical, an
     undeclared integer column with at most MAX_INTEGER_LEVELS values in range (as ``infer_schema``
-    does with distinct values), get the integers within the bounds as categories."""
-    if col.kind == "integer" and col.override.kind is None and col.hi - col.lo + 1 <= MAX_INTEGER_LEVELS:
+    does with distinct values), and the TARGET declared integer with at most MAX_INTEGER_LEVELS
+    values in range get the integers within the bounds as categories.
+
+    The target's rule is why a drafted codebook gives what an undeclared kind gives: the draft says
+    ``integer`` for a count with a long thin tail (rwm5yr's ``hospvis``: 22 values seen), whose
+    released bounds clip the tail to a few levels; modelled as a number, the classifier the
+    synthetic rows train would learn a regression's blur. Declare the target ``continuous`` to
+    model it as a number whatever its range."""
+    few = col.kind == "integer" and col.hi - col.lo + 1 <= MAX_INTEGER_LEVELS
+    if few and (col.override.kind is None or col.name == target):
         col.kind, col.coded = "categorical", True
     if col.coded:
         if col.hi - col.lo + 1 > max_categories:

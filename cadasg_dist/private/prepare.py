@@ -210,7 +210,7 @@ class _Releases:
                 raise InvalidDataError("no column is left to model once the columns without released bounds "
                                        f"are left out ({', '.join(map(repr, left_out))}); declare their bounds")
         for col in columns:
-            settle_kind(col, cfg.data.max_categories)
+            settle_kind(col, cfg.data.max_categories, cfg.target)
         release_histograms(frame, columns, sigma=self.plan.full_pass["preprocess/histograms"], rows_per_unit=k,
                            bins=cfg.privacy.histogram_bins, n_quantiles=cfg.data.n_quantiles,
                            atom_share=cfg.data.atom_share, rng=self.rng)

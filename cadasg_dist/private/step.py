@@ -44,7 +44,13 @@ from cadasg_dist.privacy import entropy
 from cadasg_dist.privacy.adaptive import PerLayerAdaptiveClipper
 from cadasg_dist.privacy.analysis import epsilon_from_history
 from cadasg_dist.privacy.ledger import PrivacyLedger
-from cadasg_dist.privacy.per_sample import clip_and_noise, input_gradient, per_sample_grads
+from cadasg_dist.privacy.per_sample import (
+    clip_and_noise,
+    clipped_sum,
+    input_gradient,
+    noisy_mean,
+    per_sample_grads,
+)
 from cadasg_dist.privacy.step_scale import NoiseAwareSteps
 from cadasg_dist.private.budget import FINAL_CACHE, BudgetPlan, step_name
 from cadasg_dist.train.step import Batch, Priors, TrainState, public_terms, vae_terms
@@ -144,8 +150,8 @@ class DPState:
             penalty = ((slope.pow(2).sum() + 1e-12).sqrt() - 1.0).pow(2)
             return (call(fk.unsqueeze(0), c1) - call(x.unsqueeze(0), c1)).squeeze(0) + lam * penalty
 
-        grads = _per_example(nets.critic, example_loss, batch.x, fake.detach(), onehot, alpha)
-        _write(nets.critic, self._release(grads, batch, "dpsgd/critic"), scale=1.0)
+        grads = self._private_grads(nets.critic, example_loss, batch, "dpsgd/critic", fake.detach(), onehot, alpha)
+        _write(nets.critic, grads, scale=1.0)
 
     def privatize_utility(self, nets: CADASGNetworks, batch: Batch, onehot: Tensor, cfg: CADASGConfig) -> None:
         spans = nets.dims.target_spans
@@ -153,8 +159,8 @@ class DPState:
         def example_loss(call: Any, x: Tensor, c: Tensor) -> Tensor:
             return utility_loss(call(x.unsqueeze(0), c.unsqueeze(0)), x.unsqueeze(0), spans).squeeze(0)
 
-        grads = _per_example(nets.utility, example_loss, batch.x, onehot)
-        _write(nets.utility, self._release(grads, batch, "dpsgd/utility"), scale=1.0)
+        _write(nets.utility, self._private_grads(nets.utility, example_loss, batch, "dpsgd/utility", onehot),
+               scale=1.0)
 
     def privatize_vae(self, nets: CADASGNetworks, batch: Batch, onehot: Tensor, eps: Tensor, cfg: CADASGConfig,
                       shared: list[Tensor]) -> float:
@@ -171,7 +177,7 @@ class DPState:
             loss, _, _ = vae_terms(view, x.unsqueeze(0), c.unsqueeze(0), e.unsqueeze(0), beta)
             return loss.squeeze(0)
 
-        self._vae = self._release(_per_example(pair, example_loss, batch.x, onehot, eps), batch, "dpsgd/vae")
+        self._vae = self._private_grads(pair, example_loss, batch, "dpsgd/vae", onehot, eps)
         names = {id(p): n for n, p in pair.named_parameters()}
         square = sum(float(self._vae[names[id(p)]].pow(2).sum())
                      - p.numel() * (self._noise_std("dpsgd/vae", names[id(p)]) / self.expected_units) ** 2
@@ -260,6 +266,28 @@ class DPState:
         }
 
     # --- helpers --------------------------------------------------------------------------------
+    def _private_grads(self, module: nn.Module, loss: Any, batch: Batch, part: str, *more: Tensor
+                       ) -> dict[str, Tensor]:
+        """The released (clipped, noised, averaged) gradient of ``part``'s per-example ``loss`` on
+        ``(batch.x, *more)``.
+
+        With flat clipping and one row per unit, each chunk of examples is clipped and summed as it
+        comes and the batch's sum noised once: the same release as ``clip_and_noise`` on the whole
+        batch (each example is clipped on its own; only the sum's order of addition differs), without
+        holding every example's gradient at once (memory-bound on a CPU: measured in
+        docs/results/privacy.md). Per-unit averaging and per-layer clipping need them all."""
+        tensors = (batch.x, *more)
+        if self._per_layer or getattr(batch, "units", None) is not None:
+            return self._release(_per_example(module, loss, *tensors), batch, part)
+        chunk = _chunk_rows(module)
+        summed: dict[str, Tensor] = {}
+        for start in range(0, max(len(batch.x), 1), chunk):
+            grads = per_sample_grads(module, loss, *(t[start:start + chunk] for t in tensors))
+            for name, g in clipped_sum(grads, max_grad_norm=self.clip).items():
+                summed[name] = g if name not in summed else summed[name] + g
+        return noisy_mean(summed, max_grad_norm=self.clip, noise_multiplier=self.plan.parts[part],
+                          generator=self.noise, expected_batch_size=self.expected_units)
+
     def _release(self, grads: dict[str, Tensor], batch: Batch, part: str) -> dict[str, Tensor]:
         units = getattr(batch, "units", None)
         if units is not None:
@@ -287,9 +315,13 @@ class DPState:
         return self._pair
 
 
-def _per_example(module: nn.Module, loss: Any, *batch: Tensor) -> dict[str, Tensor]:
+def _chunk_rows(module: nn.Module) -> int:
     largest = max(p.numel() for p in module.parameters() if p.requires_grad)
-    chunk = max(16, CHUNK_FLOATS // largest)
+    return max(16, CHUNK_FLOATS // largest)
+
+
+def _per_example(module: nn.Module, loss: Any, *batch: Tensor) -> dict[str, Tensor]:
+    chunk = _chunk_rows(module)
     return per_sample_grads(module, loss, *batch, chunk_size=chunk if chunk < len(batch[0]) else None)
 
 

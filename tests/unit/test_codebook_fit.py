@@ -132,3 +132,19 @@ def test_train_reads_the_codebook_in_a_private_run(capsys, tmp_path, table, mixe
     assert main([*argv, "--codebook", str(path)]) == 0
     assert "differentially private" in capsys.readouterr().out
     assert CADASG.load(out).schema["when"].kind == "datetime"
+
+
+@pytest.mark.parametrize(("declared", "kind"), [("integer", "categorical"), (None, "categorical"),
+                                                ("continuous", "continuous")])
+def test_a_target_drafted_integer_with_few_levels_in_its_bounds_is_coded_as_classes(mixed_table, private_cfg,
+                                                                                     declared, kind):
+    # a count whose tail a draft saw (so it says integer) but whose bounds hold few levels: the target
+    # is modelled as classes, as with an undeclared kind; another integer column keeps its declared kind
+    df = mixed_table.assign(visits=np.minimum(mixed_table["count"], 5), other=np.minimum(mixed_table["count"], 5))
+    columns = {**DECLARED, "visits": {"min": 0, "max": 5, **({"kind": declared} if declared else {})},
+               "other": {"kind": "integer", "min": 0, "max": 5}}
+    cfg = private_cfg.replace(**{"target": "visits", "data.columns": columns})
+    schema = prepare_private(df, cfg, rng=np.random.default_rng(0)).schema
+    assert schema["visits"].kind == kind and schema["other"].kind == "integer"
+    if kind == "categorical":
+        assert schema["visits"].categories == (0, 1, 2, 3, 4, 5)

@@ -19,6 +19,7 @@ from cadasg_dist.model.losses import critic_real_loss
 from cadasg_dist.model.networks import CADASGNetworks, ModelDims
 from cadasg_dist.privacy import PrivacyLedger, recompute_epsilon
 from cadasg_dist.privacy.analysis import epsilon_from_history
+from cadasg_dist.private import step as private_step
 from cadasg_dist.private.budget import BudgetPlan, cache_noise, default_delta, plan_budget
 from cadasg_dist.private.sampling import UnitSampler
 from cadasg_dist.private.step import REAL_ROW_METRICS, DPState, PrivateBatch
@@ -226,6 +227,24 @@ def test_dp_vae_gradient_is_vae_terms_and_clipping_bounds_each_unit(tiny_config)
     total = math.sqrt(sum(float(g.pow(2).sum()) for g in dp._vae.values())) * dp.expected_units
     assert total <= 2 * 0.01 + 1e-6
 
+
+
+@pytest.mark.parametrize("clip", [1e3, 0.01])
+def test_dp_gradient_in_chunks_is_the_whole_batch_release(tiny_config, monkeypatch, clip):
+    # chunks of 16 rows clipped and summed as they come, then noised once: the release (noise
+    # included, same seed) that clipping and noising the whole batch's per-example gradients gives
+    batch, onehot = _batch(40)
+    fake, alpha = torch.rand_like(batch.x), torch.rand(len(batch.x))
+    grads = {}
+    for floats in (None, 1):
+        if floats is not None:
+            monkeypatch.setattr(private_step, "CHUNK_FLOATS", floats)  # 16 rows a chunk
+        nets, dp = _state(tiny_config, clip=clip)
+        dp.plan.parts["dpsgd/critic"] = 0.7
+        dp.privatize_critic(nets, batch, fake, onehot, alpha, tiny_config)
+        grads[floats] = {n: p.grad.clone() for n, p in nets.critic.named_parameters()}
+    for name, g in grads[None].items():
+        torch.testing.assert_close(grads[1][name], g, atol=1e-6, rtol=1e-5)
 
 # --- privacy unit ----------------------------------------------------------------------------
 
