@@ -190,11 +190,16 @@ def shard_plan(model: CADASG, ids: np.ndarray, ds: Any, workers: int) -> tuple[S
 
 
 def ensure_ray(address: str | None) -> None:
-    """Join ``address`` ("auto", "ray://HOST:PORT") or start a local Ray, unless one is running."""
+    """Join ``address`` ("auto", "ray://HOST:PORT") or start this process's own local Ray (None:
+    ``$RAY_ADDRESS`` if set; a plain ``ray.init()`` would join whatever cluster ``ray start`` left on
+    the machine), unless one is running."""
+    import os
+
     import ray
 
     if ray.is_initialized():
         return
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
     kwargs: dict[str, Any] = {"address": address, "configure_logging": False}
     if address is not None and address.startswith("ray://"):
         from cadasg_dist._version import PACKAGE_DIR
