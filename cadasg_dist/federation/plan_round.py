@@ -175,11 +175,11 @@ class SecureSum:
         for p in self.parties:
             try:
                 masked = p.answer(stage, mechanism, public)
-            except CADASGError:
-                raise
             except Exception as err:  # a silo that cannot answer stops the round: its masks would not cancel
-                raise CADASGError(f"silo {p.name!r} did not answer the plan round's {stage!r} stage "
-                                  f"({type(err).__name__}); the plan round needs every declared silo") from None
+                # the library's own messages name columns and settings, never values; others only their type
+                why = str(err) if isinstance(err, CADASGError) else type(err).__name__
+                raise CADASGError(f"silo {p.name!r} did not answer the plan round's {stage!r} stage ({why}); "
+                                  "the plan round needs every declared silo") from None
             if total is not None and len(masked) != len(total):
                 raise CADASGError(f"silo {p.name!r} answered the {stage!r} stage with {len(masked)} values, "
                                   f"expected {len(total)}")
