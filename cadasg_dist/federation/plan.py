@@ -144,7 +144,8 @@ def build_round_plan(parties: list[Any], cfg: CADASGConfig, fed: FederatedConfig
     if parties:
         _check_columns(list(parties[0].header()), cfg)
     cfg, prep_cfg = _plan_configs(cfg, fed)
-    prep = round_preparation(parties, prep_cfg, mode=fed.plan_noise, merge_classes=cfg.private)
+    prep = round_preparation(parties, prep_cfg, mode=fed.plan_noise, merge_classes=cfg.private,
+                             disjoint=fed.disjoint_units)
     return _plan(cfg, prep, f"plan round over {len(parties)} silos ({fed.plan_noise} noise)")
 
 

@@ -18,6 +18,12 @@ silos' noisy statistics (``federation.plan_round``):
 Every threshold, bound and grid is then set by the central run's own post-processing functions
 (``settle_bounds``, ``settle_histogram``, ``settle_count``...) on the noisy totals, with the
 total's noise sd (σ times sensitivity, times √k under ``federated.plan_noise: full``).
+
+Privacy caveat: each silo caps a privacy unit's rows (``privacy.max_rows_per_unit``) on its own,
+as its training does. With a privacy unit that may have rows in several silos (the default,
+``federated.disjoint_units: false``) one unit can move every total by up to k silos' worth, so
+every release is scaled to that sensitivity (k times the noise for the same ε); row-level privacy
+or units declared disjoint keep one silo's bound, the pooled plan's.
 """
 
 from __future__ import annotations
@@ -96,16 +102,21 @@ def _numeric(dtype: str) -> bool:
 class _Round:
     """The server's running state of the plan round: budget plan, ledger, noisy totals."""
 
-    def __init__(self, cfg: CADASGConfig, channel: SecureSum, header: pd.DataFrame, n_silos: int, mode: str) -> None:
+    def __init__(self, cfg: CADASGConfig, channel: SecureSum, header: pd.DataFrame, n_silos: int, mode: str,
+                 disjoint: bool) -> None:
         self.cfg, self.channel, self.header = cfg, channel, header
         self.k = 1 if cfg.privacy.unit is None else cfg.privacy.max_rows_per_unit
+        # Each silo caps a unit's rows on its own, so a unit that may span the k silos can move every
+        # total by k times a silo's bound: the releases are scaled to that sensitivity (a pooled plan
+        # capped the unit once). Row-level privacy, or units declared disjoint: one silo's bound.
+        self.spread = 1 if cfg.privacy.unit is None or disjoint else n_silos
         self.inflate = math.sqrt(n_silos) if mode == "full" else 1.0  # the total's sd over the release's
         self.released: dict[str, list[str]] = {}
 
     def count(self, columns: list[PrivateColumn]) -> None:
         cfg = self.cfg
         sigma = count_sigma(cfg.privacy.epsilon, cfg.privacy.count_share)
-        sensitivity = 1.0 if cfg.privacy.unit is None else math.sqrt(2.0)
+        sensitivity = self.spread * (1.0 if cfg.privacy.unit is None else math.sqrt(2.0))
         mech = Mechanism(name=COUNT, noise_multiplier=sigma, sample_rate=1.0, sensitivity=sensitivity)
         noisy = self.channel.total("count", mech, {"rows_per_unit": self.k})
         self.n_rows, self.n_units = settle_count(noisy, self.k)
@@ -121,7 +132,7 @@ class _Round:
     def release(self, name: str, stage: str, count: int, public: dict[str, Any], statistics: list[str]
                 ) -> tuple[np.ndarray, float]:
         """(the noisy total of ``stage``, its count sd), recorded in the plan's ledger."""
-        sigma, sensitivity = self.plan.full_pass[name], self.k * math.sqrt(count)
+        sigma, sensitivity = self.plan.full_pass[name], self.spread * self.k * math.sqrt(count)
         mech = Mechanism(name=name, noise_multiplier=sigma, sample_rate=1.0, sensitivity=sensitivity)
         total = self.channel.total(stage, mech, public)
         self.ledger.record(name=name, noise_multiplier=sigma, sample_rate=1.0, sensitivity=sensitivity)
@@ -191,9 +202,11 @@ class _Round:
 
 
 def round_preparation(parties: list[PlanParty], cfg: CADASGConfig, *, mode: str = "split",
-                      merge_classes: bool = True) -> RoundPreparation:
+                      merge_classes: bool = True, disjoint: bool = False) -> RoundPreparation:
     """The plan round over ``parties`` (one per silo): schema, contexts, transforms, dimensions and
-    the ledger of the releases, as ``prepare_private`` builds them from pooled rows."""
+    the ledger of the releases, as ``prepare_private`` builds them from pooled rows. ``disjoint``:
+    the privacy units are declared disjoint across silos (``federated.disjoint_units``); else, with
+    a privacy unit, every release's sensitivity is scaled by the number of silos (see ``_Round``)."""
     if len(parties) < 2:
         raise InvalidDataError(f"a plan round needs two silos or more, got {len(parties)}")
     channel = SecureSum(parties)
@@ -205,7 +218,7 @@ def round_preparation(parties: list[PlanParty], cfg: CADASGConfig, *, mode: str 
     share = noise_share(mode, len(parties))
     for p in parties:
         p.start(cfg, columns, share)
-    rnd = _Round(cfg, channel, header, len(parties), mode)
+    rnd = _Round(cfg, channel, header, len(parties), mode, disjoint)
     rnd.count(columns)
     columns, hist_std, left_out = rnd.columns(columns, derived)
     schema = Schema(columns=tuple(schema_column(c) for c in columns), dropped=(*dropped, *left_out),

@@ -175,3 +175,16 @@ def test_plan_noise_is_checked():
 
     with pytest.raises(ConfigError, match="plan_noise"):
         FederatedConfig(plan_noise="half")
+
+
+def test_a_unit_that_may_span_silos_scales_every_plan_release(silo_table, tiny_config):
+    """Each silo caps a unit's rows on its own: a unit in every silo moves each total by k silos'
+    worth, so the releases carry k times the sensitivity unless the units are declared disjoint."""
+    table = silo_table.assign(pid=np.arange(len(silo_table)) % 150)  # persons with rows in several silos
+    cfg = private_config(tiny_config, epsilon=8.0).replace(**{"privacy.unit": "pid", "privacy.max_rows_per_unit": 2})
+    spanning = build_round_plan(parties_of(table), cfg, FED)
+    disjoint = build_round_plan(parties_of(table), cfg, FederatedConfig(**{**FED.to_dict(), "disjoint_units": True}))
+    pairs = list(zip(spanning.preprocessing, disjoint.preprocessing))
+    assert [a.name for a, _ in pairs] == [b.name for _, b in pairs]
+    assert all(a.sensitivity == pytest.approx(len(SILOS) * b.sensitivity) for a, b in pairs)
+    assert disjoint.preprocessing[0].sensitivity == pytest.approx(math.sqrt(2))  # (units, rows / k)
