@@ -110,7 +110,7 @@ def build_plan_file(args: argparse.Namespace, silos: list[tuple[str, Path]], wor
     from cadasg_dist.federation.plan_round import PlanParty
 
     cfg, fed = build_configs(args)
-    parties = [PlanParty(name, read_table(path)) for name, path in silos]
+    parties = [PlanParty(name, read_table(path, allow_empty=True)) for name, path in silos]
     plan = build_round_plan(parties, cfg, fed)
     path = workdir / "plan.json"
     path.write_text(plan.to_json())

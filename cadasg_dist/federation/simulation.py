@@ -116,7 +116,7 @@ def plan_parties(sources: list[dict[str, Any]], table: pd.DataFrame) -> list[Any
     parties = []
     for source in sources:
         if source["kind"] == "file":
-            frame = read_table(source["path"])
+            frame = read_table(source["path"], allow_empty=True)  # a declared silo may hold no row
         else:
             frame = table[silo_rows(table[source["column"]], [source["value"]])].reset_index(drop=True)
         parties.append(PlanParty(str(source["name"]), frame))
