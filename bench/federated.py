@@ -230,8 +230,9 @@ def render(rows: list[dict]) -> str:
                 for k in gaps:
                     if base.get(k) and r.get(k) is not None:
                         gaps[k].append((base[k] - r[k]) / base[k])
-            notes.append(f"{table} {name}: utility-ratio gap {spread(gaps['utility_ratio'])}, per-context "
-                         f"fidelity gap {spread(gaps['context_fidelity'])} vs central (plan) (goal <= 3%)")
+            if gaps["utility_ratio"] or gaps["context_fidelity"]:  # none with --skip-central
+                notes.append(f"{table} {name}: utility-ratio gap {spread(gaps['utility_ratio'])}, per-context "
+                             f"fidelity gap {spread(gaps['context_fidelity'])} vs central (plan) (goal <= 3%)")
         sec = {r["model"]: r for r in mine if r["model"] in ("federated + SecAgg+", "federated")}
         if len(sec) == 2:
             s, p = sec["federated + SecAgg+"], sec["federated"]
