@@ -54,9 +54,10 @@ from bench.splits import DECLARED, load_table, split  # noqa: E402
 from cadasg_dist.config import CADASGConfig, parse_overrides  # noqa: E402
 from cadasg_dist.evaluate import evaluate  # noqa: E402
 from cadasg_dist.federation.config import FederatedConfig  # noqa: E402
-from cadasg_dist.federation.plan import FederationPlan, build_plan, encode_silo  # noqa: E402
+from cadasg_dist.federation.plan import FederationPlan, build_plan, build_round_plan, encode_silo  # noqa: E402
 from cadasg_dist.federation.records import model_arrays  # noqa: E402
 from cadasg_dist.federation.server import assemble_model  # noqa: E402
+from cadasg_dist.federation.simulation import plan_parties  # noqa: E402
 from cadasg_dist.synthesizer import CADASG  # noqa: E402
 
 SILO_COLUMN = {"HI": "region", "rwm5yr": "year"}
@@ -90,6 +91,18 @@ def score(model: CADASG, train: pd.DataFrame, test: pd.DataFrame, spec, seed: in
     return {**out, "samples": out.pop("draws"), "epsilon": model.epsilon}
 
 
+def make_plan(kind: str, train: pd.DataFrame, table: str, cfg: CADASGConfig, fed: FederatedConfig) -> FederationPlan:
+    """``pooled``: today's plan, released over the pooled training rows (a trusted curator);
+    ``federated``: the plan round, each silo's rows on their own and only the noisy sums seen."""
+    if kind == "pooled":
+        return build_plan(train, cfg, fed)
+    column = SILO_COLUMN[table]
+    names = sorted(train[column].astype(str).unique())  # the benchmark's declared silos
+    sources = [{"name": n, "kind": "column", "column": column, "value": n} for n in names]
+    table_rows = train.assign(**{column: train[column].astype(str)})
+    return build_round_plan(plan_parties(sources, table_rows), cfg, fed)
+
+
 def central_with_plan(plan: FederationPlan, rows: pd.DataFrame) -> CADASG:
     """The engine's training loop (private or not) on ``rows`` encoded with the plan."""
     from cadasg_dist.train.fit import fit_local
@@ -110,11 +123,11 @@ def central_with_plan(plan: FederationPlan, rows: pd.DataFrame) -> CADASG:
 
 
 def federated(train: pd.DataFrame, table: str, args: argparse.Namespace, plan_path: Path, secagg: bool,
-              work: Path, server_lr: float = 1.0) -> tuple[CADASG, float]:
+              work: Path, server_lr: float = 1.0, plan: str = "pooled") -> tuple[CADASG, float]:
     data = work / f"{table}-train.parquet"
     if not data.exists():  # the same rows for every federated run of the table
         train.to_parquet(data)
-    out = work / f"{table}-fed-{'secagg' if secagg else 'plain'}-lr{server_lr:g}"
+    out = work / f"{table}-fed-{'secagg' if secagg else 'plain'}-lr{server_lr:g}-{plan}"
     cmd = [sys.executable, "-m", "cadasg_dist.cli", "federated", str(data), "--silo-column", SILO_COLUMN[table],
            "--plan", str(plan_path), "--rounds", str(args.rounds), "--local-epochs", str(args.local_epochs),
            "--server-lr", f"{server_lr:g}", "--secagg" if secagg else "--no-secagg",
@@ -152,15 +165,18 @@ def run_table(table: str, args: argparse.Namespace, work: Path) -> list[dict]:
                      **score(model, train, test, spec, args.seed, args.samples), **extra})
         print(f"[federated] {table} {name}: {rows[-1]}", file=sys.stderr, flush=True)
 
-    t0 = time.perf_counter()
-    plan = build_plan(train, cfg, fed)
-    plan_path = work / f"{table}-plan.json"
-    plan_path.write_text(plan.to_json())
-    if args.federated_set:  # the federated runs' own engine settings (e.g. the silos' learning rates)
-        fed_plan = build_plan(train, cfg.replace(**args.federated_set), fed)
-        plan_path = work / f"{table}-plan-federated.json"
-        plan_path.write_text(fed_plan.to_json())
-    print(f"[federated] plan built in {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
+    plans: dict[str, tuple[FederationPlan, Path]] = {}
+    for kind in args.plan.split(","):
+        t0 = time.perf_counter()
+        run_cfg = cfg.replace(**args.federated_set) if args.federated_set else cfg
+        plan = make_plan(kind, train, table, run_cfg, fed)
+        plan_path = work / f"{table}-plan-{kind}.json"
+        plan_path.write_text(plan.to_json())
+        plans[kind] = plan, plan_path
+        print(f"[federated] {kind} plan built in {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
+    plan = next(iter(plans.values()))[0]
+    if args.federated_set:  # the central runs keep the defaults
+        plan = make_plan(args.plan.split(",")[0], train, table, cfg, fed)
     if not args.skip_engine:
         # Non-private, the engine infers its schema itself (its non-private path does not type declared
         # integer categories, so they are left out); private, it needs the declarations.
@@ -168,20 +184,23 @@ def run_table(table: str, args: argparse.Namespace, work: Path) -> list[dict]:
         t0 = time.perf_counter()
         add("central (engine)", CADASG(engine_cfg).fit(train), time.perf_counter() - t0)
     for repeat in range(args.repeats):
-        t0 = time.perf_counter()
-        central = central_with_plan(plan, train)
-        add("central (plan)", central, time.perf_counter() - t0, repeat=repeat)
-        if cfg.private:  # the same model sampled as a central fit would be: the calibrations' central "auto"
-            central.config = central.config.replace(**{"model.calibrate_classes": "auto",
-                                                       "model.calibrate_contexts": "auto"})
-            central._calibration = None
-            add("central (plan), central calibration defaults", central, 0.0, repeat=repeat)
-        for server_lr in [float(v) for v in str(args.server_lr).split(",")]:
-            for secagg in [route == "secagg" for route in args.routes.split(",")]:
-                model, seconds = federated(train, table, args, plan_path, secagg, work, server_lr)
-                name = ("federated + SecAgg+" if secagg else "federated") + \
-                    (f", server lr {server_lr:g}" if server_lr != 1.0 else "")
-                add(name, model, seconds, repeat=repeat, **round_costs(model))
+        if not args.skip_central:
+            t0 = time.perf_counter()
+            central = central_with_plan(plan, train)
+            add("central (plan)", central, time.perf_counter() - t0, repeat=repeat)
+            if cfg.private:  # the same model sampled as a central fit would be: the calibrations' central "auto"
+                central.config = central.config.replace(**{"model.calibrate_classes": "auto",
+                                                           "model.calibrate_contexts": "auto"})
+                central._calibration = None
+                add("central (plan), central calibration defaults", central, 0.0, repeat=repeat)
+        for kind, (_, plan_path) in plans.items():
+            for server_lr in [float(v) for v in str(args.server_lr).split(",")]:
+                for secagg in [route == "secagg" for route in args.routes.split(",")]:
+                    model, seconds = federated(train, table, args, plan_path, secagg, work, server_lr, kind)
+                    name = ("federated + SecAgg+" if secagg else "federated") + \
+                        (f", server lr {server_lr:g}" if server_lr != 1.0 else "") + \
+                        (f", {kind} plan" if len(plans) > 1 or kind != "pooled" else "")
+                    add(name, model, seconds, repeat=repeat, plan=kind, **round_costs(model))
     if not args.skip_one_silo:
         largest = train[silo_col].astype(str).value_counts().index[0]
         t0 = time.perf_counter()
@@ -253,8 +272,8 @@ def fmt(v, digits=3) -> str:
 
 
 def render(rows: list[dict]) -> str:
-    cols = ["table", "model", "repeat", "epsilon", "utility_ratio", "utility_sd", "context_fidelity", "context_min",
-            "column_shape",
+    cols = ["table", "model", "plan", "repeat", "epsilon", "utility_ratio", "utility_sd", "context_fidelity",
+            "context_min", "column_shape",
             "fit_s", "round1_s", "round_s", "protocol_s", "bytes_per_client_round"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
@@ -272,18 +291,28 @@ def render(rows: list[dict]) -> str:
             # Each federated run against the central run of its own repeat; mean and sd over repeats.
             gaps: dict[str, list[float]] = {"utility_ratio": [], "context_fidelity": []}
             for r in (r for r in mine if r["model"] == name):
-                base = next(b for b in mine if b["model"] == "central (plan)" and b.get("repeat") == r.get("repeat"))
+                base = next((b for b in mine if b["model"] == "central (plan)" and b.get("repeat") == r.get("repeat")),
+                            None)
+                if base is None:
+                    continue
                 for k in gaps:
                     if base.get(k) and r.get(k) is not None:
                         gaps[k].append((base[k] - r[k]) / base[k])
-            notes.append(f"{table} {name}: utility-ratio gap {spread(gaps['utility_ratio'])}, per-context "
-                         f"fidelity gap {spread(gaps['context_fidelity'])} vs central (plan) (goal <= 3%)")
+            if gaps["utility_ratio"] or gaps["context_fidelity"]:  # none with --skip-central
+                notes.append(f"{table} {name}: utility-ratio gap {spread(gaps['utility_ratio'])}, per-context "
+                             f"fidelity gap {spread(gaps['context_fidelity'])} vs central (plan) (goal <= 3%)")
         sec = {r["model"]: r for r in mine if r["model"] in ("federated + SecAgg+", "federated")}
         if len(sec) == 2:
             s, p = sec["federated + SecAgg+"], sec["federated"]
             notes.append(f"{table} SecAgg+ cost: {s['round_s']:.2f}s vs {p['round_s']:.2f}s per round (protocol alone "
                          f"{s['protocol_s']:.2f}s vs {p['protocol_s']:.2f}s), {s['bytes_per_client_round']:,.0f} vs "
                          f"{p['bytes_per_client_round']:,.0f} bytes per client per round")
+        by_plan = {r["plan"]: r for r in mine if r.get("plan") and r.get("repeat") == 0}
+        if {"pooled", "federated"} <= set(by_plan):
+            p, f = by_plan["pooled"], by_plan["federated"]
+            notes.append(f"{table} plan round vs pooled plan: utility ratio {f['utility_ratio']:.3f} vs "
+                         f"{p['utility_ratio']:.3f} ({f['utility_ratio'] - p['utility_ratio']:+.3f}), worst context "
+                         f"{f['context_min']:.3f} vs {p['context_min']:.3f} (goal: at most 0.02 utility below)")
     return "\n".join(lines + [""] + notes)
 
 
@@ -315,6 +344,10 @@ def main() -> int:
     p.add_argument("--routes", default="secagg,plain", help="federated runs: secagg, plain or both")
     p.add_argument("--dropout", metavar="SILO", help="measure two deployments instead: undisturbed, and SILO's "
                    "SuperNode SIGKILLed as round 2 starts")
+    p.add_argument("--plan", default="pooled", help="how the federated runs' plan is built: pooled (released over "
+                   "the pooled training rows, as before), federated (the plan round: per-silo noisy sums), or "
+                   "pooled,federated (both, the same training settings; the central rows use the first)")
+    p.add_argument("--skip-central", action="store_true", help="skip the central (plan) rows")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = p.parse_args()
     args.federated_set = parse_overrides(args.federated_set, "--federated-set")
@@ -325,7 +358,8 @@ def main() -> int:
     print(text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tag = f"eps{args.epsilon:g}_r{args.rounds}x{args.local_epochs}{f'_b{args.batch_size}' if args.batch_size else ''}" \
+    tag = f"eps{args.epsilon:g}_{args.plan.replace(',', '-')}_r{args.rounds}x{args.local_epochs}" \
+          f"{f'_b{args.batch_size}' if args.batch_size else ''}" \
           f"_lr{args.server_lr.replace(',', '-')}_x{args.repeats}_seed{args.seed}" + \
           "".join(f"_{k.rsplit('.', 1)[-1]}{v}" for k, v in args.federated_set.items()) + \
           (f"_dropout-{args.dropout}" if args.dropout else "")

@@ -11,8 +11,11 @@ What it does (docs/guides/federated.md has the same recipe as shell commands):
    a table split by a column gets one file per DECLARED silo (``--silos NAME,...`` or the
    column's ``data.columns.COL.categories``; a private run refuses without them), an empty one
    for a silo without rows, and rows of an undeclared silo go nowhere (as ``cadasg federated``);
-3. builds the public federation plan (``WORKDIR/plan.json``; see cadasg_dist/federation/plan.py
-   for what it reads and its privacy caveat);
+3. builds the public federation plan (``WORKDIR/plan.json``) by a plan round: one plan party
+   per silo, each reading only its own silo file, answers with its noisy statistics, and only
+   their secure sum builds the plan (cadasg_dist/federation/plan_round.py; no pooled table). On
+   this loopback demo the parties run in this process before the SuperNodes start; in a
+   consortium each runs at its silo;
 4. starts ``flower-superlink`` with ``--ssl-ca-certfile/--ssl-certfile/--ssl-keyfile`` on an
    explicit port (flwr 1.41 serves everything over HTTP on 127.0.0.1:8000 by default, Ray Serve's
    port too), and one ``flower-supernode`` per silo with ``--root-certificates`` and
@@ -113,13 +116,18 @@ def check_dropouts(args: argparse.Namespace, n_silos: int) -> None:
 
 
 def build_plan_file(args: argparse.Namespace, silos: list[tuple[str, Path]], workdir: Path) -> Path:
+    """The public plan (``WORKDIR/plan.json``) by a plan round over the silos: one party per silo,
+    each reading only its own file (``federation.plan_round``); no table is pooled."""
     from cadasg_dist.cli.federated import build_configs
-    from cadasg_dist.federation.simulation import prepare_run
+    from cadasg_dist.data.io import read_table
+    from cadasg_dist.federation.plan import build_round_plan
+    from cadasg_dist.federation.plan_round import PlanParty
 
     cfg, fed = build_configs(args)
-    settings = prepare_run(cfg, fed, silos=silos[0][1].parent)
+    parties = [PlanParty(name, read_table(path, allow_empty=True)) for name, path in silos]
+    plan = build_round_plan(parties, cfg, fed)
     path = workdir / "plan.json"
-    path.write_text(settings.plan.to_json())
+    path.write_text(plan.to_json())
     return path
 
 

@@ -13,10 +13,12 @@ from cadasg_dist.errors import InvalidDataError
 SUFFIXES = (".csv", ".parquet", ".pq")
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
+def read_table(path: str | Path, *, allow_empty: bool = False) -> pd.DataFrame:
     """Read a CSV or Parquet file (or a directory of Parquet parts) into a DataFrame.
 
-    Raises ``InvalidDataError`` with one line for a missing, unreadable or empty file.
+    Raises ``InvalidDataError`` with one line for a missing, unreadable or empty file;
+    ``allow_empty`` accepts a table with columns and no rows (a declared federated silo's own file
+    may hold none).
     """
     p = Path(path)
     if not p.exists():
@@ -34,7 +36,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise InvalidDataError(f"data file {p} is empty") from None
     except Exception as exc:  # noqa: BLE001 - any parser failure is a user error here
         raise InvalidDataError(f"cannot read {p}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
-    if df.shape[0] == 0 or df.shape[1] == 0:
+    if df.shape[1] == 0 or (df.shape[0] == 0 and not allow_empty):
         raise InvalidDataError(f"data file {p} has no rows")
     return df
 

@@ -4,8 +4,9 @@ Privacy caveats first:
 
 * **A silo's size never leaves it exactly.** Before training, a private silo releases its row
   count (and, with a privacy unit, its unit count) as ONE Gaussian mechanism recorded in its own
-  ledger (``silo/count``): sensitivity 1 per count for a row, or sqrt(1 + k^2) for the pair
-  (units, rows) when one unit holds at most k = ``privacy.max_rows_per_unit`` rows. The silo plans
+  ledger (``silo/count``), through the one count release of ``private.releases.release_count``:
+  sensitivity 1 for a row count, or sqrt(2) for the pair (units, rows / k) when one unit holds at
+  most k = ``privacy.max_rows_per_unit`` rows. The silo plans
   its run with that noisy count n-hat: the sampling rate q = B / n-hat in every ``train_step``
   entry of its ledger, its steps per epoch and the divisor of its noisy gradient (q * n-hat units)
   are post-processing of the release, and n-hat is its FedAvg / SecAgg+ weight. Poisson sampling
@@ -34,6 +35,7 @@ from cadasg_dist.errors import CADASGError, ConfigError
 from cadasg_dist.privacy.analysis import DEFAULT_RDP_ORDERS
 from cadasg_dist.privacy.ledger import Mechanism, PrivacyLedger
 from cadasg_dist.private.budget import rdp_budget
+from cadasg_dist.private.releases import release_count as _release
 
 COUNT = "silo/count"
 SPANNING = "units may span silos"
@@ -70,20 +72,14 @@ def count_sigma(cfg: CADASGConfig, share: float) -> float:
 
 def release_count(n_rows: int, n_units: int | None, rows_per_unit: int, sigma: float,
                   rng: np.random.Generator) -> tuple[NoisyCount, Mechanism]:
-    """The noisy size (``n_units`` None: one row per unit) and the mechanism to record.
-
-    Rounding and the floor at 1 are post-processing; the floor keeps q = B / n-hat defined for a
-    silo that holds no rows, which then trains and replies like any other (docs/guides/federated.md)."""
-    if n_units is None:
-        sensitivity = 1.0
-        rows = n_rows + rng.normal(0.0, sigma)
-        noisy = NoisyCount(rows=max(1, round(rows)), units=max(1, round(rows)))
-    else:
-        sensitivity = math.sqrt(1.0 + rows_per_unit ** 2)
-        rows, units = np.array([n_rows, n_units], dtype=float) + rng.normal(0.0, sigma * sensitivity, size=2)
-        u = max(1, round(units))
-        noisy = NoisyCount(rows=max(u, round(rows)), units=u)
-    return noisy, Mechanism(name=COUNT, noise_multiplier=sigma, sample_rate=1.0, steps=1, sensitivity=sensitivity)
+    """The silo's noisy size (``n_units`` None: one row per unit) and the mechanism to record:
+    the one count release of ``private.releases.release_count`` (its sensitivity rule and its
+    post-processing: rounding, at least 1, rows at least units), which keeps q = B / n-hat defined
+    for a silo that holds no rows; such a silo then trains and replies like any other
+    (docs/guides/federated.md)."""
+    rows, units, sensitivity = _release(n_rows, n_units, sigma=sigma, rows_per_unit=rows_per_unit, rng=rng)
+    return NoisyCount(rows=rows, units=units), Mechanism(name=COUNT, noise_multiplier=sigma, sample_rate=1.0, steps=1,
+                                                         sensitivity=sensitivity)
 
 
 def run_guarantee(ledgers: dict[str, PrivacyLedger], shared: tuple[Mechanism, ...], disjoint: bool

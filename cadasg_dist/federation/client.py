@@ -98,7 +98,7 @@ def load_silo_frame(source: dict[str, Any]) -> pd.DataFrame:
     matched by value. It may hold none: ``encode_silo`` refuses that in a non-private run only."""
     from cadasg_dist.federation.simulation import silo_rows
 
-    df = read_table(source["path"])
+    df = read_table(source["path"], allow_empty=source["kind"] == "file")  # a declared silo may hold no row
     if source["kind"] == "column":
         df = df[silo_rows(df[source["column"]], [source["value"]])].reset_index(drop=True)
     return df

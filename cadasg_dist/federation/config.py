@@ -82,6 +82,13 @@ class FederatedConfig:
     # covers everyone it holds and the run's is the largest silo's (parallel composition). False, the
     # default: a unit may span silos, and the run's guarantee composes every silo's releases.
     disjoint_units: bool = False
+    # The plan round (federation.plan_round): how the Gaussian noise of each plan release is shared.
+    # "split": each silo adds N(0, sigma^2 / k) for k silos, so the secure sum carries exactly the
+    # noise of a pooled release (the same utility); a silo's own share is protected only while the
+    # sum stays secret and the other silos do not pool their shares. "full": each silo adds the
+    # whole sigma, so its contribution is DP on its own whatever the others do, and the sum carries
+    # sqrt(k) times the noise (docs/guides/federated.md).
+    plan_noise: Literal["split", "full"] = "split"
     # Testing only: "SILO:ROUND:raise" or "SILO:ROUND:hang" makes silo index SILO fail in ROUND.
     inject_failure: str | None = None
 
@@ -109,6 +116,8 @@ class FederatedConfig:
             (self.schema_epsilon > 0 and math.isfinite(self.schema_epsilon),
              f"federated.schema_epsilon must be a finite number > 0, got {self.schema_epsilon}"),
             (0 < self.count_share < 1, f"federated.count_share must be in (0, 1), got {self.count_share}"),
+            (self.plan_noise in ("split", "full"),
+             f"federated.plan_noise must be 'split' or 'full', got {self.plan_noise!r}"),
         ]
         require(checks)
         if self.inject_failure is not None:

@@ -6,16 +6,18 @@ public: it travels in every message and is saved in the artifact.
 
 Privacy caveats first:
 
-* The plan is built by ``build_plan`` from declarations (``data.columns``, ``context.bands``...)
-  and from the DP releases of ``private.prepare.prepare_private`` (bounds, quantiles,
-  point masses, missingness; in a private run also the histograms by class and by context that
-  sampling's calibrations use, on at every epsilon here: ``federated_calibration``), never from
-  raw statistics. In the simulation the driver computes
-  these releases over the pooled silos: it stands in for a trusted curator (or for a secure sum
-  of per-silo noisy histograms, which is not implemented). It is the one step that reads rows
-  outside their silo, and it reads them only through Gaussian mechanisms. In deployment mode the
-  plan is a file the operator publishes (``cadasg federated ... --write-plan``).
-* A private run charges those releases to EVERY silo's ledger: each person was read once by them.
+* The plan is built by ``build_round_plan`` from declarations (``data.columns``, ``context.bands``...)
+  and a plan round over the silos (``federation.plan_round``, ``federation.plan_releases``): the
+  releases of ``private.prepare.prepare_private`` (count, bounds, quantiles, point masses,
+  missingness; in a private run also the histograms by class and by context that sampling's
+  calibrations use, on at every epsilon here: ``federated_calibration``), each the secure sum of
+  the silos' own statistics plus their shares of the Gaussian noise. No row leaves its silo; the
+  server sees the noisy totals only. ``build_plan`` builds the same plan from pooled rows, as a
+  trusted curator would (kept for comparison: bench/federated.py --plan pooled). In deployment
+  mode the plan is a file the operator publishes (``federated/deploy.py`` builds it by a plan
+  round over the silos' own files).
+* A private run charges those releases to EVERY silo's ledger: each person was read once by them
+  (each silo's plan party records them as it answers, ``PlanParty.spent``).
 * A non-private run still releases its schema with DP, at ``federated.schema_epsilon``; the plan's
   ``schema_ledger`` records that release.
 """
@@ -119,28 +121,57 @@ def federated_calibration(cfg: CADASGConfig) -> CADASGConfig:
 
 
 def build_plan(df: pd.DataFrame, cfg: CADASGConfig, fed: FederatedConfig) -> FederationPlan:
-    """The shared plan from declarations and DP releases over ``df`` (see the module doc).
+    """The shared plan from declarations and DP releases over the POOLED rows ``df``: what a
+    trusted curator would build (the federated runs build it with ``build_round_plan`` instead;
+    the benchmark compares the two).
 
     Raises ``ConfigError`` listing what must be declared (text categories, numeric context
     columns) and ``PrivacyBudgetError`` when a bound cannot be released under the noise.
     """
     from cadasg_dist.private.prepare import prepare_private
 
+    _check_columns(list(map(str, df.columns)), cfg)
+    cfg, prep_cfg = _plan_configs(cfg, fed)
+    return _plan(cfg, prepare_private(df, prep_cfg, merge_classes=cfg.private), "pooled")
+
+
+def build_round_plan(parties: list[Any], cfg: CADASGConfig, fed: FederatedConfig) -> FederationPlan:
+    """The shared plan from declarations and a plan round over the silos (``federation.plan_round``:
+    each ``PlanParty`` holds one silo's rows and answers with its noisy statistics, the server sees
+    their secure sum only). Same releases, shares and post-processing as ``build_plan``."""
+    from cadasg_dist.federation.plan_releases import round_preparation
+
+    if parties:
+        _check_columns(list(parties[0].header()), cfg)
+    cfg, prep_cfg = _plan_configs(cfg, fed)
+    prep = round_preparation(parties, prep_cfg, mode=fed.plan_noise, merge_classes=cfg.private,
+                             disjoint=fed.disjoint_units)
+    return _plan(cfg, prep, f"plan round over {len(parties)} silos ({fed.plan_noise} noise)")
+
+
+def _check_columns(names: list[str], cfg: CADASGConfig) -> None:
     for col in (*cfg.context.columns, *([cfg.target] if cfg.target else [])):
-        if col not in df.columns:
-            raise InvalidDataError(f"unknown column {col!r}; columns: {', '.join(map(str, df.columns))}")
-    # The run's own profile (a non-private federation releases its schema at schema_epsilon below,
-    # but trains with the non-private defaults), resolved once: every silo trains with the plan's.
+        if col not in names:
+            raise InvalidDataError(f"unknown column {col!r}; columns: {', '.join(names)}")
+
+
+def _plan_configs(cfg: CADASGConfig, fed: FederatedConfig) -> tuple[CADASGConfig, CADASGConfig]:
+    """(the run's config, the releases' config). The run's own profile (a non-private federation
+    releases its schema at schema_epsilon, but trains with the non-private defaults), resolved
+    once: every silo trains with the plan's. The releases are sized as a silo's run would be:
+    rounds * local_epochs epochs."""
     cfg = federated_calibration(cfg.resolved())
-    # The releases are sized as a silo's run would be: rounds * local_epochs epochs.
     prep_cfg = cfg.replace(**{"train.epochs": fed.rounds * fed.local_epochs})
     if not cfg.private:
         prep_cfg = prep_cfg.replace(**{"privacy.epsilon": fed.schema_epsilon})
-    prep = prepare_private(df, prep_cfg, merge_classes=cfg.private)
+    return cfg, prep_cfg
+
+
+def _plan(cfg: CADASGConfig, prep: Any, how: str) -> FederationPlan:
     ledger = prep.ledger
     run_cfg = cfg.replace(**{"privacy.delta": ledger.delta}) if cfg.private else cfg
-    log.info("federation plan: %d features, %d contexts, schema released with epsilon=%.3f (delta=%.2e)",
-             prep.transformer.output_dim, prep.extractor.n_contexts, ledger.epsilon(), ledger.delta)
+    log.info("federation plan (%s): %d features, %d contexts, schema released with epsilon=%.3f (delta=%.2e)",
+             how, prep.transformer.output_dim, prep.extractor.n_contexts, ledger.epsilon(), ledger.delta)
     return FederationPlan(config=run_cfg, schema=prep.schema, transformer=prep.transformer,
                           extractor=prep.extractor, dims=prep.dims,
                           preprocessing=tuple(ledger.mechanisms) if cfg.private else (),

@@ -133,8 +133,10 @@ def secagg_pack(weights: list[np.ndarray], stats: CacheStats | None, num_example
         out += [getattr(stats, k).numpy() / (w * scales[k]) for k in CACHE_FIELDS]
     worst = max((float(np.abs(a * secagg_weight(num_examples, fed)).max()) for a in out if a.size), default=0.0)
     if worst > fed.secagg_clip:
-        raise InvalidDataError(f"a value of {worst:.3g} exceeds the SecAgg+ clipping range {fed.secagg_clip} and would "
-                               "be clipped: raise federated.secagg_clip or federated.secagg_max_weight")
+        # public figures only: the value itself (a parameter or a silo's statistic) is data-dependent
+        raise InvalidDataError(f"a weighted value exceeds the SecAgg+ clipping range federated.secagg_clip="
+                               f"{fed.secagg_clip:g} and would be clipped: raise federated.secagg_clip or "
+                               f"federated.secagg_max_weight (now {fed.secagg_max_weight:g})")
     return out
 
 

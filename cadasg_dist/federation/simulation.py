@@ -20,7 +20,7 @@ from cadasg_dist.config import CADASGConfig, flag_overrides
 from cadasg_dist.data.io import read_table
 from cadasg_dist.errors import ConfigError, InvalidDataError
 from cadasg_dist.federation.config import FederatedConfig, check_silo_count, load_configs
-from cadasg_dist.federation.plan import FederationPlan, build_plan
+from cadasg_dist.federation.plan import FederationPlan, build_round_plan
 from cadasg_dist.federation.server import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,8 @@ RUN_CONFIG_PATHS = ("config", "data", "silos", "plan")
 
 def silo_sources(data: str | Path | None, silo_column: str | None, silos: str | Path | None,
                  cfg: CADASGConfig | None = None) -> tuple[list[dict[str, Any]], pd.DataFrame]:
-    """One source per silo and the pooled table (which only ``build_plan`` reads, through DP).
+    """One source per silo and the table they come from (split into one plan party per silo by
+    ``plan_parties``: the plan round reads each silo's rows on its own).
 
     ``silos`` alone: a directory, a silo per file (its name is the file's: public by construction).
     ``data`` + ``silo_column``: a silo per name of ``silo_names`` (``silos`` may list them); the
@@ -107,25 +108,41 @@ def _directory_sources(d: Path) -> tuple[list[dict[str, Any]], pd.DataFrame]:
     return sources, pd.concat(frames, ignore_index=True)
 
 
+def plan_parties(sources: list[dict[str, Any]], table: pd.DataFrame) -> list[Any]:
+    """One plan party per silo, each holding that silo's rows only (``federation.plan_round``):
+    its own file, or its rows of the table split by a column (matched by value)."""
+    from cadasg_dist.federation.plan_round import PlanParty
+
+    parties = []
+    for source in sources:
+        if source["kind"] == "file":
+            frame = read_table(source["path"], allow_empty=True)  # a declared silo may hold no row
+        else:
+            frame = table[silo_rows(table[source["column"]], [source["value"]])].reset_index(drop=True)
+        parties.append(PlanParty(str(source["name"]), frame))
+    return parties
+
+
 def prepare_run(cfg: CADASGConfig, fed: FederatedConfig, *, data: str | Path | None = None,
                 silo_column: str | None = None, silos: str | Path | None = None,
                 plan_path: str | Path | None = None, out: str | Path | None = None) -> ServerSettings:
     """Settings of a simulated run: the silos (``silo_sources``), and the plan (read from
-    ``plan_path``, whose engine config is then the run's, or built)."""
+    ``plan_path``, whose engine config is then the run's, or built by a plan round over the silos:
+    ``build_round_plan``)."""
     plan = FederationPlan.from_json(Path(plan_path).read_text()) if plan_path else None
     sources, pooled = silo_sources(data, silo_column, silos, cfg if plan is None else plan.config)
     check_silo_count(fed, len(sources))  # before the plan's releases and before Ray or Flower start
     if plan is None:
-        plan = _declared_plan(pooled, cfg, fed)
+        plan = _declared_plan(plan_parties(sources, pooled), cfg, fed)
     del pooled
     return ServerSettings(plan=plan, fed=fed, num_silos=len(sources), sources=sources,
                           out=Path(out) if out else None)
 
 
-def _declared_plan(pooled: pd.DataFrame, cfg: CADASGConfig, fed: FederatedConfig) -> FederationPlan:
-    """``build_plan``; a missing declaration in a run without --epsilon says why it is needed."""
+def _declared_plan(parties: list[Any], cfg: CADASGConfig, fed: FederatedConfig) -> FederationPlan:
+    """``build_round_plan``; a missing declaration in a run without --epsilon says why it is needed."""
     try:
-        return build_plan(pooled, cfg, fed)
+        return build_round_plan(parties, cfg, fed)
     except ConfigError as err:
         if cfg.private:
             raise

@@ -75,26 +75,37 @@ def release_bounds(df: pd.DataFrame, columns: list[PrivateColumn], *, sigma: flo
     table order, all of them, so the caller reports or drops every one at once) and the noise sd of
     each released count (public: σ, rows per unit and the number of columns)."""
     std = sigma * rows_per_unit * math.sqrt(len(columns))
-    n_bins = 2 * _ZERO + 1
     unreleased = []
     for col in columns:
-        x = numeric_values(df[col.name], col.kind)
-        x = x[~np.isnan(x)]
-        noisy = np.bincount(_magnitude_bins(x), minlength=n_bins) + rng.normal(0.0, std, n_bins)
-        hits = credible_cells(noisy, std)
-        if hits.size == 0:
+        counts = bounds_counts(df, col)
+        if not settle_bounds(col, counts + rng.normal(0.0, std, len(counts)), std):
             unreleased.append(col)
-            continue
-        lo, _, lo_open, _ = _bin_edges(int(hits[0]))
-        _, hi, _, hi_open = _bin_edges(int(hits[-1]))
-        if col.kind in ("integer", "categorical"):
-            lo = math.floor(lo) + 1 if lo_open else math.ceil(lo)
-            hi = math.ceil(hi) - 1 if hi_open else math.floor(hi)
-        override = col.override
-        col.lo = float(override.min) if override.min is not None else float(lo)
-        col.hi = float(override.max) if override.max is not None else float(max(hi, col.lo))
-        col.sources["bounds"] = "dp"
     return unreleased, std
+
+
+def bounds_counts(df: pd.DataFrame, col: PrivateColumn) -> np.ndarray:
+    """The exact magnitude histogram of one column (what ``release_bounds`` adds noise to; a
+    federated silo computes it over its own rows). Never leaves a run without noise."""
+    x = numeric_values(df[col.name], col.kind)
+    return np.bincount(_magnitude_bins(x[~np.isnan(x)]), minlength=2 * _ZERO + 1).astype(float)
+
+
+def settle_bounds(col: PrivateColumn, noisy: np.ndarray, std: float) -> bool:
+    """Set ``col``'s bounds from its noisy magnitude histogram (count sd ``std``); False when no bin
+    is credible (the bounds stay unset). Post-processing of the release."""
+    hits = credible_cells(noisy, std)
+    if hits.size == 0:
+        return False
+    lo, _, lo_open, _ = _bin_edges(int(hits[0]))
+    _, hi, _, hi_open = _bin_edges(int(hits[-1]))
+    if col.kind in ("integer", "categorical"):
+        lo = math.floor(lo) + 1 if lo_open else math.ceil(lo)
+        hi = math.ceil(hi) - 1 if hi_open else math.floor(hi)
+    override = col.override
+    col.lo = float(override.min) if override.min is not None else float(lo)
+    col.hi = float(override.max) if override.max is not None else float(max(hi, col.lo))
+    col.sources["bounds"] = "dp"
+    return True
 
 
 def unreleased_bounds_error(names: list[str], std: float, *, kept: tuple[str, ...] = ()) -> PrivacyBudgetError:
@@ -133,28 +144,44 @@ def release_histograms(df: pd.DataFrame, columns: list[PrivateColumn], *, sigma:
     cells); sets each column's missingness, mode, and quantiles/atom (post-processing)."""
     std = sigma * rows_per_unit * math.sqrt(len(columns))
     for col in columns:
-        s = df[col.name]
-        missing = s.isna().to_numpy()
-        if col.categories is not None:
-            lookup = {v: i for i, v in enumerate(col.categories)}
-            codes = np.array([lookup.get(category_key(v), -1) for v in s[~missing].tolist()], dtype=np.int64)
-            counts = np.bincount(codes[codes >= 0], minlength=len(col.categories)).astype(float)
-            noisy = np.r_[missing.sum(), counts] + rng.normal(0.0, std, len(counts) + 1)
-            col.mode = col.categories[int(np.argmax(noisy[1:]))]
-            col.histogram = noisy
-        else:
-            x = np.clip(numeric_values(s, col.kind)[~missing], col.lo, col.hi)
-            points, starts, ends = _cells(col, bins)
-            on_point = np.isin(x, points)
-            point_counts = np.array([(x == p).sum() for p in points], dtype=float)
-            interval_counts = (np.histogram(x[~on_point], bins=np.r_[starts, ends[-1:]])[0].astype(float)
-                               if len(starts) else np.empty(0))
-            noisy = np.r_[missing.sum(), point_counts, interval_counts] + rng.normal(0.0, std, 1 + len(points)
-                                                                                     + len(starts))
-            col.fitted = _fit_numeric(col, points, starts, ends, np.clip(noisy[1:], 0, None), std,
-                                      n_quantiles=n_quantiles, atom_share=atom_share)
-        col.has_missing = bool(noisy[0] > MISSING_SDS * std)
-        col.sources["missing"] = "dp"
+        counts = column_counts(df, col, bins)
+        settle_histogram(col, counts + rng.normal(0.0, std, len(counts)), std, bins=bins, n_quantiles=n_quantiles,
+                         atom_share=atom_share)
+
+
+def column_counts(df: pd.DataFrame, col: PrivateColumn, bins: int) -> np.ndarray:
+    """The exact [missing, categories...] or [missing, points..., intervals...] histogram of one
+    column inside its (public) bounds: what ``release_histograms`` adds noise to; a federated silo
+    computes it over its own rows. Never leaves a run without noise."""
+    s = df[col.name]
+    missing = s.isna().to_numpy()
+    if col.categories is not None:
+        lookup = {v: i for i, v in enumerate(col.categories)}
+        codes = np.array([lookup.get(category_key(v), -1) for v in s[~missing].tolist()], dtype=np.int64)
+        counts = np.bincount(codes[codes >= 0], minlength=len(col.categories)).astype(float)
+        return np.r_[missing.sum(), counts]
+    x = np.clip(numeric_values(s, col.kind)[~missing], col.lo, col.hi)
+    points, starts, ends = _cells(col, bins)
+    on_point = np.isin(x, points)
+    point_counts = np.array([(x == p).sum() for p in points], dtype=float)
+    interval_counts = (np.histogram(x[~on_point], bins=np.r_[starts, ends[-1:]])[0].astype(float)
+                       if len(starts) else np.empty(0))
+    return np.r_[missing.sum(), point_counts, interval_counts].astype(float)
+
+
+def settle_histogram(col: PrivateColumn, noisy: np.ndarray, std: float, *, bins: int, n_quantiles: int,
+                     atom_share: float) -> None:
+    """Set ``col``'s missingness, mode or quantile grid from its noisy histogram (count sd
+    ``std``, the layout of ``column_counts``). Post-processing of the release."""
+    if col.categories is not None:
+        col.mode = col.categories[int(np.argmax(noisy[1:]))]
+        col.histogram = noisy
+    else:
+        points, starts, ends = _cells(col, bins)
+        col.fitted = _fit_numeric(col, points, starts, ends, np.clip(noisy[1:], 0, None), std,
+                                  n_quantiles=n_quantiles, atom_share=atom_share)
+    col.has_missing = bool(noisy[0] > MISSING_SDS * std)
+    col.sources["missing"] = "dp"
 
 
 def value_resolution(col: PrivateColumn, bins: int) -> float:
@@ -254,17 +281,34 @@ def _extend(mass: np.ndarray, end: int, step: int) -> int:
 def release_count(n_rows: int, n_units: int | None, *, sigma: float, rows_per_unit: int,
                   rng: np.random.Generator) -> tuple[int, int, float]:
     """The table's size as a Gaussian release: (released rows, released units, L2 sensitivity).
+    The ONE count release: a central run's ``preprocess/count``, a federated silo's ``silo/count``
+    and each silo's share of the federated plan's count all go through ``count_vector`` and
+    ``settle_count``.
 
     Row-level privacy (``n_units`` None): one count, sensitivity 1. Unit-level: the vector
     (units, rows / k), which one unit moves by at most (1, 1), so sensitivity sqrt(2). Rounded and
     at least 1: post-processing. Neither the exact count nor anything computed from it without
     noise may leave the run; q, δ and every other use of the size read these released values.
     """
+    exact, sensitivity = count_vector(n_rows, n_units, rows_per_unit)
+    rows, units = settle_count(exact + rng.normal(0.0, sigma * sensitivity, len(exact)), rows_per_unit)
+    return rows, units, sensitivity
+
+
+def count_vector(n_rows: int, n_units: int | None, rows_per_unit: int) -> tuple[np.ndarray, float]:
+    """(the exact vector the count release adds N(0, (σ·sensitivity)²) to, its L2 sensitivity):
+    [rows] without a privacy unit (sensitivity 1), else [units, rows / k] (sensitivity sqrt(2)).
+    Sums over silos keep the layout, so a federated count is the sum of the silos' vectors."""
     if n_units is None:
-        noisy = float(n_rows + rng.normal(0.0, sigma))
-        released = max(1, int(round(noisy)))
-        return released, released, 1.0
-    sensitivity = math.sqrt(2.0)
-    units = float(n_units + rng.normal(0.0, sigma * sensitivity))
-    rows = rows_per_unit * float(n_rows / rows_per_unit + rng.normal(0.0, sigma * sensitivity))
-    return max(1, int(round(rows))), max(1, int(round(units))), sensitivity
+        return np.array([float(n_rows)]), 1.0
+    return np.array([float(n_units), n_rows / rows_per_unit]), math.sqrt(2.0)
+
+
+def settle_count(noisy: np.ndarray, rows_per_unit: int) -> tuple[int, int]:
+    """(rows, units) from a noisy ``count_vector`` (or a sum of them): rounded, units at least 1 and
+    rows at least units. Post-processing of the release."""
+    if len(noisy) == 1:
+        released = max(1, int(round(float(noisy[0]))))
+        return released, released
+    units = max(1, int(round(float(noisy[0]))))
+    return max(units, int(round(rows_per_unit * float(noisy[1])))), units

@@ -36,7 +36,7 @@ from cadasg_dist.federation.config import FederatedConfig
 from cadasg_dist.federation.plan import build_plan, encode_silo
 from cadasg_dist.federation.server import ServerSettings, run_server
 from cadasg_dist.federation.silo import SiloTrainer
-from cadasg_dist.federation.simulation import silo_sources
+from cadasg_dist.federation.simulation import prepare_run, silo_sources
 from cadasg_dist.privacy import entropy
 from cadasg_dist.privacy.analysis import DEFAULT_RDP_ORDERS, compose_rdp, rdp_to_epsilon, recompute_epsilon
 from cadasg_dist.privacy.ledger import Mechanism, PrivacyLedger
@@ -151,15 +151,12 @@ def shape(value):
 
 @pytest.fixture(scope="module")
 def neighbour_runs(silo_table, tables, tiny_config, tmp_path_factory):
-    """Private runs on D and on D plus a row of an undeclared silo: one plan (built from D's pooled
-    rows, which D plus the row shares), the secret seeds fixed, the printed lines and logs kept."""
+    """Private runs on D and on D plus a row of an undeclared silo, each with its own plan built by
+    the plan round over its silos (``prepare_run``: no pooled release), the secret seeds fixed, the
+    printed lines and logs (the plan round's included) kept."""
     from cadasg_dist.cli.federated import report
 
     cfg = private_config(tiny_config)
-    _, pooled = silo_sources(tables[0], "site", None, cfg)
-    _, pooled_plus = silo_sources(tables[1], "site", None, cfg)
-    pd.testing.assert_frame_equal(pooled, pooled_plus)  # the undeclared silo's row never reaches the plan
-    plan = build_plan(pooled, cfg, FED)
     out_dir = tmp_path_factory.mktemp("runs")
     runs = []
     for i, path in enumerate(tables):
@@ -174,11 +171,13 @@ def neighbour_runs(silo_table, tables, tiny_config, tmp_path_factory):
             old = lib.level
             lib.setLevel(logging.INFO)
             try:
+                plan = prepare_run(cfg, FED, data=path, silo_column="site").plan
                 summary = private_run(plan, path, out_dir / f"m{i}", cfg)
             finally:
                 lib.removeHandler(handler)
                 lib.setLevel(old)
-        runs.append({"summary": summary, "out": out_dir / f"m{i}", "logs": handler.lines, "report": report})
+        runs.append({"summary": summary, "out": out_dir / f"m{i}", "logs": handler.lines, "report": report,
+                     "plan": plan.to_json()})
     return runs, silo_table
 
 
@@ -265,8 +264,8 @@ def test_the_count_release_is_a_gaussian_mechanism_floored_at_one(tiny_config):
     assert noisy.rows == noisy.units and abs(noisy.rows - 500) < 6 * sigma
     empty, _ = release_count(0, None, 1, 1000.0, np.random.default_rng(3))
     assert empty.rows >= 1 and empty.units >= 1
-    grouped, mech = release_count(500, 200, 3, sigma, rng)
-    assert mech.sensitivity == pytest.approx(math.sqrt(10)) and grouped.rows >= grouped.units >= 1
+    grouped, mech = release_count(500, 200, 3, sigma, rng)  # (units, rows / k): the central run's one release
+    assert mech.sensitivity == pytest.approx(math.sqrt(2)) and grouped.rows >= grouped.units >= 1
     with pytest.raises(ConfigError, match="count_share"):
         FederatedConfig(count_share=0.0)
 
@@ -316,8 +315,11 @@ def test_a_row_of_an_undeclared_silo_changes_nothing_that_leaves_the_run(neighbo
     assert lines[0] == lines[1]
     shown = [[masked(x) for x in printed(capsys, privacy_main, [str(r["out"])])] for r in runs]
     assert shown[0] == shown[1]
-    # the seeds are fixed and the declared silos hold the same rows: their noisy counts are the same
+    # the seeds are fixed and the declared silos hold the same rows: their noisy counts are the same,
+    # and so is the plan the plan round released (the undeclared silo's row reached no party)
     assert a["summary"]["silos"] == b["summary"]["silos"]
+    assert a["plan"] == b["plan"]
+    assert any("plan round over 4 silos" in line for line in a["logs"])
 
 
 def test_no_exact_silo_count_leaves_in_the_artifact(neighbour_runs):
