@@ -123,7 +123,7 @@ def test_cadasg_federated_checks_the_federation_before_the_plan(table_path, tiny
         raise AssertionError("the plan was built before the federation was checked")
 
     with monkeypatch.context() as m:
-        m.setattr(simulation, "build_plan", no_plan)
+        m.setattr(simulation, "build_round_plan", no_plan)
         with pytest.raises(ConfigError, match="max_dropouts=2 need at least 4 silos, there are 3"):
             simulation.prepare_run(declared(tiny_config), FED.replace(max_dropouts=2), data=table_path,
                                    silo_column="site")
