@@ -47,8 +47,16 @@ def test_replace_by_dotted_key_and_yaml(tmp_path):
 def test_shipped_yaml_configs_parse():
     from pathlib import Path
 
-    for path in sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml")):
-        CADASGConfig.from_yaml(path)
+    import yaml
+
+    from cadasg_dist.federation.config import load_configs
+
+    root = Path(__file__).resolve().parents[2]
+    for path in sorted([*(root / "configs").glob("*.yaml"), *(root / "federated").glob("*.yaml")]):
+        if "federated" in yaml.safe_load(path.read_text()):  # engine config plus a federated: section
+            load_configs(path)
+        else:
+            CADASGConfig.from_yaml(path)
 
 
 def test_replace_can_add_keys_to_mapping_fields():
