@@ -130,11 +130,13 @@ async def _load(url: str, key: str, n: int, fmt: str, concurrency: int, duration
             import httpx
 
             limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-            client = await stack.enter_async_context(httpx.AsyncClient(base_url=url, timeout=120, limits=limits))
+            client = await stack.enter_async_context(
+                httpx.AsyncClient(base_url=url.split(",")[0], timeout=120, limits=limits))
 
         async def worker(w: int) -> None:
             nonlocal rows, sent
-            send = _httpx_sender(client, key) if transport == "httpx" else _raw_sender(url, key)
+            urls = url.split(",")  # several (replicas' own ports): client w uses urls[w % len]
+            send = _httpx_sender(client, key) if transport == "httpx" else _raw_sender(urls[w % len(urls)], key)
             while time.perf_counter() < deadline and sent < max_requests:
                 sent += 1
                 body = b'{"n": %d, "seed": %d, "format": "%s"}' % (n, w * 1_000_003 + sent, fmt.encode())
@@ -258,6 +260,71 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
 """
 
 
+UVICORN_SAMPLER = """
+import asyncio, os, sys, uvicorn
+from cadasg_dist.serving.api import create_app
+from cadasg_dist.serving.service import SamplingService, torch_threads
+from cadasg_dist.serving.settings import ServeArgs
+
+torch_threads()
+args = ServeArgs(model_dir=sys.argv[2], model_name="bench", keys_env="CADASG_BENCH_KEYS", rate_limit_per_s=None)
+queue = []
+
+async def merge(job):
+    # what @serve.batch does, without Ray: requests arriving within batch_wait_timeout_s share a pass
+    fut = asyncio.get_running_loop().create_future()
+    queue.append((job, fut))
+    if len(queue) == 1:
+        asyncio.get_running_loop().call_later(args.batch_wait_timeout_s, lambda: asyncio.ensure_future(flush()))
+    elif len(queue) >= args.batch_max_requests:
+        await flush()
+    return await fut
+
+async def flush():
+    batch = queue[:]
+    queue.clear()
+    if batch:
+        frames = await service.sample_merged([j for j, _ in batch])
+        for (_, fut), out in zip(batch, frames):
+            fut.set_result(out)
+
+service = SamplingService(args, merge=merge)
+service.load(args.model_dir)
+uvicorn.run(create_app(service), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+"""
+
+
+def _uvicorn_sampler(model: str) -> tuple[subprocess.Popen, str]:
+    """The floor the issue names: this endpoint's own code (auth, validation, batching, sampler,
+    encoding) behind plain uvicorn in one process, without Ray."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-c", UVICORN_SAMPLER, str(port), model],
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    _wait_http(port)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _wait_http(port: int) -> None:
+    for _ in range(600):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def _direct_ports() -> list[int]:
+    """The ports replicas serve HTTP on themselves when RAY_SERVE_ENABLE_DIRECT_INGRESS=1."""
+    from ray.serve._private.constants import RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT as low
+
+    found = []
+    for port in range(low, low + 16):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                found.append(port)
+    return found
+
+
 def _uvicorn_noop(model: str, tmp: Path) -> tuple[subprocess.Popen, str]:
     from cadasg_dist.synthesizer import CADASG
 
@@ -333,12 +400,15 @@ def run_main(args: argparse.Namespace) -> int:
     CLIENT["transport"] = args.client
     if args.throughput_optimized:  # Serve's documented fast path; must be set before Ray starts
         os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+    if args.direct_ingress:  # replicas serve HTTP on their own ports, no proxy hop; before Ray starts
+        os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}, "duration_s": args.duration,
-                               "throughput_optimized": args.throughput_optimized, "small": {}, "large": {}}
+                               "throughput_optimized": args.throughput_optimized, "direct_ingress": args.direct_ingress,
+                               "client": args.client, "small": {}, "large": {}}
     only = set(args.only.split(","))
 
     def setting(name: str, proc_args: dict[str, Any], at: str = url) -> dict[str, Any]:
@@ -353,10 +423,23 @@ def run_main(args: argparse.Namespace) -> int:
         inproc = _in_process_rows_per_s(args.model, 100_000, repeats=3)
         results["in_process_rows_per_s_1_thread"] = round(inproc)
         print(f"in-process sample(100000): {inproc:,.0f} rows/s", file=sys.stderr, flush=True)
+    if "sampler" in only:  # the floor: this endpoint's code on plain uvicorn, no Ray, same run
+        proc, at = _uvicorn_sampler(args.model)
+        try:
+            results["sampler_uvicorn"] = setting("sampler on uvicorn", {
+                "n": 100, "fmt": "json", "concurrency": 32, "duration": args.duration}, at=at)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
     for r in (int(x) for x in args.replicas.split(",")):
-        if not only & {"small", "large", "floor"}:
+        if not only & {"small", "large", "floor", "direct"}:
             break
         _deploy(args.model, (r, r))
+        if "direct" in only and args.direct_ingress:
+            time.sleep(2)  # the replicas open their ports just after they report RUNNING
+            urls = ",".join(f"http://127.0.0.1:{p}" for p in _direct_ports())
+            results.setdefault("direct", {})[str(r)] = setting(f"direct r={r}", {
+                "n": 100, "fmt": "json", "concurrency": 32, "duration": args.duration}, at=urls)
         if "floor" in only:  # one client: the latency of a request with nothing queued before it
             results.setdefault("floor", {})[str(r)] = setting(f"floor r={r}", {
                 "n": 100, "fmt": "json", "concurrency": 1, "duration": min(args.duration, 15.0)})
@@ -439,9 +522,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--soak", type=float, default=0.0, help="seconds of the zero-error run (0: skip)")
     r.add_argument("--out", help="JSON results file")
     r.add_argument("--replicas", default="1,2", help="fixed replica counts for small/large")
-    r.add_argument("--only", default="floor,small,noop,uvicorn,large,autoscale",
+    r.add_argument("--only", default="floor,small,noop,uvicorn,sampler,large,autoscale",
                    help="settings to run (soak: see --soak)")
     r.add_argument("--client", choices=("raw", "httpx"), default="raw", help="the load generator's transport")
+    r.add_argument("--direct-ingress", action="store_true",
+                   help="set RAY_SERVE_ENABLE_DIRECT_INGRESS=1 before Ray starts; 'direct' then loads the "
+                        "replicas' own ports (clients spread round-robin over them)")
     r.add_argument("--throughput-optimized", action="store_true",
                    help="set RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (Serve's fast path) before Ray starts")
     c = sub.add_parser("client", help="the load generator (run by `run` in a second process)")
