@@ -483,7 +483,7 @@ def run_main(args: argparse.Namespace) -> int:
 
 
 def _autoscale(model: str, url: str, duration: float) -> dict[str, Any]:
-    _deploy(model, (1, 2), target_ongoing_requests=8, upscale_delay_s=3, downscale_delay_s=15)
+    _deploy(model, (1, 2), target_ongoing_requests=8, downscale_delay_s=15)  # the other knobs: ServeArgs defaults
     timeline: list[tuple[float, dict[str, int]]] = []  # (seconds, replica states) at each change
     start = time.perf_counter()
 
