@@ -54,7 +54,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--max-rows", type=int, help="largest n per request (above it: 413)")
     p.add_argument("--direct-ingress", action="store_true",
                    help="each replica also answers HTTP itself on PORT+1, PORT+2, ... (no proxy hop: about "
-                        "1.4x the requests/s at 32 clients); spread clients over those ports yourself")
+                        "2x the requests/s at 32 clients); spread clients over those ports yourself")
     p.set_defaults(run=run, func=run)  # cli.main dispatches on func
     return p
 
