@@ -4,8 +4,10 @@
     .venv/bin/python bench/serve_load.py client --url http://127.0.0.1:8701 --key K --n 100 --concurrency 32
 
 ``run`` starts Ray and Serve in this process, then for each setting deploys the app and starts
-``client`` (an asyncio httpx load generator) as a subprocess; every run is bounded by a duration
-and a request count. Settings:
+``client`` as a subprocess: by default a raw asyncio load generator (keep-alive connections,
+request bytes from a template, ~0.07 ms of CPU a request; ``--client httpx`` for the earlier one,
+~3.7 ms, which on 2 cores was much of what it measured). Every run is bounded by a duration and a
+request count. Settings:
 
 * small: n=100 rows a request, 32 concurrent clients, JSON, with 1 and with 2 fixed replicas:
   p50/p99 latency and requests/s (goal p99 <= 100 ms);
@@ -18,7 +20,11 @@ and a request count. Settings:
   the body and returns the bytes of a real 100-row answer, no auth, no batching, no model): what
   Ray Serve's own request path costs on this host, so the small setting reads as a ratio to it;
 * uvicorn: the same no-op route on plain uvicorn + FastAPI in one process, without Ray: shows
-  whether the load generator itself limits the small setting.
+  whether the load generator itself limits the small setting;
+* sampler: the floor for the small setting: this endpoint's code (auth, validation, merging of
+  concurrent requests, the sampler, JSON) on plain uvicorn in one process, without Ray;
+* direct: with ``--direct-ingress`` (Serve's RAY_SERVE_ENABLE_DIRECT_INGRESS=1), the small setting
+  sent straight to the replicas' own ports, the clients spread round-robin over them.
 
 Numbers from a shared 2-core machine vary with whatever else runs there: the JSON records the
 load average before and after each setting.
