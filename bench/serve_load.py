@@ -440,7 +440,8 @@ def run_main(args: argparse.Namespace) -> int:
     for r in (int(x) for x in args.replicas.split(",")):
         if not only & {"small", "large", "floor", "direct"}:
             break
-        _deploy(args.model, (r, r))
+        _deploy(args.model, (r, r), **({} if args.batch_wait_ms is None
+                                       else {"batch_wait_timeout_s": args.batch_wait_ms / 1000}))
         if "direct" in only and args.direct_ingress:
             time.sleep(2)  # the replicas open their ports just after they report RUNNING
             urls = ",".join(f"http://127.0.0.1:{p}" for p in _direct_ports())
@@ -531,6 +532,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--only", default="floor,small,noop,uvicorn,sampler,large,autoscale",
                    help="settings to run (soak: see --soak)")
     r.add_argument("--client", choices=("raw", "httpx"), default="raw", help="the load generator's transport")
+    r.add_argument("--batch-wait-ms", type=float, help="batch_wait_timeout_s of the small/direct deployments, "
+                   "in ms (default: ServeArgs')")
     r.add_argument("--direct-ingress", action="store_true",
                    help="set RAY_SERVE_ENABLE_DIRECT_INGRESS=1 before Ray starts; 'direct' then loads the "
                         "replicas' own ports (clients spread round-robin over them)")
