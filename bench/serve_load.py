@@ -4,8 +4,10 @@
     .venv/bin/python bench/serve_load.py client --url http://127.0.0.1:8701 --key K --n 100 --concurrency 32
 
 ``run`` starts Ray and Serve in this process, then for each setting deploys the app and starts
-``client`` (an asyncio httpx load generator) as a subprocess; every run is bounded by a duration
-and a request count. Settings:
+``client`` as a subprocess: by default a raw asyncio load generator (keep-alive connections,
+request bytes from a template, ~0.07 ms of CPU a request; ``--client httpx`` for the earlier one,
+~3.7 ms, which on 2 cores was much of what it measured). Every run is bounded by a duration and a
+request count. Settings:
 
 * small: n=100 rows a request, 32 concurrent clients, JSON, with 1 and with 2 fixed replicas:
   p50/p99 latency and requests/s (goal p99 <= 100 ms);
@@ -18,7 +20,11 @@ and a request count. Settings:
   the body and returns the bytes of a real 100-row answer, no auth, no batching, no model): what
   Ray Serve's own request path costs on this host, so the small setting reads as a ratio to it;
 * uvicorn: the same no-op route on plain uvicorn + FastAPI in one process, without Ray: shows
-  whether the load generator itself limits the small setting.
+  whether the load generator itself limits the small setting;
+* sampler: the floor for the small setting: this endpoint's code (auth, validation, merging of
+  concurrent requests, the sampler, JSON) on plain uvicorn in one process, without Ray;
+* direct: with ``--direct-ingress`` (Serve's RAY_SERVE_ENABLE_DIRECT_INGRESS=1), the small setting
+  sent straight to the replicas' own ports, the clients spread round-robin over them.
 
 Numbers from a shared 2-core machine vary with whatever else runs there: the JSON records the
 load average before and after each setting.
@@ -42,9 +48,81 @@ KEY = "bench-key-do-not-use-elsewhere"
 
 
 # --- the load generator (second process) -------------------------------------------------------
-async def _load(url: str, key: str, n: int, fmt: str, concurrency: int, duration: float, max_requests: int
-                ) -> dict[str, Any]:
-    import httpx
+# httpx builds a Request, a header model and a Response per call: at 32 clients on 2 shared cores
+# the client's own CPU was part of what the server-side numbers measured. This one keeps one
+# HTTP/1.1 keep-alive connection per client, writes request bytes from a template, and reads only
+# the status line, the few headers it records, and the body by Content-Length (or chunked framing).
+_WANT = (b"x-rows", b"x-batch-requests", b"server-timing")
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[bytes, bytes], int]:
+    """(status, the headers in ``_WANT``, body bytes) of one response; the body is read and dropped."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split(b" ", 2)[1])
+    headers: dict[bytes, bytes] = {}
+    length, chunked = 0, False
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"transfer-encoding":
+            chunked = b"chunked" in value.lower()
+        elif name in _WANT:
+            headers[name] = value.strip()
+    if not chunked:
+        await reader.readexactly(length)
+        return status, headers, length
+    size = 0
+    while True:
+        part = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+        await reader.readexactly(part + 2)
+        size += part
+        if part == 0:
+            return status, headers, size
+
+
+def _raw_sender(url: str, key: str) -> Any:
+    """A coroutine factory: ``send(body) -> (status, headers)`` over one keep-alive connection."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    template = (f"POST /v1/sample HTTP/1.1\r\nHost: {host}:{port}\r\nX-API-Key: {key}\r\n"
+                "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n").encode()
+    conn: list[Any] = []
+
+    async def send(body: bytes) -> tuple[int, dict[bytes, bytes]]:
+        if not conn:
+            conn.extend(await asyncio.open_connection(host, port))
+        reader, writer = conn
+        try:
+            writer.write(template.replace(b"{}", str(len(body)).encode()) + body)
+            status, headers, _ = await _read_response(reader)
+            return status, headers
+        except BaseException:
+            conn.clear()
+            writer.close()
+            raise
+
+    return send
+
+
+def _httpx_sender(client: Any, key: str) -> Any:
+    async def send(body: bytes) -> tuple[int, dict[bytes, bytes]]:
+        r = await client.post("/v1/sample", content=body, headers={"X-API-Key": key,
+                                                                    "Content-Type": "application/json"})
+        await r.aread()
+        return r.status_code, {k.encode(): r.headers[k].encode() for k in ("x-rows", "x-batch-requests",
+                                                                             "server-timing") if k in r.headers}
+
+    return send
+
+
+async def _load(url: str, key: str, n: int, fmt: str, concurrency: int, duration: float, max_requests: int,
+                transport: str = "raw") -> dict[str, Any]:
+    import contextlib
 
     latencies: list[float] = []
     app_ms: list[float] = []  # time inside the replica's route (Server-Timing), small answers only
@@ -53,46 +131,59 @@ async def _load(url: str, key: str, n: int, fmt: str, concurrency: int, duration
     rows = 0
     sent = 0
     deadline = time.perf_counter() + duration
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+    async with contextlib.AsyncExitStack() as stack:
+        if transport == "httpx":
+            import httpx
+
+            limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+            client = await stack.enter_async_context(
+                httpx.AsyncClient(base_url=url.split(",")[0], timeout=120, limits=limits))
+
         async def worker(w: int) -> None:
             nonlocal rows, sent
+            urls = url.split(",")  # several (replicas' own ports): client w uses urls[w % len]
+            send = _httpx_sender(client, key) if transport == "httpx" else _raw_sender(urls[w % len(urls)], key)
             while time.perf_counter() < deadline and sent < max_requests:
                 sent += 1
-                body = {"n": n, "seed": w * 1_000_003 + sent, "format": fmt}
+                body = b'{"n": %d, "seed": %d, "format": "%s"}' % (n, w * 1_000_003 + sent, fmt.encode())
                 start = time.perf_counter()
                 try:
-                    r = await client.post("/v1/sample", json=body, headers={"X-API-Key": key})
-                    await r.aread()
-                    ok = r.status_code == 200
-                    label = str(r.status_code)
+                    status, headers = await asyncio.wait_for(send(body), 120)
+                    ok, label = status == 200, str(status)
                 except Exception as exc:  # noqa: BLE001  (every failure is counted, none ends the run)
                     ok, label = False, type(exc).__name__
                 if ok:
                     latencies.append(time.perf_counter() - start)
-                    rows += int(r.headers.get("X-Rows", n))
-                    batches.append(int(r.headers.get("X-Batch-Requests", 1)))
-                    timing = r.headers.get("Server-Timing", "")
-                    if "dur=" in timing:
-                        app_ms.append(float(timing.split("dur=")[1]))
+                    rows += int(headers.get(b"x-rows", n))
+                    batches.append(int(headers.get(b"x-batch-requests", 1)))
+                    timing = headers.get(b"server-timing", b"")
+                    if b"dur=" in timing:
+                        app_ms.append(float(timing.split(b"dur=")[1]))
                 else:
                     errors[label] = errors.get(label, 0) + 1
 
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         await asyncio.gather(*[worker(w) for w in range(concurrency)])
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     lat = np.array(latencies) * 1000 if latencies else np.array([np.nan])
-    return {"n": n, "format": fmt, "concurrency": concurrency, "requests": len(latencies),
+    return {"n": n, "format": fmt, "concurrency": concurrency, "client": transport, "requests": len(latencies),
             "errors": errors, "seconds": round(wall, 2), "requests_per_s": round(len(latencies) / wall, 1),
             "rows_per_s": round(rows / wall), "p50_ms": round(float(np.percentile(lat, 50)), 1),
             "p90_ms": round(float(np.percentile(lat, 90)), 1), "p99_ms": round(float(np.percentile(lat, 99)), 1),
             "max_ms": round(float(lat.max()), 1), "mean_batch_requests": round(float(np.mean(batches or [1])), 2),
-            "app_p50_ms": round(float(np.median(app_ms)), 1) if app_ms else None}
+            "app_p50_ms": round(float(np.median(app_ms)), 1) if app_ms else None,
+            "client_cpu_ms_per_request": round(cpu * 1000 / max(len(latencies), 1), 3)}
 
 
 def client_main(args: argparse.Namespace) -> int:
-    result = asyncio.run(_load(args.url, args.key, args.n, args.format, args.concurrency, args.duration,
-                               args.max_requests))
+    coro = _load(args.url, args.key, args.n, args.format, args.concurrency, args.duration, args.max_requests,
+                 args.client)
+    try:
+        import uvloop  # the raw client's event loop costs less per request on uvloop
+    except ImportError:
+        result = asyncio.run(coro)
+    else:
+        result = uvloop.run(coro)
     print(json.dumps(result))
     return 0
 
@@ -104,10 +195,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+CLIENT = {"transport": "raw"}  # set from run's --client
+
+
 def _client(url: str, *, n: int, fmt: str, concurrency: int, duration: float, max_requests: int = 1_000_000
             ) -> subprocess.Popen:
     cmd = [sys.executable, __file__, "client", "--url", url, "--key", KEY, "--n", str(n), "--format", fmt,
-           "--concurrency", str(concurrency), "--duration", str(duration), "--max-requests", str(max_requests)]
+           "--concurrency", str(concurrency), "--duration", str(duration), "--max-requests", str(max_requests),
+           "--client", CLIENT["transport"]]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
 
 
@@ -169,6 +264,71 @@ async def sample(request: Request) -> Response:
 
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
 """
+
+
+UVICORN_SAMPLER = """
+import asyncio, os, sys, uvicorn
+from cadasg_dist.serving.api import create_app
+from cadasg_dist.serving.service import SamplingService, torch_threads
+from cadasg_dist.serving.settings import ServeArgs
+
+torch_threads()
+args = ServeArgs(model_dir=sys.argv[2], model_name="bench", keys_env="CADASG_BENCH_KEYS", rate_limit_per_s=None)
+queue = []
+
+async def merge(job):
+    # what @serve.batch does, without Ray: requests arriving within batch_wait_timeout_s share a pass
+    fut = asyncio.get_running_loop().create_future()
+    queue.append((job, fut))
+    if len(queue) == 1:
+        asyncio.get_running_loop().call_later(args.batch_wait_timeout_s, lambda: asyncio.ensure_future(flush()))
+    elif len(queue) >= args.batch_max_requests:
+        await flush()
+    return await fut
+
+async def flush():
+    batch = queue[:]
+    queue.clear()
+    if batch:
+        frames = await service.sample_merged([j for j, _ in batch])
+        for (_, fut), out in zip(batch, frames):
+            fut.set_result(out)
+
+service = SamplingService(args, merge=merge)
+service.load(args.model_dir)
+uvicorn.run(create_app(service), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+"""
+
+
+def _uvicorn_sampler(model: str) -> tuple[subprocess.Popen, str]:
+    """The floor the issue names: this endpoint's own code (auth, validation, batching, sampler,
+    encoding) behind plain uvicorn in one process, without Ray."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-c", UVICORN_SAMPLER, str(port), model],
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    _wait_http(port)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _wait_http(port: int) -> None:
+    for _ in range(600):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def _direct_ports() -> list[int]:
+    """The ports replicas serve HTTP on themselves when RAY_SERVE_ENABLE_DIRECT_INGRESS=1."""
+    from ray.serve._private.constants import RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT as low
+
+    found = []
+    for port in range(low, low + 16):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                found.append(port)
+    return found
 
 
 def _uvicorn_noop(model: str, tmp: Path) -> tuple[subprocess.Popen, str]:
@@ -243,14 +403,18 @@ def run_main(args: argparse.Namespace) -> int:
     from cadasg_dist.serving.auth import hash_key
 
     os.environ["CADASG_BENCH_KEYS"] = f"{hash_key(KEY)} model=bench"
+    CLIENT["transport"] = args.client
     if args.throughput_optimized:  # Serve's documented fast path; must be set before Ray starts
         os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+    if args.direct_ingress:  # replicas serve HTTP on their own ports, no proxy hop; before Ray starts
+        os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}, "duration_s": args.duration,
-                               "throughput_optimized": args.throughput_optimized, "small": {}, "large": {}}
+                               "throughput_optimized": args.throughput_optimized, "direct_ingress": args.direct_ingress,
+                               "client": args.client, "small": {}, "large": {}}
     only = set(args.only.split(","))
 
     def setting(name: str, proc_args: dict[str, Any], at: str = url) -> dict[str, Any]:
@@ -265,10 +429,24 @@ def run_main(args: argparse.Namespace) -> int:
         inproc = _in_process_rows_per_s(args.model, 100_000, repeats=3)
         results["in_process_rows_per_s_1_thread"] = round(inproc)
         print(f"in-process sample(100000): {inproc:,.0f} rows/s", file=sys.stderr, flush=True)
+    if "sampler" in only:  # the floor: this endpoint's code on plain uvicorn, no Ray, same run
+        proc, at = _uvicorn_sampler(args.model)
+        try:
+            results["sampler_uvicorn"] = setting("sampler on uvicorn", {
+                "n": 100, "fmt": "json", "concurrency": 32, "duration": args.duration}, at=at)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
     for r in (int(x) for x in args.replicas.split(",")):
-        if not only & {"small", "large", "floor"}:
+        if not only & {"small", "large", "floor", "direct"}:
             break
-        _deploy(args.model, (r, r))
+        _deploy(args.model, (r, r), **({} if args.batch_wait_ms is None
+                                       else {"batch_wait_timeout_s": args.batch_wait_ms / 1000}))
+        if "direct" in only and args.direct_ingress:
+            time.sleep(2)  # the replicas open their ports just after they report RUNNING
+            urls = ",".join(f"http://127.0.0.1:{p}" for p in _direct_ports())
+            results.setdefault("direct", {})[str(r)] = setting(f"direct r={r}", {
+                "n": 100, "fmt": "json", "concurrency": 32, "duration": args.duration}, at=urls)
         if "floor" in only:  # one client: the latency of a request with nothing queued before it
             results.setdefault("floor", {})[str(r)] = setting(f"floor r={r}", {
                 "n": 100, "fmt": "json", "concurrency": 1, "duration": min(args.duration, 15.0)})
@@ -312,7 +490,7 @@ def run_main(args: argparse.Namespace) -> int:
 
 
 def _autoscale(model: str, url: str, duration: float) -> dict[str, Any]:
-    _deploy(model, (1, 2), target_ongoing_requests=8, upscale_delay_s=3, downscale_delay_s=15)
+    _deploy(model, (1, 2), target_ongoing_requests=8, downscale_delay_s=15)  # the other knobs: ServeArgs defaults
     timeline: list[tuple[float, dict[str, int]]] = []  # (seconds, replica states) at each change
     start = time.perf_counter()
 
@@ -351,8 +529,14 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--soak", type=float, default=0.0, help="seconds of the zero-error run (0: skip)")
     r.add_argument("--out", help="JSON results file")
     r.add_argument("--replicas", default="1,2", help="fixed replica counts for small/large")
-    r.add_argument("--only", default="floor,small,noop,uvicorn,large,autoscale",
+    r.add_argument("--only", default="floor,small,noop,uvicorn,sampler,large,autoscale",
                    help="settings to run (soak: see --soak)")
+    r.add_argument("--client", choices=("raw", "httpx"), default="raw", help="the load generator's transport")
+    r.add_argument("--batch-wait-ms", type=float, help="batch_wait_timeout_s of the small/direct deployments, "
+                   "in ms (default: ServeArgs')")
+    r.add_argument("--direct-ingress", action="store_true",
+                   help="set RAY_SERVE_ENABLE_DIRECT_INGRESS=1 before Ray starts; 'direct' then loads the "
+                        "replicas' own ports (clients spread round-robin over them)")
     r.add_argument("--throughput-optimized", action="store_true",
                    help="set RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (Serve's fast path) before Ray starts")
     c = sub.add_parser("client", help="the load generator (run by `run` in a second process)")
@@ -363,6 +547,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--concurrency", type=int, default=32)
     c.add_argument("--duration", type=float, default=20.0)
     c.add_argument("--max-requests", type=int, default=1_000_000)
+    c.add_argument("--client", choices=("raw", "httpx"), default="raw",
+                   help="raw: asyncio streams, little CPU a request (default); httpx: the earlier client")
     args = parser.parse_args(argv)
     return run_main(args) if args.cmd == "run" else client_main(args)
 

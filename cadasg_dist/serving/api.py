@@ -18,6 +18,7 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
@@ -28,8 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from cadasg_dist._version import __version__
 from cadasg_dist.errors import CADASGError, ContextError
-from cadasg_dist.serving.formats import MEDIA_TYPES, encode
-from cadasg_dist.serving.service import RequestRejected, SamplingService
+from cadasg_dist.serving.formats import MEDIA_TYPES, encode, encode_frames
+from cadasg_dist.serving.service import RequestRejected, SamplingService, trim_heap
 
 log = logging.getLogger(__name__)
 
@@ -112,23 +113,38 @@ async def sample_response(service: SamplingService, request: Request) -> Respons
         except ContextError as exc:
             raise RequestRejected(422, str(exc), valid=loaded.valid_context) from None
     seed = req.seed if req.seed is not None else secrets.randbits(63)
+    headers = {"X-Model": quote(loaded.name), "X-Model-Version": quote(loaded.version), "X-Seed": str(seed)}
+    envelope = {"model": loaded.name, "model_version": loaded.version, "seed": seed}
+    media = MEDIA_TYPES[req.format]
+    if req.n > service.args.chunk_rows:  # generated and sent one chunk at a time: bounded replica memory
+        try:
+            frames = service.stream(loaded, req.n, req.context, seed)
+        except CADASGError as exc:
+            raise RequestRejected(422, str(exc)) from None
+        pieces = encode_frames(frames, req.format, header={**envelope, "n": req.n}, chunk_rows=service.args.chunk_rows)
+        headers.update({"X-Rows": str(req.n), "X-Batch-Requests": "1"})
+        return StreamingResponse(_released(c for c in pieces if c), media_type=media, headers=headers)
     try:
         out = await service.sample(loaded, req.n, req.context, seed)
     except CADASGError as exc:  # a library check we did not repeat above: still the caller's input
         raise RequestRejected(422, str(exc)) from None
-    headers = {"X-Model": quote(loaded.name), "X-Model-Version": quote(loaded.version), "X-Seed": str(seed),
-               "X-Rows": str(len(out.frame)), "X-Batch-Requests": str(out.batch_requests)}
-    envelope = {"model": loaded.name, "model_version": loaded.version, "seed": seed, "n": len(out.frame)}
-    chunks = encode(out.frame, req.format, header=envelope, chunk_rows=service.args.chunk_rows)
-    media = MEDIA_TYPES[req.format]
+    headers.update({"X-Rows": str(len(out.frame)), "X-Batch-Requests": str(out.batch_requests)})
+    chunks = encode(out.frame, req.format, header={**envelope, "n": len(out.frame)}, chunk_rows=service.args.chunk_rows)
     if req.n <= service.args.merge_max_n:
         body = b"".join(chunks)
         headers["Server-Timing"] = f"app;dur={(time.perf_counter() - start) * 1000:.1f}"
         return Response(body, media_type=media, headers=headers)
-    if req.n <= service.args.chunk_rows:
-        body = await asyncio.get_running_loop().run_in_executor(service.pool, b"".join, chunks)
-        return Response(body, media_type=media, headers=headers)
-    return StreamingResponse((c for c in chunks if c), media_type=media, headers=headers)
+    body = await asyncio.get_running_loop().run_in_executor(service.pool, b"".join, chunks)
+    return Response(body, media_type=media, headers=headers)
+
+
+def _released(pieces: Iterator[bytes]) -> Iterator[bytes]:
+    """``pieces``, then the freed chunk buffers handed back to the OS (glibc keeps freed arenas
+    otherwise, and a replica that once streamed 1M rows would keep that footprint for good)."""
+    try:
+        yield from pieces
+    finally:
+        trim_heap()
 
 
 async def _read_body(request: Request, max_bytes: int) -> bytes:

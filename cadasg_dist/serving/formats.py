@@ -30,13 +30,18 @@ def encode(frame: pd.DataFrame, fmt: str, *, header: dict[str, Any], chunk_rows:
     ``header`` (model, version, seed...) goes into the JSON envelope; CSV and Arrow carry it in HTTP
     headers instead.
     """
-    if fmt == "json":
-        return _json(frame, header, chunk_rows)
-    if fmt == "csv":
-        return _csv(frame, chunk_rows)
-    if fmt == "arrow":
-        return _arrow(frame, chunk_rows)
-    raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(MEDIA_TYPES)}")
+    return encode_frames(iter([frame]), fmt, header=header, chunk_rows=chunk_rows)
+
+
+def encode_frames(frames: Iterator[pd.DataFrame], fmt: str, *, header: dict[str, Any], chunk_rows: int
+                  ) -> Iterator[bytes]:
+    """Like :func:`encode` over consecutive frames of one answer, read lazily one at a time, so an
+    answer generated chunk by chunk is never held whole. The first frame fixes the columns (and
+    the Arrow schema); every frame must have them."""
+    if fmt not in MEDIA_TYPES:
+        raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(MEDIA_TYPES)}")
+    pieces = (part for frame in frames for part in _chunks(frame, chunk_rows))
+    return {"json": _json, "csv": _csv, "arrow": _arrow}[fmt](pieces, header)
 
 
 def _chunks(frame: pd.DataFrame, rows: int) -> Iterator[pd.DataFrame]:
@@ -44,11 +49,13 @@ def _chunks(frame: pd.DataFrame, rows: int) -> Iterator[pd.DataFrame]:
         yield frame.iloc[start:start + rows]
 
 
-def _json(frame: pd.DataFrame, header: dict[str, Any], chunk_rows: int) -> Iterator[bytes]:
-    envelope = {**header, "columns": [str(c) for c in frame.columns]}
-    yield (json.dumps(envelope)[:-1] + ', "rows": [').encode()
-    first = True
-    for part in _chunks(frame, chunk_rows):
+def _json(parts: Iterator[pd.DataFrame], header: dict[str, Any]) -> Iterator[bytes]:
+    opened, first = False, True
+    for part in parts:
+        if not opened:
+            envelope = {**header, "columns": [str(c) for c in part.columns]}
+            yield (json.dumps(envelope)[:-1] + ', "rows": [').encode()
+            opened = True
         records = part.to_json(orient="records", date_format="iso", double_precision=15)[1:-1]
         if records:
             yield (records if first else "," + records).encode()
@@ -56,8 +63,8 @@ def _json(frame: pd.DataFrame, header: dict[str, Any], chunk_rows: int) -> Itera
     yield b"]}"
 
 
-def _csv(frame: pd.DataFrame, chunk_rows: int) -> Iterator[bytes]:
-    for i, part in enumerate(_chunks(frame, chunk_rows)):
+def _csv(parts: Iterator[pd.DataFrame], header: dict[str, Any]) -> Iterator[bytes]:
+    for i, part in enumerate(parts):
         yield part.to_csv(index=False, header=i == 0).encode()
 
 
@@ -75,14 +82,22 @@ def arrow_table(frame: pd.DataFrame) -> pa.Table:
         return pa.Table.from_pandas(fixed, preserve_index=False)
 
 
-def _arrow(frame: pd.DataFrame, chunk_rows: int) -> Iterator[bytes]:
-    table = arrow_table(frame)
+def _arrow(parts: Iterator[pd.DataFrame], header: dict[str, Any]) -> Iterator[bytes]:
     sink = io.BytesIO()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        yield _drain(sink)
-        for batch in table.to_batches(max_chunksize=max(chunk_rows, 1)):
-            writer.write_batch(batch)
+    writer = schema = None
+    for part in parts:
+        if writer is None:
+            table = arrow_table(part)
+            schema = table.schema
+            writer = pa.ipc.new_stream(sink, schema)
             yield _drain(sink)
+        else:  # later chunks take the first one's types (an all-null chunk must not change them)
+            table = arrow_table(part).cast(schema) if schema is not None else arrow_table(part)
+        for batch in table.to_batches():
+            writer.write_batch(batch)
+        yield _drain(sink)
+    if writer is not None:
+        writer.close()
     yield _drain(sink)  # the end-of-stream marker
 
 

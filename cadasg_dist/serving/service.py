@@ -9,9 +9,10 @@ sampled on its own. Sampling runs on a small thread pool so the event loop keeps
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -23,7 +24,7 @@ import pandas as pd
 from cadasg_dist.errors import ConfigError
 from cadasg_dist.serving.auth import ApiKey, KeyRing, RateLimiter
 from cadasg_dist.serving.models import LoadedModel, content_hash, load_model
-from cadasg_dist.serving.sampler import SampleJob, sample_many
+from cadasg_dist.serving.sampler import SampleJob, iter_sample, sample_many
 from cadasg_dist.serving.settings import ServeArgs
 
 log = logging.getLogger(__name__)
@@ -121,11 +122,24 @@ class SamplingService:
         frame = await asyncio.get_running_loop().run_in_executor(self.pool, run)
         return Sampled(loaded, frame, 1)
 
+    def stream(self, loaded: LoadedModel, n: int, context: dict[str, Any], seed: int) -> Iterator[pd.DataFrame]:
+        """A large answer's rows, one library chunk at a time, generated as they are read (the same
+        rows as ``sample``); validates before the first row."""
+        return iter_sample(loaded.model, n, context=context or None, seed=seed)
+
     async def sample_merged(self, jobs: list[SampleJob]) -> list[tuple[pd.DataFrame, int]]:
         """One pass over concurrent small jobs (the body of the deployment's ``@serve.batch``)."""
         loop = asyncio.get_running_loop()
         frames = await loop.run_in_executor(self.pool, lambda: sample_many(jobs, max_rows=self.args.batch_max_rows))
         return [(frame, len(jobs)) for frame in frames]
+
+
+def trim_heap() -> None:
+    """Return freed heap pages to the OS (glibc ``malloc_trim``); a no-op where there is no glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def torch_threads() -> None:

@@ -49,8 +49,13 @@ class ServeArgs(BaseModel):
     max_replicas: int = Field(2, ge=1)
     target_ongoing_requests: float = Field(8.0, gt=0)
     max_ongoing_requests: int = Field(64, ge=1)
-    upscale_delay_s: float = Field(3.0, ge=0)
+    # Serve's own defaults (metrics pushed every 10 s, averaged over 30 s, 30 s upscale delay) add
+    # up to ~25 s before a second replica even starts; these react within seconds, the look-back
+    # window still smoothing single bursts, while the downscale delay keeps replicas through a lull.
+    upscale_delay_s: float = Field(1.0, ge=0)
     downscale_delay_s: float = Field(20.0, ge=0)
+    metrics_interval_s: float = Field(1.0, gt=0, description="how often replicas report their load to Serve")
+    look_back_period_s: float = Field(5.0, gt=0, description="window the load is averaged over")
     num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per replica (torch runs one thread)")
 
     @model_validator(mode="after")
@@ -59,6 +64,9 @@ class ServeArgs(BaseModel):
             raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})")
         if self.merge_max_n > self.batch_max_rows:
             raise ValueError(f"merge_max_n ({self.merge_max_n}) is above batch_max_rows ({self.batch_max_rows})")
+        if self.look_back_period_s < self.metrics_interval_s:
+            raise ValueError(f"look_back_period_s ({self.look_back_period_s}) is below metrics_interval_s "
+                             f"({self.metrics_interval_s}): the window would hold no report")
         if self.batch_max_requests > self.max_ongoing_requests:
             raise ValueError(f"batch_max_requests ({self.batch_max_requests}) is above max_ongoing_requests "
                              f"({self.max_ongoing_requests}): a batch could never fill")
@@ -71,7 +79,8 @@ class ServeArgs(BaseModel):
     def autoscaling_config(self) -> dict[str, float | int]:
         return {"min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
                 "initial_replicas": self.min_replicas, "target_ongoing_requests": self.target_ongoing_requests,
-                "upscale_delay_s": self.upscale_delay_s, "downscale_delay_s": self.downscale_delay_s}
+                "upscale_delay_s": self.upscale_delay_s, "downscale_delay_s": self.downscale_delay_s,
+                "metrics_interval_s": self.metrics_interval_s, "look_back_period_s": self.look_back_period_s}
 
     @classmethod
     def parse(cls, raw: dict | ServeArgs) -> ServeArgs:

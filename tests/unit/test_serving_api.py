@@ -326,3 +326,31 @@ def test_client_raises_serving_errors(client):
     with pytest.raises(ServingError) as err:
         Client(api_key="wrong", http=client).model()
     assert err.value.status == 401
+
+
+@pytest.mark.parametrize("fmt", ["json", "arrow"])
+def test_streamed_answers_are_sample_rows_and_generated_lazily(client, tiny_model, fmt, monkeypatch):
+    from cadasg_dist.serving import sampler
+
+    drawn: list[int] = []
+    real = sampler._chunks
+
+    def counting(*args):
+        for frame in real(*args):
+            drawn.append(len(frame))
+            yield frame
+
+    monkeypatch.setattr(sampler, "_chunks", counting)
+    monkeypatch.setitem(sampler.iter_sample.__kwdefaults__, "chunk", 400)  # 3 library chunks, not 1
+    r = post(client, {"n": 1_100, "seed": 4, "format": fmt, "context": {"group": "a"}})
+    assert r.status_code == 200 and r.headers["X-Rows"] == "1100" and drawn == [400, 400, 300]
+    want = tiny_model.sample(1_100, seed=4, context={"group": "a"}, chunk=400)
+    got = read_arrow(r.content) if fmt == "arrow" else pd.DataFrame(json.loads(r.content)["rows"])
+    assert len(got) == 1_100 and list(got.columns) == list(want.columns)
+    if fmt == "arrow":
+        same_rows(got, want)
+
+
+def test_a_bad_context_on_a_streamed_request_is_a_422_not_a_broken_stream(client):
+    r = post(client, {"n": 1_700, "context": {"group": "nowhere"}})
+    assert r.status_code == 422

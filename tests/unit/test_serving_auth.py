@@ -85,3 +85,14 @@ def test_version_config_refuses_unknown_keys():
     assert VersionConfig.parse({"model_dir": "a", "version": "v2"}).version == "v2"
     with pytest.raises(ConfigError, match="user_config"):
         VersionConfig.parse({"model_path": "a"})
+
+
+def test_autoscaling_reacts_in_seconds_and_serve_accepts_it():
+    from ray.serve.config import AutoscalingConfig
+
+    auto = ServeArgs.parse({"model_dir": "m", "min_replicas": 1, "max_replicas": 2}).autoscaling_config()
+    parsed = AutoscalingConfig(**auto)  # Serve's own validation of every key we pass
+    # a report each second, averaged over 5 s, 1 s before upscaling: far from Serve's 10/30/30 s
+    assert parsed.metrics_interval_s <= 1 and parsed.look_back_period_s <= 5 and parsed.upscale_delay_s <= 1
+    with pytest.raises(ConfigError, match="look_back_period_s"):
+        ServeArgs.parse({"model_dir": "m", "metrics_interval_s": 5, "look_back_period_s": 2})

@@ -65,3 +65,20 @@ def test_bad_context_raises_what_sample_raises(tiny_model):
 
     with pytest.raises(ContextError, match="valid values"):
         sample_many([SampleJob(tiny_model, 5, {"group": "nope"}, 0)])
+
+
+@pytest.mark.parametrize("n, chunk, context", [(1, 50, {}), (130, 50, {}), (150, 50, {"group": "a"}), (99, 200, {})])
+def test_iter_sample_yields_sample_rows_one_chunk_at_a_time(tiny_model, n, chunk, context):
+    frames = list(sampler.iter_sample(tiny_model, n, context=context or None, seed=5, chunk=chunk))
+    assert [len(f) for f in frames] == [min(chunk, n - i) for i in range(0, n, chunk)]
+    whole = tiny_model.sample(n, context=context or None, seed=5, chunk=chunk)
+    pd.testing.assert_frame_equal(pd.concat(frames), whole)
+
+
+def test_iter_sample_validates_before_the_first_row(tiny_model):
+    from cadasg_dist.errors import ContextError, InvalidDataError
+
+    with pytest.raises(InvalidDataError):
+        sampler.iter_sample(tiny_model, 0)
+    with pytest.raises(ContextError):
+        sampler.iter_sample(tiny_model, 10, context={"group": "nowhere"})
