@@ -97,7 +97,10 @@ class FoldedDecoder:
 
     def __call__(self, cell: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(rows, order): activated rows for ``cell`` sorted by cell, and where each came from."""
-        order = torch.argsort(cell, stable=True)
+        # numpy's stable sort of small integers is a radix sort (torch's is a comparison sort): the
+        # same permutation, several times faster
+        small = np.int16 if len(self.shift) <= np.iinfo(np.int16).max else np.int64
+        order = torch.from_numpy(np.argsort(cell.numpy().astype(small), kind="stable"))
         ids, counts = torch.unique_consecutive(cell[order], return_counts=True)
         eps = torch.randn(len(cell), self.latent, generator=generator)
         h = torch.empty(len(cell), self.shift.shape[1])
