@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cadasg_dist.train.step import Priors, pin_stratum
+from cadasg_dist.train.step import Priors, pinned_stratum
 
 # Rows per decoder pass inside a chunk: small enough for a block's activations to stay in cache.
 BLOCK = 8192
@@ -96,7 +96,8 @@ class FoldedDecoder:
             at += count
 
     def __call__(self, cell: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """(rows, order): activated rows for ``cell`` sorted by cell, and where each came from."""
+        """(rows, order): activated rows for ``cell`` sorted by cell, and where each came from; the
+        rows are a (B, D) transposed view of a (D, B) tensor."""
         # numpy's stable sort of small integers is a radix sort (torch's is a comparison sort): the
         # same permutation, several times faster
         small = np.int16 if len(self.shift) <= np.iinfo(np.int16).max else np.int64
@@ -111,13 +112,22 @@ class FoldedDecoder:
         for layer in self.layers:
             h = torch.nn.functional.leaky_relu_(h, layer.negative_slope) if isinstance(layer, torch.nn.LeakyReLU) \
                 else layer(h)
-        raw = torch.addmm(self.head_b, h, self.head_w.T)
+        # The head's output transposed, (D, B): each output column is a contiguous run of B values,
+        # so a softmax over a span of width w reduces w contiguous rows elementwise, and the rows
+        # come back in feature order with contiguous row copies.
+        raw = torch.addmm(self.head_b[:, None], self.head_w, h.T)
         for a, b, width in self.groups:
-            x = raw[:, a:b].view(len(cell), -1, width)
-            e = (x - x.amax(2, keepdim=True)).exp_()
-            raw[:, a:b] = e.div_(e.sum(2, keepdim=True)).view(len(cell), -1)
-        rows = raw.index_select(1, self.unperm)
-        return pin_stratum(rows, cell[order], self.dims), order
+            x = raw[a:b].view(-1, width, len(cell))
+            x.sub_(x.amax(1, keepdim=True)).exp_()
+            x.div_(x.sum(1, keepdim=True))
+        rows = raw.index_select(0, self.unperm)
+        span = self.dims.strata_span
+        if span is not None and self.dims.class_groups is None:  # one-hot, set in place
+            rows[span.start:span.stop] = 0.0
+            rows[span.start:span.stop].scatter_(0, ((cell[order] % self.strata) // self.dims.target_bins)[None], 1.0)
+        elif span is not None:
+            rows[span.start:span.stop] = pinned_stratum(rows.T, cell[order], self.dims).T
+        return rows.T, order
 
 
 class Sampler:
@@ -156,7 +166,7 @@ class Sampler:
             rows, order = self.decoder(cell[a:a + BLOCK], generator)
             if calibration is not None:
                 rows = calibration.apply(rows, cell[a:a + BLOCK][order] // strata)
-            out[:, a + order] = rows.T
+            out.index_copy_(1, a + order, rows.T)
         return out.T
 
     def _draw_chunk(self, cells: np.ndarray, generator: torch.Generator, rng: np.random.Generator) -> pd.DataFrame:

@@ -152,15 +152,19 @@ def pin_stratum(rows: torch.Tensor, cell: torch.Tensor, dims: ModelDims) -> torc
     span = dims.strata_span
     if span is None:
         return rows
+    return torch.cat([rows[:, :span.start], pinned_stratum(rows, cell, dims), rows[:, span.stop:]], dim=1)
+
+
+def pinned_stratum(rows: torch.Tensor, cell: torch.Tensor, dims: ModelDims) -> torch.Tensor:
+    """The (B, width) values ``pin_stratum`` gives the stratifying span (``dims.strata_span``, not None)."""
+    span = dims.strata_span
     group = (cell % dims.strata) // dims.target_bins
     if dims.class_groups is None:
-        stratum = torch.nn.functional.one_hot(group, span.width).to(rows.dtype)  # (B, classes)
-    else:
-        member = dims.members(group).to(rows.dtype)
-        own = rows[:, span.start:span.stop] * member
-        total = own.sum(1, keepdim=True)
-        stratum = torch.where(total > 1e-12, own / total.clamp_min(1e-12), member / member.sum(1, keepdim=True))
-    return torch.cat([rows[:, :span.start], stratum, rows[:, span.stop:]], dim=1)
+        return torch.nn.functional.one_hot(group, span.width).to(rows.dtype)  # (B, classes)
+    member = dims.members(group).to(rows.dtype)
+    own = rows[:, span.start:span.stop] * member
+    total = own.sum(1, keepdim=True)
+    return torch.where(total > 1e-12, own / total.clamp_min(1e-12), member / member.sum(1, keepdim=True))
 
 
 def critic_step(cfg: CADASGConfig, state: TrainState, batch: Batch, onehot: torch.Tensor, priors: Priors) -> float:
