@@ -166,7 +166,9 @@ class Sampler:
             rows, order = self.decoder(cell[a:a + BLOCK], generator)
             if calibration is not None:
                 rows = calibration.apply(rows, cell[a:a + BLOCK][order] // strata)
-            out.index_copy_(1, a + order, rows.T)
+            back = torch.empty_like(order)  # the inverse of ``order``: a gather then a block copy
+            back[order] = torch.arange(len(order))  # beats a column scatter into the wide ``out``
+            out[:, a:a + len(order)] = rows.T.index_select(1, back)
         return out.T
 
     def _draw_chunk(self, cells: np.ndarray, generator: torch.Generator, rng: np.random.Generator) -> pd.DataFrame:
