@@ -44,7 +44,7 @@ from cadasg_dist.privacy import entropy
 from cadasg_dist.privacy.adaptive import PerLayerAdaptiveClipper
 from cadasg_dist.privacy.analysis import epsilon_from_history
 from cadasg_dist.privacy.ledger import PrivacyLedger
-from cadasg_dist.privacy.per_sample import clip_and_noise, input_gradient, per_sample_grads
+from cadasg_dist.privacy.per_sample import GradBuffers, clip_and_noise, input_gradient, per_sample_grads
 from cadasg_dist.privacy.step_scale import NoiseAwareSteps
 from cadasg_dist.private.budget import FINAL_CACHE, BudgetPlan, step_name
 from cadasg_dist.train.step import Batch, Priors, TrainState, public_terms, vae_terms
@@ -91,6 +91,7 @@ class DPState:
         self._cell_weights = torch.ones(n_cells)
         self._vae: dict[str, Tensor] = {}
         self._pair: nn.ModuleDict | None = None
+        self._grads = GradBuffers()  # per-example gradients' memory, reused step after step
         self._final = plan.full_pass.get(FINAL_CACHE)
         self._per_layer = cfg.privacy.clipping == "per_layer"
         self._clippers: dict[str, PerLayerAdaptiveClipper] = {}  # per part, with privacy.clipping = per_layer
@@ -144,7 +145,7 @@ class DPState:
             penalty = ((slope.pow(2).sum() + 1e-12).sqrt() - 1.0).pow(2)
             return (call(fk.unsqueeze(0), c1) - call(x.unsqueeze(0), c1)).squeeze(0) + lam * penalty
 
-        grads = _per_example(nets.critic, example_loss, batch.x, fake.detach(), onehot, alpha)
+        grads = _per_example(nets.critic, example_loss, batch.x, fake.detach(), onehot, alpha, pool=self._grads)
         _write(nets.critic, self._release(grads, batch, "dpsgd/critic"), scale=1.0)
 
     def privatize_utility(self, nets: CADASGNetworks, batch: Batch, onehot: Tensor, cfg: CADASGConfig) -> None:
@@ -153,7 +154,7 @@ class DPState:
         def example_loss(call: Any, x: Tensor, c: Tensor) -> Tensor:
             return utility_loss(call(x.unsqueeze(0), c.unsqueeze(0)), x.unsqueeze(0), spans).squeeze(0)
 
-        grads = _per_example(nets.utility, example_loss, batch.x, onehot)
+        grads = _per_example(nets.utility, example_loss, batch.x, onehot, pool=self._grads)
         _write(nets.utility, self._release(grads, batch, "dpsgd/utility"), scale=1.0)
 
     def privatize_vae(self, nets: CADASGNetworks, batch: Batch, onehot: Tensor, eps: Tensor, cfg: CADASGConfig,
@@ -171,7 +172,8 @@ class DPState:
             loss, _, _ = vae_terms(view, x.unsqueeze(0), c.unsqueeze(0), e.unsqueeze(0), beta)
             return loss.squeeze(0)
 
-        self._vae = self._release(_per_example(pair, example_loss, batch.x, onehot, eps), batch, "dpsgd/vae")
+        grads = _per_example(pair, example_loss, batch.x, onehot, eps, pool=self._grads)
+        self._vae = self._release(grads, batch, "dpsgd/vae")
         names = {id(p): n for n, p in pair.named_parameters()}
         square = sum(float(self._vae[names[id(p)]].pow(2).sum())
                      - p.numel() * (self._noise_std("dpsgd/vae", names[id(p)]) / self.expected_units) ** 2
@@ -287,10 +289,11 @@ class DPState:
         return self._pair
 
 
-def _per_example(module: nn.Module, loss: Any, *batch: Tensor) -> dict[str, Tensor]:
+def _per_example(module: nn.Module, loss: Any, *batch: Tensor, pool: GradBuffers | None = None) -> dict[str, Tensor]:
+    """Per-example gradients, chunked; with ``pool``, in its memory (valid until the next call)."""
     largest = max(p.numel() for p in module.parameters() if p.requires_grad)
     chunk = max(16, CHUNK_FLOATS // largest)
-    return per_sample_grads(module, loss, *batch, chunk_size=chunk if chunk < len(batch[0]) else None)
+    return per_sample_grads(module, loss, *batch, chunk_size=chunk if chunk < len(batch[0]) else None, pool=pool)
 
 
 def noise_generator(seed: int | None, offset: int) -> torch.Generator:
