@@ -85,10 +85,8 @@ def per_sample_grads(
     Randomness: pass random numbers (interpolation weights, reparameterisation noise) as batch
     tensors so results are reproducible; random ops inside the loss (dropout) draw independently
     per example under the default ``randomness="different"``.
-    ``chunk_size`` bounds the vmap chunk to save memory; ``pool`` (with ``chunk_size``): write the
-    chunks into that ``GradBuffers``'s memory instead of new tensors, so that a training loop does
-    not map, fault in and unmap (B x parameters) floats at every step. The result then lives in the
-    pool: it is overwritten by the next call given the same pool.
+    ``chunk_size`` bounds the vmap chunk to save memory; with it, ``pool`` (a ``GradBuffers``) holds
+    the result, reused from call to call (a new one is overwritten by the next call on that pool).
     """
     _check_no_batchnorm(module)
     if method not in ("vmap", "loop"):
@@ -110,14 +108,11 @@ def per_sample_grads(
             raise ConfigError(f"loss_fn must return a scalar tensor per example, got {_describe(loss)}.")
         return loss
 
-    in_dims = (None,) + (0,) * len(batch)
+    per_example = vmap(grad(example_loss), in_dims=(None,) + (0,) * len(batch), randomness=randomness)
     params = {n: p.detach() for n, p in trainable.items()}
     try:
-        if chunk_size is None or chunk_size >= n_rows:
-            grads = vmap(grad(example_loss), in_dims=in_dims, randomness=randomness)(params, *batch)
-        else:
-            grads = _chunked(vmap(grad(example_loss), in_dims=in_dims, randomness=randomness), params, batch,
-                             chunk_size, pool)
+        whole = chunk_size is None or chunk_size >= n_rows
+        grads = per_example(params, *batch) if whole else _chunked(per_example, params, batch, chunk_size, pool)
     except RuntimeError as err:
         if "functorch" in str(err) or "torch.func" in str(err):
             raise ConfigError(
