@@ -7,8 +7,9 @@ a DataFrame (decoded, contexts filled in, derived columns added), whatever asked
 Speed: the decoder runs in blocks of ``BLOCK`` rows, so each activation (BLOCK x hidden floats)
 stays in the CPU cache instead of streaming a chunk-sized tensor through memory for every layer;
 each cell's latent prior is folded into the decoder's first layer (``FoldedDecoder``) and the
-softmax spans are activated by width in one pass. None of this changes what is drawn: the same
-Gaussian codes feed the same per-cell maps.
+softmax spans are activated by width in one pass, on the head's output transposed (features x
+rows, so a span is a few contiguous runs). None of this changes what is drawn: the same Gaussian
+codes feed the same per-cell maps, and the rows are the same to the bit.
 
 Privacy: sampling reads only the model and its cache (post-processing of what training released);
 it spends no budget.
