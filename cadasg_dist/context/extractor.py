@@ -159,8 +159,7 @@ class RuleContextExtractor(ContextExtractor):
             labels = [k[j] for k in self.domain]
             kind = self.schema[col].kind
             if kind in ("categorical", "boolean"):
-                values = np.array(labels, dtype=object)[ids]
-                df[col] = _restore(pd.Series(values, index=df.index), self.schema[col].dtype)
+                df[col] = _restored_take(labels, ids, self.schema[col].dtype, df.index)
             elif kind == "datetime":
                 continue  # generated inside its period by the decoder; periods are coarse
             else:
@@ -261,6 +260,19 @@ def period_labels(s: pd.Series, period: str) -> list[Label]:
     else:
         labels = ts.dt.strftime("%Y-%m")
     return [None if (v is None or v == "<NA>" or (isinstance(v, float) and math.isnan(v))) else v for v in labels]
+
+
+def _restored_take(labels: list[Label], ids: np.ndarray, dtype: str, index: pd.Index) -> pd.Series:
+    """``_restore(Series(labels[ids]), dtype)`` with the type inference done once per drawn label,
+    not per row: the labels that occur are restored (the same values, so the same dtype), then
+    taken by position."""
+    drawn = np.flatnonzero(np.bincount(ids, minlength=len(labels)))
+    restored = _restore(pd.Series(np.array(labels, dtype=object)[drawn]), dtype)
+    at = np.zeros(len(labels), dtype=np.int64)
+    at[drawn] = np.arange(len(drawn))
+    out = restored.take(at[ids])
+    out.index = index
+    return out
 
 
 def _restore(s: pd.Series, dtype: str) -> pd.Series:

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import ndtr, ndtri
 
+from cadasg_dist.data.knots import knot_table
 from cadasg_dist.data.schema import ColumnSchema, datetime_to_seconds
 
 _U_EPS = 1e-6  # levels are kept inside [eps, 1 - eps] so the Gaussian map stays finite (|y| <= 4.75)
@@ -61,6 +62,8 @@ def histogram_fit(lows: np.ndarray, highs: np.ndarray, mass: np.ndarray, *, n_qu
     var = float((weights * ((mid - mean) ** 2 + (highs - lows) ** 2 / 12)).sum())
     return {"quantiles": np.maximum.accumulate(quantiles), "mean": mean, "std": math.sqrt(var) or 1.0}
 
+
+_LEVELS: dict[int, np.ndarray] = {}  # the quantile grids' levels, by size
 
 class ContinuousTransform:
     """Numeric (continuous, integer or datetime) column <-> one Gaussian-scaled feature."""
@@ -132,12 +135,19 @@ class ContinuousTransform:
         if self.encoding == "standard":
             x = y.astype(float) * self.std + self.mean
         else:
-            levels = np.linspace(0.0, 1.0, len(self.quantiles))
-            x = np.interp(ndtr(y.astype(float)), levels, self.quantiles)
+            # np.interp over the quantile grid, as a table lookup (the same values; ndtr stays in [0, 1])
+            x = knot_table(self._levels(), self.quantiles)(ndtr(y.astype(float)))
         x = np.clip(x, self.schema.min, self.schema.max)
         if self.schema.kind == "integer":
             x = np.round(x)
         return x
+
+    def _levels(self) -> np.ndarray:
+        """The quantile grid's levels, one array per grid size (so ``knot_table`` caches its table)."""
+        n = len(self.quantiles)
+        if n not in _LEVELS:
+            _LEVELS[n] = np.linspace(0.0, 1.0, n)
+        return _LEVELS[n]
 
     def _fill_value(self) -> float:
         if self.quantiles is not None:

@@ -58,6 +58,7 @@ import numpy as np
 import torch
 from scipy.special import ndtri
 
+from cadasg_dist.data.knots import knot_table
 from cadasg_dist.data.transforms import CategoricalTransform, ContinuousTransform, DataTransformer
 from cadasg_dist.model.histograms import (
     CLASS_CELLS,
@@ -228,7 +229,7 @@ def _correct(out: torch.Tensor, rows: slice | torch.Tensor, factors: dict[int, t
         block = out[rows, start:start + len(f)] * f.to(out.dtype)
         out[rows, start:start + len(f)] = block / block.sum(1, keepdim=True).clamp_min(1e-12)
     for start, (x, y) in maps.items():
-        out[rows, start] = torch.from_numpy(_interp_linear_ends(out[rows, start].double().numpy(), x, y)).to(out.dtype)
+        out[rows, start] = torch.from_numpy(knot_table(x, y)(out[rows, start].double().numpy())).to(out.dtype)
 
 
 def prior_shift(block: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -69,6 +69,7 @@ def per_sample_grads(
     method: str = "vmap",
     randomness: str = "different",
     chunk_size: int | None = None,
+    pool: GradBuffers | None = None,
 ) -> dict[str, Tensor]:
     """Gradient of each example's loss w.r.t. every trainable parameter: ``{name: (B, *param.shape)}``.
 
@@ -84,7 +85,8 @@ def per_sample_grads(
     Randomness: pass random numbers (interpolation weights, reparameterisation noise) as batch
     tensors so results are reproducible; random ops inside the loss (dropout) draw independently
     per example under the default ``randomness="different"``.
-    ``chunk_size`` bounds the vmap chunk to save memory.
+    ``chunk_size`` bounds the vmap chunk to save memory; with it, ``pool`` (a ``GradBuffers``) holds
+    the result, reused from call to call (a new one is overwritten by the next call on that pool).
     """
     _check_no_batchnorm(module)
     if method not in ("vmap", "loop"):
@@ -106,11 +108,11 @@ def per_sample_grads(
             raise ConfigError(f"loss_fn must return a scalar tensor per example, got {_describe(loss)}.")
         return loss
 
-    in_dims = (None,) + (0,) * len(batch)
-    per_example = vmap(grad(example_loss), in_dims=in_dims, randomness=randomness, chunk_size=chunk_size)
+    per_example = vmap(grad(example_loss), in_dims=(None,) + (0,) * len(batch), randomness=randomness)
     params = {n: p.detach() for n, p in trainable.items()}
     try:
-        grads = per_example(params, *batch)
+        whole = chunk_size is None or chunk_size >= n_rows
+        grads = per_example(params, *batch) if whole else _chunked(per_example, params, batch, chunk_size, pool)
     except RuntimeError as err:
         if "functorch" in str(err) or "torch.func" in str(err):
             raise ConfigError(
@@ -119,6 +121,47 @@ def per_sample_grads(
             ) from err
         raise
     return {n: g.detach() for n, g in grads.items()}
+
+
+class GradBuffers:
+    """Reusable memory for per-example gradients (see ``per_sample_grads``'s ``pool``): one flat
+    buffer, grown to the largest request and kept. Fresh tensors of B x parameters floats are
+    mapped from the kernel, zero-filled page by page on first touch and unmapped when freed, at
+    every step; measured on a 2-core machine at B = 2,000, that was about half of a private step."""
+
+    def __init__(self) -> None:
+        self.flat: Tensor | None = None
+
+    def views(self, like: Mapping[str, Tensor], rows: int) -> dict[str, Tensor]:
+        """Tensors of shape (rows, *shape) and dtype of each ``like[name]`` (one example's gradient)."""
+        sizes = [rows * t.numel() for t in like.values()]
+        first = next(iter(like.values()))
+        if self.flat is None or self.flat.numel() < sum(sizes) or self.flat.dtype != first.dtype \
+                or self.flat.device != first.device:
+            self.flat = None  # free the old buffer before the larger one is allocated
+            self.flat = torch.empty(sum(sizes), dtype=first.dtype, device=first.device)
+        out, at = {}, 0
+        for (name, t), size in zip(like.items(), sizes):
+            out[name] = self.flat[at:at + size].view(rows, *t.shape)
+            at += size
+        return out
+
+
+def _chunked(per_example: Callable[..., dict[str, Tensor]], params: dict[str, Tensor], batch: tuple[Tensor, ...],
+             chunk_size: int, pool: GradBuffers | None) -> dict[str, Tensor]:
+    """``per_example`` (a vmapped gradient) over ``batch`` in chunks of ``chunk_size`` rows, written
+    into one output per parameter (``pool``'s memory when given); what ``vmap(chunk_size=...)`` does."""
+    n = _batch_size(batch)
+    out: dict[str, Tensor] | None = None
+    for a in range(0, n, chunk_size):
+        part = per_example(params, *(b[a:a + chunk_size] for b in batch))
+        if out is None:
+            like = {name: g[0] for name, g in part.items()}
+            out = pool.views(like, n) if pool is not None else \
+                {name: g.new_empty((n, *g.shape[1:])) for name, g in part.items()}
+        for name, g in part.items():
+            out[name][a:a + len(g)] = g
+    return out
 
 
 def input_gradient(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:

@@ -45,6 +45,7 @@ from cadasg_dist.privacy.adaptive import PerLayerAdaptiveClipper
 from cadasg_dist.privacy.analysis import epsilon_from_history
 from cadasg_dist.privacy.ledger import PrivacyLedger
 from cadasg_dist.privacy.per_sample import (
+    GradBuffers,
     clip_and_noise,
     clipped_sum,
     input_gradient,
@@ -97,6 +98,7 @@ class DPState:
         self._cell_weights = torch.ones(n_cells)
         self._vae: dict[str, Tensor] = {}
         self._pair: nn.ModuleDict | None = None
+        self._grads = GradBuffers()  # per-example gradients' memory, reused step after step
         self._final = plan.full_pass.get(FINAL_CACHE)
         self._per_layer = cfg.privacy.clipping == "per_layer"
         self._clippers: dict[str, PerLayerAdaptiveClipper] = {}  # per part, with privacy.clipping = per_layer
@@ -278,7 +280,7 @@ class DPState:
         docs/results/privacy.md). Per-unit averaging and per-layer clipping need them all."""
         tensors = (batch.x, *more)
         if self._per_layer or getattr(batch, "units", None) is not None:
-            return self._release(_per_example(module, loss, *tensors), batch, part)
+            return self._release(_per_example(module, loss, *tensors, pool=self._grads), batch, part)
         chunk = _chunk_rows(module)
         summed: dict[str, Tensor] = {}
         for start in range(0, max(len(batch.x), 1), chunk):
@@ -320,9 +322,10 @@ def _chunk_rows(module: nn.Module) -> int:
     return max(16, CHUNK_FLOATS // largest)
 
 
-def _per_example(module: nn.Module, loss: Any, *batch: Tensor) -> dict[str, Tensor]:
+def _per_example(module: nn.Module, loss: Any, *batch: Tensor, pool: GradBuffers | None = None) -> dict[str, Tensor]:
+    """Per-example gradients, chunked; with ``pool``, in its memory (valid until the next call)."""
     chunk = _chunk_rows(module)
-    return per_sample_grads(module, loss, *batch, chunk_size=chunk if chunk < len(batch[0]) else None)
+    return per_sample_grads(module, loss, *batch, chunk_size=chunk if chunk < len(batch[0]) else None, pool=pool)
 
 
 def noise_generator(seed: int | None, offset: int) -> torch.Generator:

@@ -19,6 +19,8 @@ privatised gradients only.
 
 from __future__ import annotations
 
+import ctypes
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +65,7 @@ class TrainState:
                device: torch.device | str | None = None) -> TrainState:
         """Fresh networks on ``device`` (default: ``cfg.train.device``) and their optimizers."""
         seed = cfg.train.seed if seed is None else seed
+        keep_freed_memory()
         torch.manual_seed(seed)
         nets = CADASGNetworks(dims, cfg.model).to(resolve_device(cfg.train.device if device is None else device))
         t = cfg.train
@@ -152,15 +155,19 @@ def pin_stratum(rows: torch.Tensor, cell: torch.Tensor, dims: ModelDims) -> torc
     span = dims.strata_span
     if span is None:
         return rows
+    return torch.cat([rows[:, :span.start], pinned_stratum(rows, cell, dims), rows[:, span.stop:]], dim=1)
+
+
+def pinned_stratum(rows: torch.Tensor, cell: torch.Tensor, dims: ModelDims) -> torch.Tensor:
+    """The (B, width) values ``pin_stratum`` gives the stratifying span (``dims.strata_span``, not None)."""
+    span = dims.strata_span
     group = (cell % dims.strata) // dims.target_bins
     if dims.class_groups is None:
-        stratum = torch.nn.functional.one_hot(group, span.width).to(rows.dtype)  # (B, classes)
-    else:
-        member = dims.members(group).to(rows.dtype)
-        own = rows[:, span.start:span.stop] * member
-        total = own.sum(1, keepdim=True)
-        stratum = torch.where(total > 1e-12, own / total.clamp_min(1e-12), member / member.sum(1, keepdim=True))
-    return torch.cat([rows[:, :span.start], stratum, rows[:, span.stop:]], dim=1)
+        return torch.nn.functional.one_hot(group, span.width).to(rows.dtype)  # (B, classes)
+    member = dims.members(group).to(rows.dtype)
+    own = rows[:, span.start:span.stop] * member
+    total = own.sum(1, keepdim=True)
+    return torch.where(total > 1e-12, own / total.clamp_min(1e-12), member / member.sum(1, keepdim=True))
 
 
 def critic_step(cfg: CADASGConfig, state: TrainState, batch: Batch, onehot: torch.Tensor, priors: Priors) -> float:
@@ -268,6 +275,31 @@ def cache_update(cfg: CADASGConfig, cache: ContextCache, batch: Batch, mean: tor
     stats = CacheStats.from_batch(batch.x.cpu(), mean.cpu(), logvar.exp().cpu(), batch.cell.cpu(), cache.n_cells,
                                   cfg.cache.clip_x, cfg.cache.clip_z)
     cache.update(stats, generator, share=share)
+
+
+# glibc's malloc options (mallopt): keep freed memory in the process instead of handing it back.
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+MMAP_THRESHOLD = 32 << 20  # glibc's largest: blocks up to this size come from the heap, reused
+TRIM_THRESHOLD = 1 << 30  # free memory kept at the top of the heap before it is returned
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc reuse freed memory across training steps (Linux; elsewhere nothing).
+
+    A step allocates and frees the same large tensors every time (a private step's per-example
+    gradients: tens of MB per chunk). With glibc's defaults each came back from the kernel as fresh
+    pages, zero-filled on first touch, and went back at the end of the step: measured at batch
+    1,000 on one core, 30 % of a private step was that kernel time. The numbers computed do not
+    change; the process keeps up to ``TRIM_THRESHOLD`` of freed memory (its peak does not grow).
+    Returns whether the options were set."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    return all(mallopt(option, value) == 1 for option, value in
+               ((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_TOP_PAD, 64 << 20)))
 
 
 def resolve_device(name: torch.device | str) -> torch.device:
