@@ -70,8 +70,10 @@ def test_serve_starts_its_own_ray_with_token_auth(monkeypatch):
     from cadasg_dist.cli.serve import start_private_ray
 
     seen = {}
-    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
-    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):  # set, then removed: the fixture restores the real state
+        monkeypatch.setenv(name, "placeholder")
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # another test's session Ray may be up
     monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw, mode=os.environ.get("RAY_AUTH_MODE"),
                                                              token=os.environ.get("RAY_AUTH_TOKEN")))
     start_private_ray()
