@@ -132,7 +132,7 @@ def federated(train: pd.DataFrame, table: str, args: argparse.Namespace, plan_pa
            "--plan", str(plan_path), "--rounds", str(args.rounds), "--local-epochs", str(args.local_epochs),
            "--server-lr", f"{server_lr:g}", "--secagg" if secagg else "--no-secagg",
            "--set", "federated.round_timeout=3600", "--set", "federated.secagg_max_weight=20000",
-           "--num-cpus", "2", "--out", str(out)]
+           "--num-cpus", "2", "--out", str(out), "--force"]
     t0 = time.perf_counter()
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if run.returncode != 0:

@@ -78,7 +78,7 @@ def release(table: str, eps: float, draws: int, seed: int, work: Path) -> dict:
     model = work / f"{table}_eps{eps:g}"
     start = time.perf_counter()
     code = cadasg(["train", str(train_csv), "--codebook", str(codebook), "--target", spec.target,
-                   "--context", ",".join(spec.contexts), "--epsilon", f"{eps:g}", "--out", str(model)])
+                   "--context", ",".join(spec.contexts), "--epsilon", f"{eps:g}", "--out", str(model), "--force"])
     fit_s = time.perf_counter() - start
     if code != 0:
         return {"table": table, "epsilon": eps, "model": "CA-DASG", "error": f"train exit {code}"}
