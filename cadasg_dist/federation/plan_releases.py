@@ -154,7 +154,7 @@ class _Round:
                 raise InvalidDataError("no column is left to model once the columns without released bounds "
                                        f"are left out ({', '.join(map(repr, left_out))}); declare their bounds")
         for col in columns:
-            settle_kind(col, cfg.data.max_categories)
+            settle_kind(col, cfg.data.max_categories, cfg.target)
         bins = cfg.privacy.histogram_bins
         sizes = [len(column_counts(self.header, c, bins)) for c in columns]  # the public layout
         total, std = self.release("preprocess/histograms", "histograms", len(columns),
