@@ -31,7 +31,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cadasg_dist.errors import InvalidDataError
+from cadasg_dist.sampling import conditions as conds
+from cadasg_dist.sampling.draw import fresh_seed
+from cadasg_dist.sampling.loop import frames, streams
+from cadasg_dist.sampling.run import check_count
 from cadasg_dist.synthesizer import CADASG
 
 
@@ -139,31 +142,25 @@ def sample_many(jobs: list[SampleJob], *, max_rows: int = 200_000) -> list[pd.Da
 def iter_sample(model: CADASG, n: int, *, context: dict[str, Any] | None = None, seed: int | None = 0,
                 chunk: int = _SAMPLE_CHUNK) -> Iterator[pd.DataFrame]:
     """``model.sample(n, context=, seed=, chunk=)`` one decode chunk at a time, generated lazily: the
-    frames concatenate to exactly ``sample``'s rows (same draws, in the same order), but only one
-    chunk is ever held, so a large answer can be streamed with bounded memory.
+    same chunk loop as ``sample`` (``sampling.loop.frames``), so the frames concatenate to exactly its
+    rows, but only one chunk is ever held, so a large answer can be streamed with bounded memory.
 
     Validates like ``sample`` before the first row (raises ``InvalidDataError``/``ContextError``
     then, not mid-stream). ``tests/unit/test_serving_sampler.py`` checks the equality.
     """
-    model._require_fitted()
-    if not isinstance(n, int | np.integer) or isinstance(n, bool) or n <= 0:
-        raise InvalidDataError(f"n must be a positive integer, got {n!r}")
-    rng = np.random.default_rng(seed)
-    g = torch.Generator().manual_seed(int(rng.integers(2**62)))
-    cells = model.cell_allocation(int(n), context, rng)
-    return _chunks(model, cells, rng, g, chunk)
+    n = check_count(n)
+    sampler = model.sampler  # checks the model is fitted
+    plan = conds.plan(model, None, context)  # an unknown context raises here, before the first row
+    rng, g = streams(fresh_seed() if seed is None else int(seed))
+    return _numbered(frames(sampler, n, plan, rng, g, chunk))
 
 
-def _chunks(model: CADASG, cells: np.ndarray, rng: np.random.Generator, g: torch.Generator, chunk: int
-            ) -> Iterator[pd.DataFrame]:
-    for i in range(0, len(cells), chunk):
-        with torch.inference_mode():
-            cell = torch.from_numpy(cells[i:i + chunk])
-            probs = model.feature_probs(cell, g)
-            frame = model.transformer.decode(probs.numpy(), rng)
-            del probs
-            frame = model.extractor.fill(frame, (cell // model.cache.strata).numpy())
-        yield model.schema.with_derived(frame.reset_index(drop=True)).set_axis(range(i, i + len(frame)))
+def _numbered(parts: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """The frames of ``sample``'s chunk loop, indexed as ``sample``'s one frame would be."""
+    start = 0
+    for frame in parts:
+        yield frame.set_axis(range(start, start + len(frame)))
+        start += len(frame)
 
 
 def merge_is_exact(model: CADASG) -> bool:

@@ -333,14 +333,14 @@ def test_streamed_answers_are_sample_rows_and_generated_lazily(client, tiny_mode
     from cadasg_dist.serving import sampler
 
     drawn: list[int] = []
-    real = sampler._chunks
+    real = sampler._numbered
 
     def counting(*args):
         for frame in real(*args):
             drawn.append(len(frame))
             yield frame
 
-    monkeypatch.setattr(sampler, "_chunks", counting)
+    monkeypatch.setattr(sampler, "_numbered", counting)
     monkeypatch.setitem(sampler.iter_sample.__kwdefaults__, "chunk", 400)  # 3 library chunks, not 1
     r = post(client, {"n": 1_100, "seed": 4, "format": fmt, "context": {"group": "a"}})
     assert r.status_code == 200 and r.headers["X-Rows"] == "1100" and drawn == [400, 400, 300]
