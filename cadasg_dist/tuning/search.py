@@ -138,7 +138,9 @@ def run_search(request: SearchRequest, frame: pd.DataFrame, *, callbacks: Sequen
         tuner = tune.Tuner(trainable, param_space=request.space.to_tune(),
                            tune_config=_tune_config(request), run_config=_run_config(request, experiment, callbacks))
     grid = tuner.fit()
-    records = [_record(result) for result in grid]
+    # A trial Tune has not terminated was interrupted, even if it reported a round: it resumes.
+    terminated = [trial.status in ("TERMINATED", "ERROR") for trial in grid._experiment_analysis.trials]
+    records = [_record(result, done) for result, done in zip(grid, terminated, strict=True)]
     interrupted = grid.num_terminated + grid.num_errors < request.trials
     return SearchOutcome(request=request, records=records, split=split.sizes(), wall_s=time.perf_counter() - started,
                          interrupted=interrupted, experiment=experiment, resumed=resumed)
@@ -227,14 +229,16 @@ def _check_request(request: SearchRequest, frame: pd.DataFrame, experiment: Path
     return False
 
 
-def _record(result: Any) -> TrialRecord:
+def _record(result: Any, terminated: bool = True) -> TrialRecord:
     metrics = dict(result.metrics or {})
     trial_id = str(metrics.get("trial_id") or Path(result.path).name)
     params = dict((result.config or {}).get("params", {}))
     kept = {k: v for k, v in metrics.items() if k in (*OBJECTIVES, "score", "column_shape", "pair_trend",
                                                      "context_min", "round", "epochs", "infeasible",
                                                      "training_iteration")}
-    if result.error is not None:
+    if not terminated:
+        status, error = "unfinished", None
+    elif result.error is not None:
         status, error = "error", f"{type(result.error).__name__}: {result.error}"[:500]
     elif "infeasible" in metrics:
         status, error = "infeasible", str(metrics["infeasible"])
