@@ -191,7 +191,6 @@ def run_table(table: str, args: argparse.Namespace, work: Path) -> list[dict]:
             if cfg.private:  # the same model sampled as a central fit would be: the calibrations' central "auto"
                 central.config = central.config.replace(**{"model.calibrate_classes": "auto",
                                                            "model.calibrate_contexts": "auto"})
-                central._calibration = None
                 add("central (plan), central calibration defaults", central, 0.0, repeat=repeat)
         for kind, (_, plan_path) in plans.items():
             for server_lr in [float(v) for v in str(args.server_lr).split(",")]:

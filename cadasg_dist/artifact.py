@@ -3,9 +3,11 @@
 Layout: ``model.safetensors`` (network weights), ``cache.safetensors`` (the context cache's
 sufficient statistics), JSON for ``config``, ``schema``, ``transformer``, ``context``, ``dims``,
 ``ledger`` and ``meta`` (format, versions, created time), ``constraints`` when the model has
-some, and ``checksums.json`` (SHA-256 of every other file). No training rows are stored. Loading
-checks the format marker and every checksum, so a tampered or foreign directory fails with one
-clear ``ArtifactError``.
+some, ``sampler.safetensors`` with its index ``sampler.json`` (the sampling pack: what a draw
+reads, so sampling needs no torch; a model saved before it is folded again when loaded), and
+``checksums.json`` (SHA-256 of every other file). Arrays are read and written as numpy. No
+training rows are stored. Loading checks the format marker and every checksum, so a tampered or
+foreign directory fails with one clear ``ArtifactError``.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.numpy import load_file, save_file
 
 from cadasg_dist.errors import ArtifactError
 
@@ -28,15 +30,17 @@ FORMAT = "cadasg-artifact"
 FORMAT_VERSION = 1
 JSON_PARTS = ("config", "schema", "transformer", "context", "dims", "ledger", "meta")
 TENSOR_PARTS = ("model", "cache")
-# Parts a model writes only when it has them (``constraints``: its declared rules); checked like the rest.
-OPTIONAL_JSON_PARTS = ("constraints",)
+# Parts a model writes only when it has them (``constraints``: its declared rules; ``sampler``: the
+# sampling pack's index, with ``sampler.safetensors``); checked like the rest.
+OPTIONAL_JSON_PARTS = ("constraints", "sampler")
+OPTIONAL_TENSOR_PARTS = ("sampler",)
 
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def save_artifact(out_dir: str | Path, *, json_parts: dict[str, Any], tensor_parts: dict[str, dict[str, torch.Tensor]]
+def save_artifact(out_dir: str | Path, *, json_parts: dict[str, Any], tensor_parts: dict[str, dict[str, np.ndarray]]
                   ) -> Path:
     """Write the artifact to a temporary sibling directory, then swap it into place.
 
@@ -51,7 +55,7 @@ def save_artifact(out_dir: str | Path, *, json_parts: dict[str, Any], tensor_par
         for name, obj in json_parts.items():
             (tmp / f"{name}.json").write_text(json.dumps(obj, indent=1, sort_keys=True, default=_json_default))
         for name, tensors in tensor_parts.items():
-            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / f"{name}.safetensors"))
+            save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp / f"{name}.safetensors"))
         sums = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
         (tmp / "checksums.json").write_text(json.dumps(sums, indent=1, sort_keys=True))
         if out.exists():
@@ -68,7 +72,7 @@ def save_artifact(out_dir: str | Path, *, json_parts: dict[str, Any], tensor_par
     return out
 
 
-def load_artifact(model_dir: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]]:
+def load_artifact(model_dir: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
     d = Path(model_dir)
     if not d.is_dir():
         raise ArtifactError(f"model directory not found: {d}")
@@ -100,7 +104,8 @@ def load_artifact(model_dir: str | Path) -> tuple[dict[str, Any], dict[str, dict
         raise ArtifactError(f"{d} uses artifact format {meta.get('format_version')}; this CA-DASG reads up to "
                             f"{FORMAT_VERSION}: upgrade cadasg-dist")
     try:
-        tensors = {n: load_file(str(d / f"{n}.safetensors")) for n in TENSOR_PARTS}
+        names = TENSOR_PARTS + tuple(n for n in OPTIONAL_TENSOR_PARTS if f"{n}.safetensors" in sums)
+        tensors = {n: load_file(str(d / f"{n}.safetensors")) for n in names}
     except (SafetensorError, OSError) as exc:
         raise ArtifactError(f"{d}: cannot read weights: {exc}") from None
     return parts, tensors

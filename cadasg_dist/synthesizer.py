@@ -23,7 +23,6 @@ budget. What ``fit`` reads is listed in ``docs/concepts/privacy.md`` and recorde
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -48,10 +47,10 @@ from cadasg_dist.errors import ArtifactError, ContextError, InvalidDataError
 from cadasg_dist.model.histograms import class_counts, context_counts
 from cadasg_dist.model.networks import CADASGNetworks, ModelDims, model_dims
 from cadasg_dist.privacy.ledger import PrivacyLedger
-from cadasg_dist.sampling import run, stream
+from cadasg_dist.sampling.api import Sampling, read_parts
 from cadasg_dist.sampling.draw import Sampler
-from cadasg_dist.sampling.draw import largest_remainder as _largest_remainder
-from cadasg_dist.sampling.stream import SampleResult
+from cadasg_dist.sampling.fold import build_pack
+from cadasg_dist.sampling.pack import SamplingPack
 from cadasg_dist.train.fit import ProgressFn, fit_local
 from cadasg_dist.train.loop import new_cache
 
@@ -77,7 +76,7 @@ class Prepared:
     private: PrivatePreparation | None = None
 
 
-class CADASG:
+class CADASG(Sampling):
     def __init__(self, config: CADASGConfig | None = None) -> None:
         self.config = config or CADASGConfig()
         self.schema: Schema | None = None
@@ -89,6 +88,7 @@ class CADASG:
         self.history: list[dict[str, float]] = []
         self.meta: dict[str, Any] = {}
         self._sampler: Sampler | None = None
+        self._pack: SamplingPack | None = None
         self.last_seed: int | None = None  # the seed of the last draw (fresh when none was given)
         self._constraints: ConstraintSet | None = None
 
@@ -184,7 +184,7 @@ class CADASG:
         ledger, and the artifact's metadata (``privacy``: the DP state's report). Returns ``self``."""
         self.nets, self.cache, self.history = nets.cpu().eval(), cache, history  # sampling runs on the CPU
         self.ledger = ledger
-        self._sampler = None
+        self._sampler = self._pack = None
         self.meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "cadasg_version": __version__,
                      "torch_version": torch.__version__, "created": datetime.now(UTC).isoformat(),
                      "fit_seconds": round(seconds, 3), "training_rows": rows,
@@ -193,102 +193,23 @@ class CADASG:
             self.meta["privacy"] = privacy
         return self
 
-    # --- sampling --------------------------------------------------------------------------
+    # --- sampling (``sampling.api.Sampling``: sample, sample_remaining, sample_to_file, ...) ----
     def _require_fitted(self) -> None:
         if self.nets is None:
             raise ContextError("the model is not trained: call fit() or CADASG.load() first")
 
     @property
-    def sampler(self) -> Sampler:
-        """The model's sampler (its priors and marginal calibration, computed once per model)."""
+    def dims(self) -> ModelDims:
         self._require_fitted()
-        if self._sampler is None:
-            self._sampler = Sampler(self)
-        elif self._sampler.model is not self:  # a copy (copy.copy) draws with its own constraints
-            self._sampler = self._sampler.bound_to(self)
-        return self._sampler
+        return self.nets.dims
 
-    @property
-    def _calibration(self) -> Any:
-        """The marginal calibration the sampler fitted (None before the first draw)."""
-        return None if self._sampler is None else self._sampler._calibration
-
-    def cell_allocation(self, n: int, context: dict[str, Any] | None, rng: np.random.Generator) -> np.ndarray:
-        """Cache cell (context x target stratum) of each of ``n`` rows: the matching cells' shares of
-        the cache's noisy counts, allocated exactly (largest remainder) and shuffled, so context
-        and class shares match the cache at any n."""
-        ids = self.extractor.resolve(context) if context else np.arange(self.extractor.n_contexts)
-        strata = self.cache.strata
-        cells = (ids[:, None] * strata + np.arange(strata)[None, :]).ravel()
-        weights = self.cache.cell_counts().numpy()[cells]
-        if weights.sum() <= 0:
-            weights = np.ones(len(cells))
-        return rng.permutation(np.repeat(cells, _largest_remainder(weights, n)))
-
-    def sample(self, n: int, *, conditions: dict[str, Any] | None = None, context: dict[str, Any] | None = None,
-               seed: int | None = None, chunk: int = 200_000) -> pd.DataFrame:
-        """``n`` synthetic rows. ``conditions`` fixes values of any columns (see below), ``context``
-        some or all context columns; ``seed=None`` draws a fresh seed, reported as ``last_seed``;
-        the same seed (and chunk) gives the same rows. The rows are built in memory: a request larger
-        than the memory available is refused (``sample_to_file`` streams any n).
-
-        Conditions (``cadasg_dist/sampling/conditions.py``): a context column or the target's class
-        (a numeric target's value bin) restricts the draw to its cells: exact and free. Another
-        categorical column is met exactly by rejection. A number takes a range ``(lo, hi)``
-        (either end None), kept by rejection, or one value inside the column's modelled range: an
-        integer column keeps rows drawn with that value; a continuous one keeps rows drawn within
-        half a quantile step of it and pins the column to the value. A condition met by under
-        0.2% of drawn rows is refused with the rate achieved."""
-        rows, self.last_seed = run.draw(self, self.sampler, n, conditions=conditions, context=context, seed=seed,
-                                        chunk=chunk)
-        return rows
-
-    def sample_remaining(self, known: pd.DataFrame, *, seed: int | None = None, chunk: int = 200_000
-                         ) -> pd.DataFrame:
-        """Complete the partial rows of ``known`` (SDV's ``sample_remaining_columns``): each row's
-        present values are conditions as in ``sample``, its missing cells are generated; the result
-        keeps ``known``'s index and order and holds every output column."""
-        rows, self.last_seed = run.remaining(self, self.sampler, known, seed=seed, chunk=chunk)
-        return rows
-
-    def sample_to_file(self, path: str | Path, n: int, *, chunk: int = 200_000, seed: int | None = None,
-                       conditions: dict[str, Any] | None = None, context: dict[str, Any] | None = None
-                       ) -> SampleResult:
-        """Write ``n`` rows to ``path`` (.parquet: a row group per chunk; .csv) in bounded memory, the
-        seed recorded in the file's metadata (a CSV's sidecar ``.meta.json``); see ``sample``."""
-        result = stream.to_file(self, self.sampler, path, n, chunk=chunk, seed=seed, conditions=conditions,
-                                context=context)
-        self.last_seed = result.seed
-        return result
-
-    def feature_probs(self, cell: torch.Tensor, generator: torch.Generator, *, calibrated: bool = True
-                      ) -> torch.Tensor:
-        """(N, D) decoder output for rows of the given cells, activated (softmax spans as
-        probabilities), the target pinned to each cell's class and, unless ``calibrated`` is False
-        or ``model.calibrate_marginals`` is "off", the marginal calibration applied. Draws the latent
-        codes from ``generator``; ``sample`` decodes the result."""
-        return self.sampler.feature_probs(cell, generator, calibrated=calibrated)
-
-    @property
-    def contexts(self) -> list[dict[str, Any]]:
-        self._require_fitted()
-        return [self.extractor.describe(i) for i in range(self.extractor.n_contexts)]
+    def _sampling_pack(self) -> SamplingPack:
+        """The pack the sampler runs on: loaded with the model, or folded from its networks."""
+        if self._pack is None:
+            self._pack = build_pack(self.nets, self.cache, self.config.model.latent_dim)
+        return self._pack
 
     # --- constraints -----------------------------------------------------------------------
-    @property
-    def constraints(self) -> ConstraintSet:
-        """The rules every sampled row satisfies (config ``constraints`` and ``add_constraints``);
-        ``.describe()`` lists them, ``.stats`` counts the rows drawn, redrawn and repaired."""
-        if self._constraints is None:
-            if self.schema is None or self.extractor is None:
-                return ConstraintSet()
-            self._constraints = build_constraints(self.config, self.schema, self.extractor)
-        return self._constraints
-
-    @constraints.setter
-    def constraints(self, value: ConstraintSet) -> None:
-        self._constraints = value
-
     def add_constraints(self, *entries: ConstraintConfig | dict[str, Any]) -> CADASG:
         """Declare more constraints (``ConstraintConfig`` or its keys as a dict); returns ``self``.
 
@@ -301,59 +222,41 @@ class CADASG:
 
     # --- persistence -----------------------------------------------------------------------
     def save(self, out_dir: str | Path) -> Path:
+        """Write the model artifact (``artifact.py``): networks, cache, the plain-data parts and the
+        sampling pack, its calibration fitted first so a loaded model samples without torch."""
         self._require_fitted()
+        epsilon = {"epsilon": self.epsilon} if self.ledger.private else {}  # printing it needs no accountant
         json_parts = {
             "config": self.config.to_dict(), "schema": self.schema.to_dict(),
             "transformer": self.transformer.to_dict(), "context": self.extractor.to_dict(),
             "dims": self.nets.dims.to_dict(), "ledger": self.ledger.state_dict(),
-            "meta": {**self.meta, "history": self.history},  # every epoch: ``loss_history()`` after ``load``
+            "meta": {**self.meta, "history": self.history, **epsilon},  # every epoch: ``loss_history()`` after ``load``
         }
         if self.constraints:
             json_parts["constraints"] = self.constraints.to_dict()
-        return save_artifact(out_dir, json_parts=json_parts,
-                             tensor_parts={"model": self.nets.state_dict(), "cache": self.cache.state_dict()})
+        self.sampler.calibration()
+        json_parts["sampler"], pack = self.sampler.pack.to_parts()
+        arrays = {name: {k: v.detach().cpu().contiguous().numpy() for k, v in state.items()}
+                  for name, state in (("model", self.nets.state_dict()), ("cache", self.cache.state_dict()))}
+        return save_artifact(out_dir, json_parts=json_parts, tensor_parts={**arrays, "sampler": pack})
 
     @classmethod
     def load(cls, model_dir: str | Path) -> CADASG:
         parts, tensors = load_artifact(model_dir)
+        model = cls()
         try:
-            model = cls(CADASGConfig.from_dict(parts["config"]))
-            model.schema = Schema.from_dict(parts["schema"])
-            model.transformer = DataTransformer.from_dict(model.schema, parts["transformer"])
-            model.extractor = RuleContextExtractor.from_dict(parts["context"], model.schema)
-            dims = ModelDims.from_dict(parts["dims"])
+            dims = read_parts(model, parts, tensors)
             model.nets = CADASGNetworks(dims, model.config.model)
-            model.nets.load_state_dict(tensors["model"])
+            model.nets.load_state_dict({k: torch.from_numpy(v) for k, v in tensors["model"].items()})
             model.nets.eval()
-            cache = new_cache(dims, model.config)
-            cache.load_state_dict(tensors["cache"])
-            model.cache = cache
-            model.ledger = PrivacyLedger.from_state_dict(parts["ledger"])
-            if "constraints" in parts:
-                model.constraints = ConstraintSet.from_dict(parts["constraints"])
+            model.cache = new_cache(dims, model.config)
+            model.cache.load_state_dict({k: torch.from_numpy(v) for k, v in tensors["cache"].items()})
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             if isinstance(exc, ArtifactError):
                 raise
             raise ArtifactError(f"{model_dir}: inconsistent artifact ({type(exc).__name__}: {exc})") from None
-        model.meta = parts["meta"]
-        model.history = list(model.meta.get("history") or [])  # artifacts before the full history: the last epoch
         return model
 
-    def loss_history(self) -> pd.DataFrame:
-        """One row per epoch (per round for a federated model) of the training metrics, as saved with
-        the model. A private run never records the losses computed on real rows (``loss_vae``,
-        ``loss_critic``, ``loss_predictor``): those columns are absent. A model saved before the
-        artifact kept every epoch has its last epoch only. Columns: the epoch (or round), then the
-        metrics by name, alike before and after ``save``/``load``."""
-        if not self.history:
-            return pd.DataFrame({"epoch": []})
-        frame = pd.DataFrame.from_records(self.history)
-        first = [c for c in ("epoch", "round") if c in frame.columns]
-        return frame[first + sorted(c for c in frame.columns if c not in first)]
-
-    @property
-    def epsilon(self) -> float:
-        return self.ledger.epsilon() if self.ledger.private else math.inf
 
 
 def _check_columns(df: pd.DataFrame, cfg: CADASGConfig) -> None:

@@ -197,11 +197,11 @@ def build_config(args: argparse.Namespace) -> CADASGConfig:
     return cfg
 
 
-def privacy_line(ledger: Any) -> str:
-    """A model's guarantee in one line, or that it has none."""
+def privacy_line(ledger: Any, epsilon: float | None = None) -> str:
+    """A model's guarantee in one line, or that it has none; ``epsilon``: the ledger's ε when known."""
     if not ledger.private:
         return "NOT PRIVATE (epsilon = inf)"
-    return f"(ε={ledger.epsilon():.3f}, δ={ledger.delta:.2e})-differentially private"
+    return f"(ε={ledger.epsilon() if epsilon is None else epsilon:.3f}, δ={ledger.delta:.2e})-differentially private"
 
 
 class Progress:

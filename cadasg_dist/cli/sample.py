@@ -95,16 +95,16 @@ def run(args: argparse.Namespace) -> int:
     context, conditions = parse_context(args.context), parse_conditions(args.condition)
     if args.num_workers > 0:
         return _run_on_ray(args, {**context, **conditions})
-    from cadasg_dist.synthesizer import CADASG
+    from cadasg_dist.sampled import load_for_sampling
 
-    model = CADASG.load(args.model)
+    model = load_for_sampling(args.model)  # numpy only: sampling a saved model does not import torch
     start = time.perf_counter()
     result = model.sample_to_file(args.out, args.n, chunk=args.chunk, seed=args.seed, conditions=conditions,
                                   context=context)
     seconds = time.perf_counter() - start
     print(f"seed: {result.seed} (repeat this draw with --seed {result.seed})", file=sys.stderr)
     print(f"{result.rows} rows in {seconds:.2f}s ({result.rows / max(seconds, 1e-9):,.0f} rows/s) -> {args.out}; "
-          f"{privacy_line(model.ledger)}")
+          f"{privacy_line(model.ledger, model.epsilon)}")
     return 0
 
 

@@ -27,6 +27,7 @@ Cost: one actor round trip per worker per step (a millisecond or so on one machi
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,11 +97,16 @@ def lost_steps(journal: dict[str, Any], steps_taken: int) -> int:
 class StepTrace:
     """Test hook (``WorkerConfig.trace_dir``): the worker writes its PID to ``rank<r>.pid`` and, as it
     takes each batch, one line to ``rank<r>.steps``, so a test can kill it from outside mid-epoch.
-    Off (``folder=None``) in real runs."""
+    A file ``pace`` in the folder holding seconds makes each step wait that long first, so an
+    epoch outlasts Ray Train's checkpoint registration and a kill lands where the test means it
+    to. Off (``folder=None``) in real runs."""
 
     def __init__(self, folder: str | None, rank: int) -> None:
         self.path = None if folder is None else Path(folder) / f"rank{rank}.steps"
         self.taken = 0
+        self.pace = 0.0
+        if folder is not None and (Path(folder) / "pace").is_file():
+            self.pace = float((Path(folder) / "pace").read_text())
         if folder is not None:
             Path(folder).mkdir(parents=True, exist_ok=True)
             (Path(folder) / f"rank{rank}.pid").write_text(f"{os.getpid()}\n")
@@ -111,6 +117,7 @@ class StepTrace:
             return
         for batch in batches:
             self.taken += 1
+            time.sleep(self.pace)
             with self.path.open("a") as f:
                 f.write(f"{os.getpid()} {self.taken}\n")
             yield batch

@@ -25,6 +25,7 @@ import numpy as np
 
 from cadasg_dist.distributed.plan import make_plan
 from cadasg_dist.errors import ConfigError, InvalidDataError
+from cadasg_dist.sampled import load_for_sampling
 
 # Rows one worker draws, holds and writes at a time.
 SAMPLE_CHUNK_ROWS = 100_000
@@ -41,8 +42,6 @@ def sample_on_ray(model_dir: str | Path, n: int, out_dir: str | Path, *, num_wor
     """
     import ray
 
-    from cadasg_dist.synthesizer import CADASG
-
     if not isinstance(n, int | np.integer) or isinstance(n, bool) or n <= 0:
         raise InvalidDataError(f"n must be a positive integer, got {n!r}")
     if num_workers < 1:
@@ -50,7 +49,7 @@ def sample_on_ray(model_dir: str | Path, n: int, out_dir: str | Path, *, num_wor
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InvalidDataError(f"{out} exists and is not an empty directory: choose a new --out directory")
-    pieces = plan_pieces(CADASG.load(model_dir), int(n), min(num_workers, int(n)), conditions)
+    pieces = plan_pieces(load_for_sampling(model_dir), int(n), min(num_workers, int(n)), conditions)
     started = not ray.is_initialized()
     if started:
         ray.init(address=os.environ.get("RAY_ADDRESS", "local"), configure_logging=False, log_to_driver=False)
@@ -78,7 +77,7 @@ def plan_pieces(model: Any, n: int, num_workers: int, conditions: dict[str, Any]
     ids = extractor.resolve(conditions) if conditions else np.arange(extractor.n_contexts)
     if len(ids) == 0:
         raise InvalidDataError(f"no context matches {conditions}; known: {extractor.known_text()}")
-    weights = model.cache.cell_counts().numpy().reshape(extractor.n_contexts, -1).sum(axis=1)[ids]
+    weights = model.sampler.pack.cell_counts.reshape(extractor.n_contexts, -1).sum(axis=1)[ids]
     counts = np.zeros(extractor.n_contexts, dtype=np.int64)
     counts[ids] = largest_remainder(weights if weights.sum() > 0 else np.ones(len(ids)), n)
     plan = make_plan(counts, num_workers, slack=0.0)
@@ -100,12 +99,7 @@ def largest_remainder(weights: np.ndarray, n: int) -> np.ndarray:
 def draw_pieces(model_dir: str, pieces: list[tuple[int, int, int]], staging: str, seed: int,
                 conditions: dict[str, Any] | None) -> list[str]:
     """One worker: draw each (context, piece, rows) in chunks and write each chunk as a Parquet part."""
-    import torch
-
-    from cadasg_dist.synthesizer import CADASG
-
-    torch.set_num_threads(1)
-    model = CADASG.load(model_dir)
+    model = load_for_sampling(model_dir)  # numpy only: the task does not import torch
     written = []
     for context, piece, rows in pieces:
         fixed = {**(conditions or {}), **model.extractor.describe(context)}

@@ -51,15 +51,15 @@ the global correction; the target's own columns are not corrected per stratum (t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from scipy.special import ndtri
 
-from cadasg_dist.data.knots import knot_table
 from cadasg_dist.data.transforms import CategoricalTransform, ContinuousTransform, DataTransformer
+from cadasg_dist.model.correct import MarginalCalibration
+from cadasg_dist.model.dims import ModelDims
 from cadasg_dist.model.histograms import (
     CLASS_CELLS,
     CLASS_EDGES,
@@ -71,11 +71,10 @@ from cadasg_dist.model.histograms import (
     normal_cells,
     value_weights,
 )
-from cadasg_dist.model.networks import ModelDims
 
 # The sampler and the private preprocessing count their histograms through this module.
-__all__ = ["MarginalCalibration", "cell_score_map", "class_counts", "context_counts", "normal_score_map",
-           "prior_shift", "reference_draw", "shrink_to_model"]
+__all__ = ["MarginalCalibration", "cell_score_map", "class_counts", "context_counts", "fit_calibration",
+           "normal_score_map", "prior_shift", "reference_draw", "shrink_to_model"]
 
 REFERENCE_ROWS = 20_000
 REFERENCE_SEED = 20_261_128
@@ -85,79 +84,44 @@ MAX_FACTOR = 50.0  # a category's factor stays within [1/MAX_FACTOR, MAX_FACTOR]
 ITERATIONS = 50
 
 
-@dataclass
-class MarginalCalibration:
-    factors: dict[int, torch.Tensor] = field(default_factory=dict)  # span start -> (width,) factors
-    maps: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # span start -> (x, y) knots
-    strata: ModelDims | None = None  # gives a row's stratum, where the per-stratum corrections apply
-    strata_per_class: bool = False  # a release from before the bins: grouped by class, not by stratum
-    class_factors: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)  # (stratum, start) -> factors
-    class_maps: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
-    context_factors: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)  # (context, start) -> factors
-    context_maps: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
-    # (group, target span start) -> factors on the target's classes inside a group of merged classes
-    # (``ModelDims.class_groups``), where the decoder chooses among them; ``groups`` gives a row's group
-    target_factors: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
-    groups: ModelDims | None = None
-
-    @classmethod
-    def fit(cls, probs: torch.Tensor, transformer: DataTransformer, dims: ModelDims | None = None,
-            kinds: str = "both", classes: bool = True, contexts: np.ndarray | None = None) -> MarginalCalibration:
-        """Fit on ``probs`` (N, D), the activated decoder output of a reference draw; the target's
-        pinned span (``dims.strata_span``, set per cell) is left alone. ``kinds``: "both",
-        "categorical", "continuous" or "off" (``model.calibrate_marginals``); ``classes``: also the
-        per-stratum corrections, where the transformer holds class marginals and ``dims`` has more
-        than one stratum; ``contexts`` (N,): each reference row's context, for the per-context
-        corrections where the transformer holds context marginals."""
-        out, spans = cls(), transformer.spans
-        pinned = None if dims is None else dims.strata_span
-        pinned_start = None if pinned is None else pinned.start
-        weights = value_weights(probs, spans)
-        categorical, continuous = kinds in ("both", "categorical"), kinds in ("both", "continuous")
-        for span in spans:
-            if span.start == pinned_start or span.role != "value":
-                continue
-            t = transformer.transforms[span.column]
-            block = probs[:, span.start:span.stop].double()
-            if isinstance(t, CategoricalTransform) and t.frequencies is not None and categorical:
-                out.factors[span.start] = prior_shift(block, torch.as_tensor(t.frequencies, dtype=torch.float64))
-            elif isinstance(t, ContinuousTransform) and t.encoding == "quantile" and continuous:
-                out.maps[span.start] = normal_score_map(block[:, 0].numpy(), weights.get(span.column))
-        if categorical and dims is not None and dims.class_groups is not None:
-            _fit_target_in_groups(out, probs, transformer, dims)
-        release = transformer.class_marginals
-        if classes and dims is not None and dims.strata > 1 and release:
-            groups = len(next(iter(release["counts"].values())))
-            if groups == dims.strata or (groups == dims.classes and dims.class_groups is None):
-                out.strata, out.strata_per_class = dims, groups != dims.strata
-                corrected = out.apply(probs)
-                _fit_groups(corrected, out._strata(corrected).numpy(), transformer, release, CLASS_EDGES,
-                            out.class_factors, out.class_maps, categorical, continuous)
-        if contexts is not None and transformer.context_marginals:
-            corrected = out.apply(probs)
-            _fit_groups(corrected, np.asarray(contexts), transformer, transformer.context_marginals, CONTEXT_EDGES,
-                        out.context_factors, out.context_maps, categorical, continuous)
-        return out
-
-    def apply(self, probs: torch.Tensor, contexts: torch.Tensor | None = None) -> torch.Tensor:
-        """The corrected (N, D) probabilities / values (a new tensor); ``contexts`` (N,), each row's
-        context, applies the per-context corrections (none without it)."""
-        by_context = contexts is not None and bool(self.context_maps or self.context_factors)
-        if not self.factors and not self.maps and self.strata is None and not by_context and not self.target_factors:
-            return probs
-        out = probs.clone()
-        _correct(out, slice(None), self.factors, self.maps)
-        if self.target_factors:
-            _correct_groups(out, self.groups.stratum(out) // self.groups.target_bins, self.target_factors, {})
-        if self.strata is not None:  # the stratum of the globally corrected row, as the release counted it
-            _correct_groups(out, self._strata(out), self.class_factors, self.class_maps)
-        if by_context:
-            _correct_groups(out, torch.as_tensor(contexts), self.context_factors, self.context_maps)
-        return out
-
-    def _strata(self, probs: torch.Tensor) -> torch.Tensor:
-        stratum = self.strata.stratum(probs)
-        return stratum // self.strata.target_bins if self.strata_per_class else stratum
+def fit_calibration(probs: torch.Tensor, transformer: DataTransformer, dims: ModelDims | None = None,
+                    kinds: str = "both", classes: bool = True, contexts: np.ndarray | None = None
+                    ) -> MarginalCalibration:
+    """Fit on ``probs`` (N, D), the activated decoder output of a reference draw; the target's
+    pinned span (``dims.strata_span``, set per cell) is left alone. ``kinds``: "both",
+    "categorical", "continuous" or "off" (``model.calibrate_marginals``); ``classes``: also the
+    per-stratum corrections, where the transformer holds class marginals and ``dims`` has more
+    than one stratum; ``contexts`` (N,): each reference row's context, for the per-context
+    corrections where the transformer holds context marginals."""
+    out, spans = MarginalCalibration(), transformer.spans
+    pinned = None if dims is None else dims.strata_span
+    pinned_start = None if pinned is None else pinned.start
+    weights = value_weights(probs, spans)
+    categorical, continuous = kinds in ("both", "categorical"), kinds in ("both", "continuous")
+    for span in spans:
+        if span.start == pinned_start or span.role != "value":
+            continue
+        t = transformer.transforms[span.column]
+        block = probs[:, span.start:span.stop].double()
+        if isinstance(t, CategoricalTransform) and t.frequencies is not None and categorical:
+            out.factors[span.start] = prior_shift(block, torch.as_tensor(t.frequencies, dtype=torch.float64)).numpy()
+        elif isinstance(t, ContinuousTransform) and t.encoding == "quantile" and continuous:
+            out.maps[span.start] = normal_score_map(block[:, 0].numpy(), weights.get(span.column))
+    if categorical and dims is not None and dims.class_groups is not None:
+        _fit_target_in_groups(out, probs, transformer, dims)
+    release = transformer.class_marginals
+    if classes and dims is not None and dims.strata > 1 and release:
+        groups = len(next(iter(release["counts"].values())))
+        if groups == dims.strata or (groups == dims.classes and dims.class_groups is None):
+            out.strata, out.strata_per_class = dims, groups != dims.strata
+            corrected = out.apply(probs.numpy())
+            _fit_groups(torch.from_numpy(corrected), out.strata_of(corrected), transformer, release, CLASS_EDGES,
+                        out.class_factors, out.class_maps, categorical, continuous)
+    if contexts is not None and transformer.context_marginals:
+        corrected = torch.from_numpy(out.apply(probs.numpy()))
+        _fit_groups(corrected, np.asarray(contexts), transformer, transformer.context_marginals, CONTEXT_EDGES,
+                    out.context_factors, out.context_maps, categorical, continuous)
+    return out
 
 
 def _fit_target_in_groups(out: MarginalCalibration, probs: torch.Tensor, transformer: DataTransformer,
@@ -179,12 +143,12 @@ def _fit_target_in_groups(out: MarginalCalibration, probs: torch.Tensor, transfo
         block = probs[torch.from_numpy(rows), span.start:span.stop].double()[:, inside]
         factors = torch.ones(span.width)  # the other classes' probabilities are 0 in the group's rows
         factors[inside] = prior_shift(block, torch.as_tensor(t.frequencies, dtype=torch.float64)[inside])
-        out.target_factors[(g, span.start)] = factors
+        out.target_factors[(g, span.start)] = factors.numpy()
         out.groups = dims
 
 
 def _fit_groups(probs: torch.Tensor, groups: np.ndarray, transformer: DataTransformer, release: dict[str, Any],
-                edges: np.ndarray, factors: dict[tuple[int, int], torch.Tensor],
+                edges: np.ndarray, factors: dict[tuple[int, int], np.ndarray],
                 maps: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]], categorical: bool,
                 continuous: bool) -> None:
     """Per group (a target class, a context) corrections of every span the release holds a histogram
@@ -205,31 +169,13 @@ def _fit_groups(probs: torch.Tensor, groups: np.ndarray, transformer: DataTransf
             block = probs[rows, span.start:span.stop].double()
             if span.kind == "softmax":
                 target = shrink_to_model(np.asarray(released, dtype=float), block.mean(0).numpy(), std)
-                factors[(g, span.start)] = prior_shift(block, torch.from_numpy(target))
+                factors[(g, span.start)] = prior_shift(block, torch.from_numpy(target)).numpy()
             else:
                 v = block[:, 0].numpy()
                 w = weights[span.column][rows] if span.column in weights else np.ones(len(v))
                 own = np.bincount(normal_cells(v, edges), weights=w, minlength=len(edges) + 1)
                 target = shrink_to_model(np.asarray(released, dtype=float), own / max(own.sum(), 1e-12), std)
                 maps[(g, span.start)] = cell_score_map(v, w, target, edges)
-
-
-def _correct_groups(out: torch.Tensor, groups: torch.Tensor, factors: dict[tuple[int, int], torch.Tensor],
-                    maps: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]) -> None:
-    for g in groups.unique().tolist():
-        rows = groups == g
-        _correct(out, rows, {s: f for (k, s), f in factors.items() if k == g},
-                 {s: m for (k, s), m in maps.items() if k == g})
-
-
-def _correct(out: torch.Tensor, rows: slice | torch.Tensor, factors: dict[int, torch.Tensor],
-             maps: dict[int, tuple[np.ndarray, np.ndarray]]) -> None:
-    """Apply category factors and continuous maps to ``out[rows]`` in place."""
-    for start, f in factors.items():
-        block = out[rows, start:start + len(f)] * f.to(out.dtype)
-        out[rows, start:start + len(f)] = block / block.sum(1, keepdim=True).clamp_min(1e-12)
-    for start, (x, y) in maps.items():
-        out[rows, start] = torch.from_numpy(knot_table(x, y)(out[rows, start].double().numpy())).to(out.dtype)
 
 
 def prior_shift(block: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch
 from scipy.special import ndtr, ndtri
 
 from cadasg_dist.data.transforms import ContinuousTransform, DataTransformer, SpanInfo
-from cadasg_dist.model.networks import ModelDims
+from cadasg_dist.model.dims import ModelDims
 
 # A continuous column's class histogram counts its normal scores in this many equal-probability
 # cells of N(0, 1) (the quantile encoding makes the released marginal N(0, 1), so the cells are public).

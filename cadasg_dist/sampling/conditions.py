@@ -71,7 +71,7 @@ def plan(model: Any, conditions: dict[str, Any] | None, context: dict[str, Any] 
     """The draw that meets ``context`` (context columns, as before) and ``conditions`` (any column)."""
     conditions = dict(conditions or {})
     fixed = dict(context or {})
-    schema, extractor, dims = model.schema, model.extractor, model.nets.dims
+    schema, extractor, dims = model.schema, model.extractor, model.dims
     known = schema.output_names
     for col in conditions:
         if col not in known:
@@ -96,7 +96,7 @@ def plan(model: Any, conditions: dict[str, Any] | None, context: dict[str, Any] 
     if ids.size == 0:
         raise ContextError(f"no training context matches {conditions}; known: {extractor.known_text()}")
     cells = (ids[:, None] * dims.strata + strata[None, :]).ravel()
-    weights = model.cache.cell_counts().numpy()[cells]
+    weights = model.sampler.pack.cell_counts[cells]
     if weights.sum() <= 0:
         if len(strata) < dims.strata:
             raise ContextError(f"the model holds no rows of {conditions} in the matching contexts")
@@ -179,7 +179,7 @@ def _class_codes(t: CategoricalTransform, col: str, value: Any) -> set[int]:
 
 def _target_strata(model: Any, value: Any) -> tuple[np.ndarray, bool]:
     """The target strata that can hold ``value`` and whether keeping to them meets it exactly."""
-    dims, target = model.nets.dims, model.config.target
+    dims, target = model.dims, model.config.target
     t = model.transformer.transforms[target]
     bins, span = dims.target_bins, dims.strata_span
     if isinstance(t, CategoricalTransform):

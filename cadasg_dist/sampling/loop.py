@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from cadasg_dist.errors import InvalidDataError
 from cadasg_dist.sampling.conditions import Plan
@@ -33,19 +32,20 @@ class TooRareError(InvalidDataError):
     """The conditions are met by too few generated rows to sample in bounded tries."""
 
 
-def streams(seed: int) -> tuple[np.random.Generator, torch.Generator]:
-    """The numpy and torch random streams of one draw (the torch seed is the numpy stream's first number)."""
+def streams(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """The two random streams of one draw: cells and decoding, and the latent codes (seeded by the
+    first stream's first number)."""
     rng = np.random.default_rng(seed)
-    return rng, torch.Generator().manual_seed(int(rng.integers(2**62)))
+    return rng, np.random.default_rng(int(rng.integers(2**62)))
 
 
-def frames(sampler: Sampler, n: int, plan: Plan, rng: np.random.Generator, generator: torch.Generator,
+def frames(sampler: Sampler, n: int, plan: Plan, rng: np.random.Generator, latent: np.random.Generator,
            chunk: int) -> Iterator[pd.DataFrame]:
     """Frames of at most ``chunk`` rows, ``n`` rows in all, meeting the plan."""
     produced = drawn = 0
     if not plan.filters:
         for cells in exact_chunks(plan.cells, largest_remainder(plan.weights, n), chunk, rng):
-            frame = sampler._draw_chunk(cells, generator, rng)
+            frame = sampler._draw_chunk(cells, latent, rng)
             drawn += len(cells)
             frame = frame.iloc[:n - produced] if produced + len(frame) > n else frame
             produced += len(frame)
@@ -55,7 +55,7 @@ def frames(sampler: Sampler, n: int, plan: Plan, rng: np.random.Generator, gener
         rate = produced / drawn if drawn else 1.0
         m = min(chunk, max(1024, math.ceil(1.25 * need / max(rate, 1.0 / MAX_DRAWS_PER_ROW))))
         cells = rng.permutation(np.repeat(plan.cells, largest_remainder(plan.weights, m)))
-        frame = plan.apply(sampler._draw_chunk(cells, generator, rng))
+        frame = plan.apply(sampler._draw_chunk(cells, latent, rng))
         drawn += m
         frame = frame.iloc[:need]
         produced += len(frame)

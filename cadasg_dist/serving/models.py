@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from cadasg_dist.errors import ArtifactError
+from cadasg_dist.sampled import load_for_sampling
+from cadasg_dist.sampling.api import Sampling
 from cadasg_dist.serving.sampler import merge_is_exact
-from cadasg_dist.synthesizer import CADASG
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 class LoadedModel:
     """One artifact, loaded; requests hold on to the version they started with."""
 
-    model: CADASG
+    model: Sampling  # loaded for sampling: numpy only (``sampled.load_for_sampling``)
     name: str
     version: str
     model_dir: str
@@ -56,7 +57,7 @@ def content_hash(model_dir: str | Path) -> str:
 def load_model(model_dir: str | Path, *, name: str, version: str | None = None) -> LoadedModel:
     """Load and check an artifact (raises ``ArtifactError``); the version defaults to its hash."""
     digest = content_hash(model_dir)
-    model = CADASG.load(model_dir)
+    model = load_for_sampling(model_dir)
     merge = merge_is_exact(model)  # also warms the sampler up before the first request
     if not merge:
         log.warning("model %s: merged batches would not reproduce sample() exactly; serving unmerged", name)
@@ -75,7 +76,7 @@ def _jsonable(v: Any) -> Any:
     return v if v is None or isinstance(v, bool | int | float | str) else str(v)
 
 
-def _context_values(model: CADASG) -> dict[str, list[Any]]:
+def _context_values(model: Sampling) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {}
     for ctx in model.contexts:
         for col, value in ctx.items():
@@ -85,7 +86,7 @@ def _context_values(model: CADASG) -> dict[str, list[Any]]:
     return out
 
 
-def public_metadata(model: CADASG, *, name: str, version: str, loaded_at: str,
+def public_metadata(model: Sampling, *, name: str, version: str, loaded_at: str,
                     valid: dict[str, list[Any]]) -> dict[str, Any]:
     """What ``GET /v1/model`` shows (see the module docstring for what is left out and why)."""
     schema, columns = model.schema, []

@@ -5,7 +5,7 @@ any request's rows: a client that repeats (n, context, seed) gets the same answe
 in the batch. So each request keeps its own random streams, replayed in the order
 ``CADASG.sample`` draws them:
 
-1. per request (cheap, exact): ``default_rng(seed)``, the torch seed, the context allocation, the
+1. per request (cheap, exact): ``default_rng(seed)``, the latent seed, the context allocation, the
    latent draw and the decoder forward pass. The decoder runs per request because a float32
    matrix product is not bitwise the same across batch sizes (we measured 1e-6 differences), and
    a different last digit would be a different row.
@@ -29,13 +29,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from cadasg_dist.sampling import conditions as conds
+from cadasg_dist.sampling.api import Sampling
 from cadasg_dist.sampling.draw import fresh_seed
 from cadasg_dist.sampling.loop import frames, streams
 from cadasg_dist.sampling.run import check_count
-from cadasg_dist.synthesizer import CADASG
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,7 @@ class SampleJob:
     """One request: ``n`` rows of ``context`` with ``seed``, from ``model``; ``merge``: whether it may
     share a pass (see :func:`merge_is_exact`)."""
 
-    model: CADASG
+    model: Sampling  # a CADASG or a SampledModel
     n: int
     context: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
@@ -51,7 +50,7 @@ class SampleJob:
 
 
 # sample() decodes at most this many rows at a time; a merged pass must not be larger.
-_SAMPLE_CHUNK: int = inspect.signature(CADASG.sample).parameters["chunk"].default
+_SAMPLE_CHUNK: int = inspect.signature(Sampling.sample).parameters["chunk"].default
 
 
 class _Unbatchable(Exception):
@@ -78,18 +77,16 @@ class _StackedRandom:
         raise _Unbatchable(f"decode used Generator.{name}")
 
 
-@torch.inference_mode()
 def _probabilities(job: SampleJob) -> tuple[np.random.Generator, np.ndarray, np.ndarray]:
     """``CADASG.sample`` up to the decoder, for one job: (its rng, context id per row, probabilities)."""
     model = job.model
-    rng = np.random.default_rng(job.seed)
-    g = torch.Generator().manual_seed(int(rng.integers(2**62)))
-    cell = torch.from_numpy(model.cell_allocation(int(job.n), job.context or None, rng))
-    probs = model.feature_probs(cell, g)  # (n, D)
-    return rng, (cell // model.cache.strata).numpy(), probs.numpy()
+    rng, latent = streams(job.seed)
+    cell = model.cell_allocation(int(job.n), job.context or None, rng)
+    probs = model.feature_probs(cell, latent)  # (n, D)
+    return rng, cell // model.dims.strata, probs
 
 
-def _merged(model: CADASG, jobs: list[SampleJob]) -> list[pd.DataFrame]:
+def _merged(model: Sampling, jobs: list[SampleJob]) -> list[pd.DataFrame]:
     if model.constraints:  # broken rows are redrawn from each request's own streams: one sample() each
         raise _Unbatchable("the model has constraints")
     parts = [_probabilities(job) for job in jobs]
@@ -139,7 +136,7 @@ def sample_many(jobs: list[SampleJob], *, max_rows: int = 200_000) -> list[pd.Da
     return out  # type: ignore[return-value]
 
 
-def iter_sample(model: CADASG, n: int, *, context: dict[str, Any] | None = None, seed: int | None = 0,
+def iter_sample(model: Sampling, n: int, *, context: dict[str, Any] | None = None, seed: int | None = 0,
                 chunk: int = _SAMPLE_CHUNK) -> Iterator[pd.DataFrame]:
     """``model.sample(n, context=, seed=, chunk=)`` one decode chunk at a time, generated lazily: the
     same chunk loop as ``sample`` (``sampling.loop.frames``), so the frames concatenate to exactly its
@@ -163,7 +160,7 @@ def _numbered(parts: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         start += len(frame)
 
 
-def merge_is_exact(model: CADASG) -> bool:
+def merge_is_exact(model: Sampling) -> bool:
     """Whether merged passes give this model exactly the rows of ``sample()``: run once per loaded
     version, so a library change to the sampling order degrades to unmerged passes, not to
     different rows. Costs a few small samples."""

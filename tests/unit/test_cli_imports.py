@@ -1,6 +1,8 @@
-"""Light imports: building the ``cadasg`` parser and running ``cadasg sample`` load neither the DP
-training stack (Opacus) nor the runtimes (Ray, Flower), nor plotting and scikit-learn. Checked in a
-fresh interpreter through ``sys.modules``, not by timing (import times vary with the machine)."""
+"""Light imports: building the ``cadasg`` parser and running ``cadasg sample`` load neither torch
+(sampling a saved model runs on numpy from its sampling pack) nor the DP training stack (Opacus),
+nor the runtimes (Ray, Flower), nor plotting and scikit-learn; a private model's ε comes from its
+artifact. Checked in a fresh interpreter through ``sys.modules``, not by timing (import times vary
+with the machine)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAVY = ("opacus", "ray", "flwr", "matplotlib", "sklearn", "optuna")
+HEAVY = ("torch", "opacus", "ray", "flwr", "matplotlib", "sklearn", "optuna")
 
 
 def _loaded_after(code: str) -> dict[str, bool]:
@@ -29,6 +31,24 @@ def test_the_parser_and_the_sample_command_import_nothing_heavy(tmp_path, tiny_m
     out = tmp_path / "rows.csv"
     loaded = _loaded_after(f"from cadasg_dist.cli import main\n"
                            f"assert main(['sample', {str(model)!r}, '--n', '5', '--out', {str(out)!r}]) == 0")
+    assert out.exists() and not any(loaded.values()), loaded
+
+
+def test_sampling_a_private_model_imports_no_torch_and_prints_its_epsilon(tmp_path, mixed_table, tiny_config):
+    from cadasg_dist.synthesizer import CADASG
+
+    declared = {"group": {"categories": ["a", "b", "rare"]}, "label": {"categories": ["no", "yes"]},
+                "count": {"min": 0, "max": 40},
+                "amount": {"min": 0, "max": 2000}, "score": {"min": -10, "max": 10}, "level": {"min": 1, "max": 3}}
+    config = tiny_config.replace(**{"privacy.epsilon": 3.0, "data.columns": declared, "train.epochs": 1})
+    model = CADASG(config).fit(mixed_table.drop(columns=["when", "flag"]))
+    saved = model.save(tmp_path / "m")
+    out = tmp_path / "rows.parquet"
+    code = (f"import contextlib, io\nfrom cadasg_dist.cli import main\nbuf = io.StringIO()\n"
+            f"with contextlib.redirect_stdout(buf):\n"
+            f"    assert main(['sample', {str(saved)!r}, '--n', '50', '--out', {str(out)!r}]) == 0\n"
+            f"assert f'ε={model.epsilon:.3f}' in buf.getvalue(), buf.getvalue()")
+    loaded = _loaded_after(code)
     assert out.exists() and not any(loaded.values()), loaded
 
 

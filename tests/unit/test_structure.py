@@ -27,7 +27,7 @@ LAYERS = (
     ("cadasg_dist.privacy",),
     ("cadasg_dist.train",),
     ("cadasg_dist.private",),
-    ("cadasg_dist.artifact", "cadasg_dist.sampling", "cadasg_dist.synthesizer"),
+    ("cadasg_dist.artifact", "cadasg_dist.sampling", "cadasg_dist.synthesizer", "cadasg_dist.sampled"),
     ("cadasg_dist.evaluate",),
     ("cadasg_dist.distributed", "cadasg_dist.federation", "cadasg_dist.tuning", "cadasg_dist.serving",
      "cadasg_dist.client"),

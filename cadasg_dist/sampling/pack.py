@@ -1,0 +1,150 @@
+"""The sampling pack: everything a draw reads, as numpy arrays, and the decoder that runs on it.
+
+A fitted model's decoder, with each cell's latent prior q(z) folded into its first layer, the
+cells' shares of the cache and the fitted marginal calibration: built once from the torch
+networks (``sampling.fold``), saved in the model artifact (``sampler.safetensors``), so a process
+that only samples (``cadasg sample``, a Serve replica, a Ray sampling task) never imports torch.
+
+Folding: z = mu_k + eps L_k^T for a row of cell k, and the first layer reads [z, cond_k], so its
+output is eps (W_z L_k)^T + (W_z mu_k + W_c cond_k + b): one (latent x hidden) matrix and one bias
+per cell. The eps of a cell's rows are drawn contiguous (rows sorted by cell, put back at the end):
+eps is i.i.d., so which row gets which eps changes nothing. The head's rows are permuted so the
+softmax spans of one width are adjacent and one max/exp/sum activates them all, on the output
+transposed (features x rows: a span is a few contiguous runs).
+
+Privacy: the pack is post-processing of the model and of released statistics; it spends nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cadasg_dist.model.correct import MarginalCalibration
+from cadasg_dist.model.dims import ModelDims
+
+# A hidden layer as the pack runs it: ("linear", (weight transposed, bias), 0.0),
+# ("layer_norm", (weight, bias), eps) or ("leaky_relu", (), negative slope).
+Layer = tuple[str, tuple[np.ndarray, ...], float]
+
+
+@dataclass
+class SamplingPack:
+    scale: np.ndarray  # (K, L, H) float32: cell k's latent noise -> the first hidden layer
+    shift: np.ndarray  # (K, H) float32: cell k's first-layer bias (its prior mean and condition)
+    layers: list[Layer]
+    head_w: np.ndarray  # (D, H) float32, rows permuted: continuous columns first, then softmax spans by width
+    head_b: np.ndarray  # (D,)
+    unperm: np.ndarray  # (D,) int64: the feature order back from the permuted head
+    groups: list[tuple[int, int, int]]  # (first row, end row, width) of the softmax spans of each width
+    cell_counts: np.ndarray  # (K,) float64: the cache's (noisy) row count per cell
+    calibration: MarginalCalibration | None = None
+    # The settings ``calibration`` was fitted under (``calibration_settings``); None: not fitted yet.
+    calibrated_for: tuple[str, bool, bool] | None = None
+
+    @property
+    def latent(self) -> int:
+        return self.scale.shape[1]
+
+    def activated(self, cell: np.ndarray, dims: ModelDims, rng: np.random.Generator
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, order): the activated decoder output for rows of ``cell`` sorted by cell, as a
+        (B, D) transposed view of a (D, B) array, the target pinned to each cell's stratum; and
+        where each row came from (``cell[order]`` is sorted)."""
+        small = np.int16 if len(self.shift) <= np.iinfo(np.int16).max else np.int64
+        order = np.argsort(cell.astype(small), kind="stable")  # a radix sort of small integers
+        ordered = cell[order]
+        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+        ends = np.r_[starts[1:], len(ordered)]
+        eps = rng.standard_normal((len(cell), self.latent), dtype=np.float32)
+        h = np.empty((len(cell), self.shift.shape[1]), dtype=np.float32)
+        for a, b in zip(starts.tolist(), ends.tolist()):
+            k = int(ordered[a])
+            np.matmul(eps[a:b], self.scale[k], out=h[a:b])
+            h[a:b] += self.shift[k]
+        for kind, arrays, value in self.layers:
+            h = _layer(h, kind, arrays, value)
+        raw = self.head_w @ h.T  # (D, B): each output column a contiguous run of B values
+        raw += self.head_b[:, None]
+        for a, b, width in self.groups:
+            x = raw[a:b].reshape(-1, width, len(cell))
+            x -= x.max(axis=1, keepdims=True)
+            np.exp(x, out=x)
+            x /= x.sum(axis=1, keepdims=True)
+        rows = raw[self.unperm]
+        _pin_stratum(rows, ordered, dims)
+        return rows.T, order
+
+    # --- plain data for the artifact ---------------------------------------------------------
+    def to_parts(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """(index, arrays): a JSON index (layer kinds, span groups, calibration keys) and the arrays."""
+        arrays = {"scale": self.scale, "shift": self.shift, "head_w": self.head_w, "head_b": self.head_b,
+                  "unperm": self.unperm, "cell_counts": self.cell_counts}
+        for i, (_, layer_arrays, _) in enumerate(self.layers):
+            arrays |= {f"layer{i}.{j}": a for j, a in enumerate(layer_arrays)}
+        index: dict[str, Any] = {"layers": [[kind, len(a), value] for kind, a, value in self.layers],
+                                 "groups": [list(g) for g in self.groups], "calibration": None,
+                                 "calibrated_for": None if self.calibrated_for is None else list(self.calibrated_for)}
+        if self.calibration is not None:
+            index["calibration"], cal = self.calibration.to_parts()
+            arrays |= {f"calibration.{k}": v for k, v in cal.items()}
+        return index, {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+
+    @classmethod
+    def from_parts(cls, index: dict[str, Any], arrays: dict[str, np.ndarray], dims: ModelDims) -> SamplingPack:
+        layers = [(str(kind), tuple(arrays[f"layer{i}.{j}"] for j in range(int(count))), float(value))
+                  for i, (kind, count, value) in enumerate(index["layers"])]
+        calibration = None
+        if index.get("calibration") is not None:
+            prefix = "calibration."
+            cal = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+            calibration = MarginalCalibration.from_parts(index["calibration"], cal, dims)
+        return cls(arrays["scale"], arrays["shift"], layers, arrays["head_w"], arrays["head_b"],
+                   arrays["unperm"].astype(np.int64), [tuple(int(v) for v in g) for g in index["groups"]],
+                   arrays["cell_counts"], calibration,
+                   None if index.get("calibrated_for") is None else tuple(index["calibrated_for"]))
+
+
+def calibration_settings(config: Any) -> tuple[str, bool, bool]:
+    """What a model's marginal calibration depends on besides the model: which kinds of column it
+    corrects, and whether per stratum and per context (``model.calibrate_*``, resolved)."""
+    return config.model.calibrate_marginals, bool(config.class_calibration), bool(config.context_calibration)
+
+
+def _layer(h: np.ndarray, kind: str, arrays: tuple[np.ndarray, ...], value: float) -> np.ndarray:
+    """One hidden layer, in place where it can be: torch's Linear, LayerNorm and LeakyReLU."""
+    if kind == "linear":
+        out = h @ arrays[0]
+        out += arrays[1]
+        return out
+    if kind == "layer_norm":
+        h -= h.mean(axis=1, keepdims=True)
+        var = np.einsum("ij,ij->i", h, h)[:, None] / np.float32(h.shape[1])
+        h *= 1.0 / np.sqrt(var + np.float32(value))
+        h *= arrays[0]
+        h += arrays[1]
+        return h
+    if kind == "leaky_relu":  # max(x, a x) is x for x > 0 and a x below, for a slope 0 <= a < 1
+        return np.maximum(h, h * np.float32(value), out=h)
+    raise ValueError(f"unknown layer kind {kind!r} in the sampling pack")
+
+
+def _pin_stratum(rows: np.ndarray, cell: np.ndarray, dims: ModelDims) -> None:
+    """Set the target's stratifying span of (D, B) ``rows`` to each row's cell: the class one-hot,
+    or inside a group of merged classes the decoder's own shares of the group's classes."""
+    span = dims.strata_span
+    if span is None:
+        return
+    group = (cell % dims.strata) // dims.target_bins
+    block = rows[span.start:span.stop]
+    if dims.class_groups is None:
+        block[:] = 0.0
+        block[group, np.arange(len(cell))] = 1.0
+        return
+    member = (np.asarray(dims.class_groups)[:, None] == group[None, :]).astype(rows.dtype)  # (classes, B)
+    own = block * member
+    total = own.sum(axis=0, keepdims=True)
+    fallback = member / member.sum(axis=0, keepdims=True)
+    block[:] = np.where(total > 1e-12, own / np.maximum(total, np.float32(1e-12)), fallback)
