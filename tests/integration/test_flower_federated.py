@@ -58,6 +58,12 @@ def silo_inputs(mixed_table, tmp_path_factory):
     df.to_parquet(d / "table.parquet")
     (d / "tiny.yaml").write_text(CONFIG)
     (d / "dropouts.yaml").write_text(CONFIG.split("federated:")[0] + DROPOUTS)
+    # no retry: the run stops at the first round that cannot be aggregated (a retry's wait for silos
+    # that never come back is federated.connect_timeout; tested in process, test_federated_dropouts.py)
+    # and a round waits 75 s for replies, not 120: the silos killed in round 2 never send one
+    no_retry = DROPOUTS.replace("round_retries: 1", "round_retries: 0")
+    no_retry = no_retry.replace("round_timeout: 120", "round_timeout: 75")
+    (d / "no-retry.yaml").write_text(CONFIG.split("federated:")[0] + no_retry)
     return d, df
 
 
@@ -145,12 +151,13 @@ def test_deployment_superlink_and_three_supernodes_with_tls(silo_inputs, tmp_pat
     assert len(model.sample(20, context={"group": "rare"})) == 20
 
 
-def deploy_and_kill(d: Path, tmp_path: Path, victims: list[str], port: int) -> tuple[subprocess.CompletedProcess, Path]:
+def deploy_and_kill(d: Path, tmp_path: Path, victims: list[str], port: int, config: str = "dropouts.yaml"
+                    ) -> tuple[subprocess.CompletedProcess, Path]:
     """``federated/deploy.py`` over the three silos; once round 1 is aggregated (round 2 starting),
     SIGKILL the process group of each victim's SuperNode (its ClientApp included) from outside."""
     work, out = tmp_path / "work", tmp_path / "model"
     cmd = [sys.executable, str(ROOT / "federated" / "deploy.py"), str(d / "table.parquet"), "--silo-column", "site",
-           "--config", str(d / "dropouts.yaml"), "--out", str(out), "--workdir", str(work), "--port", str(port),
+           "--config", str(d / config), "--out", str(out), "--workdir", str(work), "--port", str(port),
            "--node-port", str(port + 100), "--timeout", "720"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     log, deadline = work / "logs" / "flwr-run.log", time.monotonic() + 420
@@ -194,7 +201,7 @@ def test_deployment_survives_a_supernode_killed_in_round_2(silo_inputs, tmp_path
 
 def test_deployment_stops_when_too_many_supernodes_die(silo_inputs, tmp_path):
     d, _ = silo_inputs
-    run, out = deploy_and_kill(d, tmp_path, ["s1", "s2"], 19691)
+    run, out = deploy_and_kill(d, tmp_path, ["s1", "s2"], 19691, "no-retry.yaml")
     assert run.returncode == 1, run.stdout[-3000:] + run.stderr[-3000:]
     assert run.stderr.startswith("cadasg: federated run stopped:"), run.stderr[-3000:]
     assert "wrote no model" in run.stderr
