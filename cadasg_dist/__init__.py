@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["CADASG", "CADASGConfig", "Codebook", "__version__", "evaluate"]
+__all__ = ["CADASG", "CADASGConfig", "Codebook", "__version__", "evaluate", "load_for_sampling"]
 
 
 def __getattr__(name: str) -> Any:
@@ -39,6 +39,10 @@ def __getattr__(name: str) -> Any:
         from cadasg_dist.data.codebook import Codebook
 
         return Codebook
+    if name == "load_for_sampling":  # a saved model for sampling only: numpy, no torch
+        from cadasg_dist.sampled import load_for_sampling
+
+        return load_for_sampling
     if name == "evaluate":
         from cadasg_dist.evaluate import evaluate
 

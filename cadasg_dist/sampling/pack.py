@@ -119,10 +119,10 @@ def _layer(h: np.ndarray, kind: str, arrays: tuple[np.ndarray, ...], value: floa
         out = h @ arrays[0]
         out += arrays[1]
         return out
-    if kind == "layer_norm":
-        h -= h.mean(axis=1, keepdims=True)
-        var = np.einsum("ij,ij->i", h, h)[:, None] / np.float32(h.shape[1])
-        h *= 1.0 / np.sqrt(var + np.float32(value))
+    if kind == "layer_norm":  # the biased variance, as torch's; float32 sums (a sum beats a mean)
+        n = np.float32(h.shape[1])
+        h -= (h.sum(axis=1, dtype=np.float32) / n)[:, None]
+        h *= 1.0 / np.sqrt(np.einsum("ij,ij->i", h, h)[:, None] / n + np.float32(value))
         h *= arrays[0]
         h += arrays[1]
         return h

@@ -19,8 +19,6 @@ privatised gradients only.
 
 from __future__ import annotations
 
-import ctypes
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +26,7 @@ import torch
 
 from cadasg_dist.config import CADASGConfig
 from cadasg_dist.context.cache import CacheStats, ContextCache
+from cadasg_dist.memory import keep_freed_memory
 from cadasg_dist.model.losses import (
     covariance_loss,
     critic_real_loss,
@@ -275,31 +274,6 @@ def cache_update(cfg: CADASGConfig, cache: ContextCache, batch: Batch, mean: tor
     stats = CacheStats.from_batch(batch.x.cpu(), mean.cpu(), logvar.exp().cpu(), batch.cell.cpu(), cache.n_cells,
                                   cfg.cache.clip_x, cfg.cache.clip_z)
     cache.update(stats, generator, share=share)
-
-
-# glibc's malloc options (mallopt): keep freed memory in the process instead of handing it back.
-M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
-MMAP_THRESHOLD = 32 << 20  # glibc's largest: blocks up to this size come from the heap, reused
-TRIM_THRESHOLD = 1 << 30  # free memory kept at the top of the heap before it is returned
-
-
-def keep_freed_memory() -> bool:
-    """Make glibc's malloc reuse freed memory across training steps (Linux; elsewhere nothing).
-
-    A step allocates and frees the same large tensors every time (a private step's per-example
-    gradients: tens of MB per chunk). With glibc's defaults each came back from the kernel as fresh
-    pages, zero-filled on first touch, and went back at the end of the step: measured at batch
-    1,000 on one core, 30 % of a private step was that kernel time. The numbers computed do not
-    change; the process keeps up to ``TRIM_THRESHOLD`` of freed memory (its peak does not grow).
-    Returns whether the options were set."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
-        return False
-    return all(mallopt(option, value) == 1 for option, value in
-               ((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_TOP_PAD, 64 << 20)))
 
 
 def resolve_device(name: torch.device | str) -> torch.device:

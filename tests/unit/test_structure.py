@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = sorted([*ROOT.glob("cadasg_dist/**/*.py"), *ROOT.glob("federated/*.py")])
 LAYERS = (
-    ("cadasg_dist._version", "cadasg_dist.errors", "cadasg_dist.config"),
+    ("cadasg_dist._version", "cadasg_dist.errors", "cadasg_dist.config", "cadasg_dist.memory"),
     ("cadasg_dist.data", "cadasg_dist.datasets"),
     ("cadasg_dist.context",),
     ("cadasg_dist.constraints",),
