@@ -2,8 +2,9 @@
 Parquet, against the old path (a git revision, ``--baseline``) in the same run.
 
 Each measurement runs in its own process, pinned to one core (``taskset -c 0`` where available)
-with ``torch.set_num_threads(1)``, so its peak RSS (``ru_maxrss``) is its own and rows/s is per
-core. The old path is the baseline revision's ``cadasg_dist`` (extracted with ``git archive``):
+with one BLAS (and torch) thread, so its peak RSS (``ru_maxrss``) is its own and rows/s is per
+core; the model is loaded as ``cadasg sample`` loads it (``load_for_sampling``: numpy, no torch,
+where the revision has it). The old path is the baseline revision's ``cadasg_dist`` (extracted with ``git archive``):
 ``sample()`` in memory, and, for a file, ``sample()`` then ``write_table`` as its CLI did. The big
 file run (``--big``, 50M rows by default) is new-path only: the old path builds it in memory.
 Rows/s is counted on CPU time of the process as well as wall time: on a shared machine the wall
@@ -31,13 +32,19 @@ DATA = ROOT.parent / "shared" / "datasets" / "HI.csv"
 
 
 def child(kind: str, model_dir: str, n: int, out: str) -> None:
-    """One measurement in this process: print its JSON line."""
-    import torch
+    """One measurement in this process: print its JSON line. The model is loaded the way ``cadasg
+    sample`` loads it: for sampling only (numpy) where the revision has it, else whole (torch)."""
+    try:
+        from cadasg_dist.sampled import load_for_sampling
 
-    torch.set_num_threads(1)
-    from cadasg_dist.synthesizer import CADASG
+        model = load_for_sampling(model_dir)
+    except ImportError:  # a revision before the sampling pack
+        import torch
 
-    model = CADASG.load(model_dir)
+        torch.set_num_threads(1)
+        from cadasg_dist.synthesizer import CADASG
+
+        model = CADASG.load(model_dir)
     model.sample(2_000, seed=0)  # warm-up: priors, calibration, allocators
     wall, cpu = time.perf_counter(), time.process_time()
     if kind == "sample":
@@ -56,7 +63,8 @@ def child(kind: str, model_dir: str, n: int, out: str) -> None:
 
 def measure(tree: Path, kind: str, model_dir: str, n: int, out: str, timeout: int) -> dict:
     pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
-    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "OPENBLAS_NUM_THREADS": "1"}  # one BLAS thread: numpy's OpenBLAS would start one per core
     cmd = [*pin, sys.executable, str(ROOT / "bench" / "sampling.py"), "--child", kind, "--model", model_dir,
            "--rows", str(n), "--out", out]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=tree)

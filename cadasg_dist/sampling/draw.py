@@ -100,9 +100,9 @@ class Sampler:
             rows, order = self.pack.activated(block, dims, rng)
             if calibration is not None:
                 rows = calibration.apply(rows, block[order] // dims.strata)
-            back = np.empty_like(order)  # the inverse of ``order``: a gather then a block copy
+            back = np.empty_like(order)  # the inverse of ``order``: one gather into the block's columns
             back[order] = np.arange(len(order))
-            out[:, a:a + len(order)] = rows.T[:, back]
+            np.take(rows.T, back, axis=1, out=out[:, a:a + len(order)])
         return out.T
 
     def _draw_chunk(self, cells: np.ndarray, latent: np.random.Generator, rng: np.random.Generator) -> pd.DataFrame:
