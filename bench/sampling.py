@@ -4,11 +4,13 @@ Parquet, against the old path (a git revision, ``--baseline``) in the same run.
 Each measurement runs in its own process, pinned to one core (``taskset -c 0`` where available)
 with one BLAS (and torch) thread, so its peak RSS (``ru_maxrss``) is its own and rows/s is per
 core; the model is loaded as ``cadasg sample`` loads it (``load_for_sampling``: numpy, no torch,
-where the revision has it). The old path is the baseline revision's ``cadasg_dist`` (extracted with ``git archive``):
-``sample()`` in memory, and, for a file, ``sample()`` then ``write_table`` as its CLI did. The big
-file run (``--big``, 50M rows by default) is new-path only: the old path builds it in memory.
-Rows/s is counted on CPU time of the process as well as wall time: on a shared machine the wall
-clock also counts time spent waiting for the core.
+where the revision has it). The old path is the baseline revision's ``cadasg_dist`` (extracted
+with ``git archive``): ``sample()`` in memory, and, for a file, ``sample()`` then ``write_table``
+as its CLI did. The big file run (``--big``, 50M rows by default) is new-path only: the old path
+builds it in memory. Rows/s is counted on CPU time of the process as well as wall time: on a
+shared machine the wall clock also counts time spent waiting for the core. Last, the start-up of
+``cadasg sample MODEL --n 5`` (a fresh process: imports, loading the model, five rows), old and new,
+median wall time and peak RSS of five runs, not pinned.
 
     .venv/bin/python bench/sampling.py                       # HI model trained for 1 epoch, 1M and 50M rows
     .venv/bin/python bench/sampling.py --model m --rows 1000000 --big 0 --baseline main
@@ -26,6 +28,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "datasets" / "HI.csv"
@@ -71,6 +75,24 @@ def measure(tree: Path, kind: str, model_dir: str, n: int, out: str, timeout: in
     if done.returncode != 0:
         raise SystemExit(f"{kind} ({tree}) failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def startup(tree: Path, model_dir: str, out: str, repeats: int = 5) -> tuple[float, float]:
+    """(median wall seconds, median peak RSS bytes) of ``cadasg sample MODEL --n 5 --out FILE.csv``
+    as a fresh process with ``tree``'s package: start-up (imports, loading the model) and 5 rows."""
+    walls, peaks = [], []
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    for _ in range(repeats):
+        Path(out).unlink(missing_ok=True)
+        start = time.perf_counter()
+        cmd = [sys.executable, "-m", "cadasg_dist.cli", "sample", model_dir, "--n", "5", "--out", out]
+        proc = subprocess.Popen(cmd, env=env, cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        walls.append(time.perf_counter() - start)
+        peaks.append(usage.ru_maxrss * 1024)
+        if status != 0:
+            raise SystemExit(f"cadasg sample ({tree}) failed with status {status}")
+    return float(np.median(walls)), float(np.median(peaks))
 
 
 def baseline_tree(rev: str, into: Path) -> Path:
@@ -126,6 +148,12 @@ def main() -> None:
         if args.big:
             lines.append(row("sample_to_file (parquet)", args.big,
                              measure(ROOT, "file", model, args.big, out, args.timeout), None))
+        lines += ["", "| path | `cadasg sample MODEL --n 5` wall s (median of 5) | peak RSS MB |", "|---|---|---|"]
+        csv = str(Path(tmp) / "five.csv")
+        for name, tree in (("old", old_tree), ("new", ROOT)):
+            if tree is not None:
+                wall, peak = startup(tree, model, csv)
+                lines.append(f"| {name} | {wall:.2f} | {peak / 2**20:,.0f} |")
     print(f"model {model}; load average {os.getloadavg()[0]:.1f} at the end")
     print("\n".join(lines))
 
