@@ -113,7 +113,7 @@ def main() -> None:
     if args.rows:
         from bench.scaling_rows import main_rows
 
-        main_rows(args.rows, args.epochs, args.modes.split(","), args.sample_rows)
+        main_rows(args.rows, args.epochs, args.modes.split(","), args.sample_rows, args.batch_size or 0)
         return
     if args.batch_size:
         SETTINGS["train.batch_size"] = args.batch_size

@@ -102,16 +102,18 @@ class Watch:
         self._stop.set()
 
 
-def config(spec, epochs: int, workers: int, storage: str):
+def config(spec, epochs: int, workers: int, storage: str, batch_size: int = 0):
     from cadasg_dist.config import CADASGConfig, ContextConfig, TrainConfig
 
     cfg = CADASGConfig(target=spec.target, context=ContextConfig(columns=tuple(spec.contexts)),
                        train=TrainConfig(epochs=epochs, seed=0))
+    if batch_size:
+        cfg = cfg.replace(**{"train.batch_size": batch_size})
     return cfg.replace(**{"distributed.num_workers": workers, "distributed.storage_path": storage,
                           "distributed.max_failures": 0})
 
 
-def run_mode(mode: str, rows: int, epochs: int) -> dict:
+def run_mode(mode: str, rows: int, epochs: int, batch_size: int = 0) -> dict:
     """One mode, in this (fresh) process."""
     import ray
 
@@ -119,13 +121,13 @@ def run_mode(mode: str, rows: int, epochs: int) -> dict:
     from cadasg_dist.synthesizer import CADASG
 
     parts, test, spec = table(rows)
-    out: dict = {"mode": mode, "rows": rows, "epochs": epochs}
+    out: dict = {"mode": mode, "rows": rows, "epochs": epochs, "batch_size": batch_size or "default"}
     t0 = time.perf_counter()
     if mode == "inproc":
         from cadasg_dist.privacy.ledger import PrivacyLedger
         from cadasg_dist.train.fit import fit_local
 
-        model = CADASG(config(spec, epochs, 1, ""))
+        model = CADASG(config(spec, epochs, 1, "", batch_size))
         prepared = model.prepare(pd.read_parquet(parts))
         out["first_step_s"] = time.perf_counter() - t0
         marks: list[float] = []
@@ -141,7 +143,7 @@ def run_mode(mode: str, rows: int, epochs: int) -> dict:
         watch = Watch()
         try:
             storage = tempfile.mkdtemp(prefix="cadasg-bench-ray-")
-            model = fit_distributed(CADASG(config(spec, epochs, workers, storage)), parts)
+            model = fit_distributed(CADASG(config(spec, epochs, workers, storage, batch_size)), parts)
         finally:
             watch.stop()
             ray.shutdown()
@@ -165,6 +167,7 @@ def run_sampling(rows: int, sample_rows: int, how: str) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from cadasg_dist.sampled import load_for_sampling
     from cadasg_dist.synthesizer import CADASG
 
     parts, _, spec = table(rows)
@@ -175,7 +178,7 @@ def run_sampling(rows: int, sample_rows: int, how: str) -> dict:
     out_dir = Path(tempfile.mkdtemp(prefix="cadasg-bench-sample-"))
     t0 = time.perf_counter()
     if how == "inproc":
-        model, writer = CADASG.load(model_dir), None
+        model, writer = load_for_sampling(model_dir), None  # as `cadasg sample` loads it
         for i, start in enumerate(range(0, sample_rows, 200_000)):
             frame = pa.Table.from_pandas(model.sample(min(200_000, sample_rows - start), seed=i), preserve_index=False)
             writer = writer or pq.ParquetWriter(out_dir / "s.parquet", frame.schema)
@@ -200,20 +203,21 @@ def child(argv: list[str]) -> dict:
     return json.loads(lines[-1][len("RESULT "):])
 
 
-def main_rows(rows: int, epochs: int, modes: list[str], sample_rows: int) -> None:
+def main_rows(rows: int, epochs: int, modes: list[str], sample_rows: int, batch_size: int = 0) -> None:
     table(rows)  # generated once, before any timing
     results = []
     for mode in modes:
-        results.append(child(["--mode", mode, str(rows), str(epochs)]))
+        results.append(child(["--mode", mode, str(rows), str(epochs), str(batch_size)]))
         print(json.dumps(results[-1]), flush=True)
     for how in ("inproc", "ray2") if sample_rows else ():
         results.append(child(["--sample", how, str(rows), str(sample_rows)]))
         print(json.dumps(results[-1]), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"scaling_rows_{rows}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (RESULTS / f"scaling_rows_{rows}_{'_'.join(modes)}.json").write_text(json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":
     kind, what, n, k = sys.argv[1:5]
-    result = run_mode(what, int(n), int(k)) if kind == "--mode" else run_sampling(int(n), int(k), what)
+    batch = int(sys.argv[5]) if len(sys.argv) > 5 else 0
+    result = run_mode(what, int(n), int(k), batch) if kind == "--mode" else run_sampling(int(n), int(k), what)
     print("RESULT " + json.dumps(result))
