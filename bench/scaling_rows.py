@@ -2,7 +2,7 @@
 with 1 and 2 workers, and sampling to Parquet.
 
     .venv/bin/python bench/scaling.py --rows 1000000 --epochs 1
-    .venv/bin/python bench/scaling.py --rows 10000000 --epochs 1 --modes ray2 --no-sampling
+    .venv/bin/python bench/scaling.py --rows 10000000 --epochs 1 --modes ray2 --sample-rows 0 --batch-size 4000
 
 The table is generated here: the 80 % training split of HI (``bench/splits.py``) resampled to N
 rows with 1 % jitter (noise of 1 % of the column's standard deviation) on its continuous columns,
