@@ -24,6 +24,7 @@ from typing import Any
 
 from cadasg_dist.cli.common import privacy_line
 from cadasg_dist.errors import CADASGError
+from cadasg_dist.sampling import CHUNK_ROWS
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -37,7 +38,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="fix a context column (repeatable); the others follow their distribution")
     p.add_argument("--seed", type=int, default=None, help="the same seed gives the same rows (default: a fresh "
                    "seed, printed on stderr and stored with the rows)")
-    p.add_argument("--chunk", type=int, default=200_000, help="rows drawn and written at a time (a row group)")
+    p.add_argument("--chunk", type=int, default=CHUNK_ROWS, help="rows drawn and written at a time (a row group)")
     p.add_argument("--num-workers", type=int, default=0,
                    help="0: sample in this process; N >= 1: sample on N Ray workers into Parquet parts in --out")
     p.add_argument("--out", required=True, help="output .csv or .parquet (a directory with --num-workers)")

@@ -22,7 +22,7 @@ from cadasg_dist.data.schema import Schema
 from cadasg_dist.data.transforms import DataTransformer
 from cadasg_dist.model.dims import ModelDims
 from cadasg_dist.privacy.ledger import PrivacyLedger
-from cadasg_dist.sampling import run, stream
+from cadasg_dist.sampling import CHUNK_ROWS, run, stream
 from cadasg_dist.sampling.draw import Sampler, largest_remainder
 from cadasg_dist.sampling.pack import SamplingPack
 from cadasg_dist.sampling.stream import SampleResult
@@ -69,7 +69,7 @@ class Sampling:
         return rng.permutation(np.repeat(cells, largest_remainder(weights, n)))
 
     def sample(self, n: int, *, conditions: dict[str, Any] | None = None, context: dict[str, Any] | None = None,
-               seed: int | None = None, chunk: int = 200_000) -> pd.DataFrame:
+               seed: int | None = None, chunk: int = CHUNK_ROWS) -> pd.DataFrame:
         """``n`` synthetic rows. ``conditions`` fixes values of any columns (see below), ``context``
         some or all context columns; ``seed=None`` draws a fresh seed, reported as ``last_seed``;
         the same seed (and chunk) gives the same rows. The rows are built in memory: a request larger
@@ -86,7 +86,7 @@ class Sampling:
                                         chunk=chunk)
         return rows
 
-    def sample_remaining(self, known: pd.DataFrame, *, seed: int | None = None, chunk: int = 200_000
+    def sample_remaining(self, known: pd.DataFrame, *, seed: int | None = None, chunk: int = CHUNK_ROWS
                          ) -> pd.DataFrame:
         """Complete the partial rows of ``known`` (SDV's ``sample_remaining_columns``): each row's
         present values are conditions as in ``sample``, its missing cells are generated; the result
@@ -94,7 +94,7 @@ class Sampling:
         rows, self.last_seed = run.remaining(self, self.sampler, known, seed=seed, chunk=chunk)
         return rows
 
-    def sample_to_file(self, path: str | Path, n: int, *, chunk: int = 200_000, seed: int | None = None,
+    def sample_to_file(self, path: str | Path, n: int, *, chunk: int = CHUNK_ROWS, seed: int | None = None,
                        conditions: dict[str, Any] | None = None, context: dict[str, Any] | None = None
                        ) -> SampleResult:
         """Write ``n`` rows to ``path`` (.parquet: a row group per chunk; .csv) in bounded memory, the

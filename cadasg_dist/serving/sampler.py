@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cadasg_dist.sampling import CHUNK_ROWS
 from cadasg_dist.sampling import conditions as conds
 from cadasg_dist.sampling.api import Sampling
 from cadasg_dist.sampling.draw import fresh_seed
@@ -100,7 +101,7 @@ def _merged(model: Sampling, jobs: list[SampleJob]) -> list[pd.DataFrame]:
     return [frame.iloc[a:b].reset_index(drop=True) for a, b in zip(bounds, bounds[1:])]
 
 
-def sample_many(jobs: list[SampleJob], *, max_rows: int = 200_000) -> list[pd.DataFrame]:
+def sample_many(jobs: list[SampleJob], *, max_rows: int = CHUNK_ROWS) -> list[pd.DataFrame]:
     """Rows for every job, in order; each equal to ``job.model.sample(n, context=, seed=)``.
 
     Jobs of the same model (the same loaded version) share one decode pass of at most
