@@ -37,13 +37,14 @@ class MarginalCalibration:
     target_factors: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
     groups: ModelDims | None = None
 
-    def apply(self, probs: np.ndarray, contexts: np.ndarray | None = None) -> np.ndarray:
-        """The corrected (N, D) probabilities / values (a new array, or ``probs`` when nothing
-        applies); ``contexts`` (N,), each row's context, applies the per-context corrections."""
+    def apply(self, probs: np.ndarray, contexts: np.ndarray | None = None, *, in_place: bool = False) -> np.ndarray:
+        """The corrected (N, D) probabilities / values (a new array unless ``in_place``; ``probs``
+        when nothing applies); ``contexts`` (N,), each row's context, applies the per-context
+        corrections."""
         by_context = contexts is not None and bool(self.context_maps or self.context_factors)
         if not self.factors and not self.maps and self.strata is None and not by_context and not self.target_factors:
             return probs
-        out = probs.copy(order="K")
+        out = probs if in_place else probs.copy(order="K")
         _correct(out, slice(None), self.factors, self.maps)
         if self.target_factors:
             _correct_groups(out, self.groups.stratum_np(out) // self.groups.target_bins, self.target_factors, {})

@@ -99,7 +99,7 @@ class Sampler:
             block = cell[a:a + BLOCK]
             rows, order = self.pack.activated(block, dims, rng)
             if calibration is not None:
-                rows = calibration.apply(rows, block[order] // dims.strata)
+                rows = calibration.apply(rows, block[order] // dims.strata, in_place=True)  # a fresh array
             back = np.empty_like(order)  # the inverse of ``order``: one gather into the block's columns
             back[order] = np.arange(len(order))
             np.take(rows.T, back, axis=1, out=out[:, a:a + len(order)])
