@@ -142,8 +142,10 @@ def trim_heap() -> None:
         pass
 
 
-def torch_threads() -> None:
-    """One torch thread a replica: small passes are faster, and replicas do not fight for cores."""
-    import torch
+def sampler_threads() -> None:
+    """One BLAS thread a replica (``CADASG_SERVE_THREADS``): small passes are faster, and replicas
+    do not fight for cores. Replicas sample on numpy (the model is loaded without torch), whose
+    OpenBLAS fixes its thread pool when it loads, so the pool is limited through threadpoolctl."""
+    from threadpoolctl import threadpool_limits
 
-    torch.set_num_threads(int(os.environ.get("CADASG_SERVE_TORCH_THREADS", "1")))
+    threadpool_limits(int(os.environ.get("CADASG_SERVE_THREADS", "1")))

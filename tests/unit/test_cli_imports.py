@@ -58,3 +58,13 @@ def test_the_written_out_rdp_orders_are_opacus_own():
     from cadasg_dist.privacy.analysis import DEFAULT_RDP_ORDERS
 
     assert DEFAULT_RDP_ORDERS == tuple(float(a) for a in RDPAccountant.DEFAULT_ALPHAS)
+
+
+def test_a_serve_replica_loads_and_samples_a_model_without_torch(tmp_path, tiny_model):
+    """What a replica runs at start and per request, in a fresh interpreter: no torch, no Opacus."""
+    saved = tiny_model.save(tmp_path / "m")
+    loaded = _loaded_after(f"from cadasg_dist.serving.models import load_model\n"
+                           f"from cadasg_dist.serving.service import sampler_threads\n"
+                           f"sampler_threads()\n"
+                           f"assert len(load_model({str(saved)!r}, name='m').model.sample(50, seed=1)) == 50")
+    assert not loaded["torch"] and not loaded["opacus"], loaded
