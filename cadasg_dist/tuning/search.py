@@ -138,12 +138,25 @@ def run_search(request: SearchRequest, frame: pd.DataFrame, *, callbacks: Sequen
         tuner = tune.Tuner(trainable, param_space=request.space.to_tune(),
                            tune_config=_tune_config(request), run_config=_run_config(request, experiment, callbacks))
     grid = tuner.fit()
-    # A trial Tune has not terminated was interrupted, even if it reported a round: it resumes.
-    terminated = [trial.status in ("TERMINATED", "ERROR") for trial in grid._experiment_analysis.trials]
+    # A trial the saved state does not call finished was interrupted, even if it reported a round:
+    # the resume restarts it. Not the trial's status in memory: after an interrupt Tune writes its
+    # state first, then marks the trials it stops as TERMINATED.
+    saved = saved_statuses(experiment)
+    terminated = [saved.get(trial.trial_id, trial.status) in ("TERMINATED", "ERROR")
+                  for trial in grid._experiment_analysis.trials]
     records = [_record(result, done) for result, done in zip(grid, terminated, strict=True)]
     interrupted = grid.num_terminated + grid.num_errors < request.trials
     return SearchOutcome(request=request, records=records, split=split.sizes(), wall_s=time.perf_counter() - started,
                          interrupted=interrupted, experiment=experiment, resumed=resumed)
+
+
+def saved_statuses(experiment: Path) -> dict[str, str]:
+    """Each trial's status in the newest experiment state Tune wrote: what a resume starts from."""
+    states = sorted(experiment.glob("experiment_state-*.json"))
+    if not states:
+        return {}
+    trial_data = json.loads(states[-1].read_text())["trial_data"]
+    return {state["trial_id"]: state["status"] for state in (json.loads(raw) for raw, _ in trial_data)}
 
 
 def init_ray(address: str | None = None) -> bool:

@@ -114,3 +114,20 @@ def test_cli_refuses_a_space_with_nothing_left_to_search(tmp_path, mixed_table):
         tune_command.build_job(parse(str(tmp_path / "t.csv"), "--target", "label", "--trials", "2",
                                      "--space", str(tmp_path / "s.yaml"), "--set", "loss.cov=3",
                                      "--out", str(tmp_path / "o")))
+
+
+def test_saved_statuses_read_the_newest_experiment_state(tmp_path):
+    """What a resume restarts is what Tune saved, not the trial's status in memory (an interrupt
+    writes the state, then marks the trials it stops TERMINATED)."""
+    import json
+
+    from cadasg_dist.tuning.search import saved_statuses
+
+    def state(**statuses):
+        return json.dumps({"trial_data": [[json.dumps({"trial_id": t, "status": s}), "{}"]
+                                          for t, s in statuses.items()]})
+
+    assert saved_statuses(tmp_path) == {}
+    (tmp_path / "experiment_state-2026-01-01_10-00-00.json").write_text(state(a="RUNNING", b="PENDING"))
+    (tmp_path / "experiment_state-2026-01-01_10-00-09.json").write_text(state(a="TERMINATED", b="RUNNING"))
+    assert saved_statuses(tmp_path) == {"a": "TERMINATED", "b": "RUNNING"}
