@@ -17,7 +17,7 @@ Privacy: the pack is post-processing of the model and of released statistics; it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -43,10 +43,17 @@ class SamplingPack:
     calibration: MarginalCalibration | None = None
     # The settings ``calibration`` was fitted under (``calibration_settings``); None: not fitted yet.
     calibrated_for: tuple[str, bool, bool] | None = None
+    _fused: Fused | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def latent(self) -> int:
         return self.scale.shape[1]
+
+    def fused(self) -> Fused:
+        """The decoder as ``activated`` runs it (built on first use)."""
+        if self._fused is None:
+            self._fused = fuse(self)
+        return self._fused
 
     def activated(self, cell: np.ndarray, dims: ModelDims, rng: np.random.Generator
                   ) -> tuple[np.ndarray, np.ndarray]:
@@ -58,15 +65,16 @@ class SamplingPack:
         ordered = cell[order]
         starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
         ends = np.r_[starts[1:], len(ordered)]
+        net = self.fused()
         eps = rng.standard_normal((len(cell), self.latent), dtype=np.float32)
         h = np.empty((len(cell), self.shift.shape[1]), dtype=np.float32)
         for a, b in zip(starts.tolist(), ends.tolist()):
             k = int(ordered[a])
-            np.matmul(eps[a:b], self.scale[k], out=h[a:b])
-            h[a:b] += self.shift[k]
-        for kind, arrays, value in self.layers:
+            np.matmul(eps[a:b], net.scale[k], out=h[a:b])
+            h[a:b] += net.shift[k]
+        for kind, arrays, value in net.layers:
             h = _layer(h, kind, arrays, value)
-        raw = self.head_w @ h.T  # (D, B): each output column a contiguous run of B values
+        raw = net.head_w @ h.T  # (D, B): each output column a contiguous run of B values
         raw += self.head_b[:, None]
         for a, b, width in self.groups:
             x = raw[a:b].reshape(-1, width, len(cell))
@@ -113,17 +121,71 @@ def calibration_settings(config: Any) -> tuple[str, bool, bool]:
     return config.model.calibrate_marginals, bool(config.class_calibration), bool(config.context_calibration)
 
 
-def _layer(h: np.ndarray, kind: str, arrays: tuple[np.ndarray, ...], value: float) -> np.ndarray:
-    """One hidden layer, in place where it can be: torch's Linear, LayerNorm and LeakyReLU."""
+@dataclass(frozen=True)
+class Fused:
+    """The pack's decoder rearranged to make fewer passes over each block's activations; the same
+    function in exact arithmetic (float32 rounding moves values by about 1e-6):
+
+    * a layer norm right after a linear layer (the folded first layer included) reads inputs whose
+      mean is already 0, because that layer's output columns are centred (W minus each row's mean
+      over the outputs, b minus its mean): the norm skips its mean pass and subtraction
+      ("centred_norm");
+    * a layer norm followed by a leaky ReLU and a linear layer (or the head), with every gain g > 0:
+      leaky(g x + b) = g leaky(x + b / g), so the gain moves into the next layer's weights and the
+      norm keeps only its bias (arrays ``(None, b / g)``).
+    """
+
+    scale: np.ndarray
+    shift: np.ndarray
+    layers: list[Layer]
+    head_w: np.ndarray
+
+
+def fuse(pack: SamplingPack) -> Fused:
+    """``pack``'s decoder as ``Fused`` describes; the pack's own arrays are left as they are."""
+    scale, shift, head_w = pack.scale, pack.shift, pack.head_w
+    layers = [[kind, list(arrays), value] for kind, arrays, value in pack.layers]
+    for i, (kind, arrays, _) in enumerate(layers):
+        if kind != "layer_norm":
+            continue
+        if i == 0:
+            scale, shift = scale - scale.mean(axis=2, keepdims=True), shift - shift.mean(axis=1, keepdims=True)
+            layers[i][0] = "centred_norm"
+        elif layers[i - 1][0] == "linear":
+            w, b = layers[i - 1][1]
+            layers[i - 1][1] = [w - w.mean(axis=1, keepdims=True), b - b.mean()]
+            layers[i][0] = "centred_norm"
+        gain = arrays[0]
+        if not (np.all(gain > 0) and i + 1 < len(layers) and layers[i + 1][0] == "leaky_relu"):
+            continue
+        if i + 2 == len(layers):
+            head_w = head_w * gain[None, :]
+        elif layers[i + 2][0] == "linear":
+            w, b = layers[i + 2][1]
+            layers[i + 2][1] = [w * gain[:, None], b]
+        else:
+            continue
+        layers[i][1] = [None, arrays[1] / gain]
+    as_f32 = lambda a: None if a is None else np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
+    return Fused(as_f32(scale), as_f32(shift),
+                 [(kind, tuple(as_f32(a) for a in arrays), value) for kind, arrays, value in layers],
+                 as_f32(head_w))
+
+
+def _layer(h: np.ndarray, kind: str, arrays: tuple[np.ndarray | None, ...], value: float) -> np.ndarray:
+    """One hidden layer, in place where it can be: torch's Linear, LayerNorm (also as ``Fused``
+    rearranges it) and LeakyReLU."""
     if kind == "linear":
         out = h @ arrays[0]
         out += arrays[1]
         return out
-    if kind == "layer_norm":  # the biased variance, as torch's; float32 sums (a sum beats a mean)
+    if kind in ("layer_norm", "centred_norm"):  # the biased variance, as torch's; float32 sums
         n = np.float32(h.shape[1])
-        h -= (h.sum(axis=1, dtype=np.float32) / n)[:, None]
+        if kind == "layer_norm":
+            h -= (h.sum(axis=1, dtype=np.float32) / n)[:, None]
         h *= 1.0 / np.sqrt(np.einsum("ij,ij->i", h, h)[:, None] / n + np.float32(value))
-        h *= arrays[0]
+        if arrays[0] is not None:
+            h *= arrays[0]
         h += arrays[1]
         return h
     if kind == "leaky_relu":  # max(x, a x) is x for x > 0 and a x below, for a slope 0 <= a < 1

@@ -37,6 +37,36 @@ def test_the_folded_numpy_decoder_equals_the_torch_networks(tiny_model):
     assert np.allclose(rows, expected.numpy(), atol=2e-5)
 
 
+def test_the_fused_decoder_is_the_same_function_whatever_the_signs_of_the_gains():
+    """``Fused`` centres the linear layers before a norm and moves positive norm gains into the next
+    layer; a norm with a gain <= 0 keeps its gain. The output is the pack's own layers' output."""
+    from cadasg_dist.model.dims import ModelDims
+    from cadasg_dist.sampling.pack import Fused, SamplingPack
+
+    rng = np.random.default_rng(0)
+    cells, latent, hidden, out = 3, 4, 16, 5
+    signed = rng.normal(size=hidden).astype(np.float32)  # some gains negative: not moved
+    positive = rng.uniform(0.5, 2.0, size=hidden).astype(np.float32)
+    f32 = lambda *shape: rng.normal(size=shape).astype(np.float32)  # noqa: E731
+    layers = [("layer_norm", (signed, f32(hidden)), 1e-5), ("leaky_relu", (), 0.2),
+              ("linear", (f32(hidden, hidden), f32(hidden)), 0.0),
+              ("layer_norm", (positive, f32(hidden)), 1e-5), ("leaky_relu", (), 0.2)]
+    pack = SamplingPack(f32(cells, latent, hidden), f32(cells, hidden) + 3.0, layers, f32(out, hidden), f32(out),
+                        np.arange(out), [], np.ones(cells))
+    fused = pack.fused()
+    assert [kind for kind, _, _ in fused.layers] == ["centred_norm", "leaky_relu", "linear", "centred_norm",
+                                                      "leaky_relu"]
+    assert fused.layers[0][1][0] is not None and fused.layers[3][1][0] is None
+    plain = SamplingPack(pack.scale, pack.shift, layers, pack.head_w, pack.head_b, pack.unperm, [], pack.cell_counts)
+    plain._fused = Fused(pack.scale, pack.shift, layers, pack.head_w)  # the layers as they are
+    dims = ModelDims(features=out, contexts=cells, spans=(), target_spans=())
+    cell = rng.integers(0, cells, 2000)
+    got, order = pack.activated(cell, dims, np.random.default_rng(1))
+    want, same = plain.activated(cell, dims, np.random.default_rng(1))
+    assert np.array_equal(order, same)
+    assert np.allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
 def test_a_model_loaded_for_sampling_draws_the_rows_of_the_saved_model(tiny_model, tmp_path):
     path = tiny_model.save(tmp_path / "m")
     index = json.loads((path / "sampler.json").read_text())
