@@ -41,23 +41,20 @@ from cadasg_dist.data.schema import Schema, declared_derived, output_order
 from cadasg_dist.data.transforms import DataTransformer
 from cadasg_dist.errors import InvalidDataError
 from cadasg_dist.federation.plan_round import PlanParty, SecureSum, noise_share
-from cadasg_dist.model.networks import ModelDims, model_dims
+from cadasg_dist.model.networks import ModelDims
 from cadasg_dist.privacy.ledger import Mechanism, PrivacyLedger
 from cadasg_dist.private.budget import CLASS_MARGINALS, CONTEXT_MARGINALS, COUNT, count_sigma, plan_budget
 from cadasg_dist.private.columns import (
     PrivateColumn,
     check_declarations,
     read_columns,
-    schema_column,
     settle_kind,
     unit_data_config,
 )
 from cadasg_dist.private.prepare import (
     _need_bounds,
-    private_extractor,
-    released_transformer,
+    released_layout,
     settle_unreleased,
-    target_class_groups,
 )
 from cadasg_dist.private.releases import column_counts, settle_bounds, settle_count, settle_histogram, value_resolution
 
@@ -221,19 +218,9 @@ def round_preparation(parties: list[PlanParty], cfg: CADASGConfig, *, mode: str 
     rnd = _Round(cfg, channel, header, len(parties), mode, disjoint)
     rnd.count(columns)
     columns, hist_std, left_out = rnd.columns(columns, derived)
-    schema = Schema(columns=tuple(schema_column(c) for c in columns), dropped=(*dropped, *left_out),
-                    derived=derived, order=tuple(n for n in output_order(header, data_cfg) if n not in left_out))
-    by_name = {c.name: c for c in columns}
-    extractor = private_extractor(cfg, schema, by_name)
-    if cfg.target is not None and cfg.target in extractor.categorical_columns:
-        raise InvalidDataError(f"target column {cfg.target!r} cannot also be a context column")
-    transformer = released_transformer(cfg, schema, extractor, by_name)
-    groups = None
-    if cfg.target is not None and merge_classes:
-        groups = target_class_groups(transformer.transforms.get(cfg.target), extractor.n_contexts, rnd.n_rows,
-                                     cfg.privacy.merge_class_sds * hist_std)
-    dims = model_dims(transformer.output_dim, transformer.spans, extractor.n_contexts, cfg.target, cfg.model,
-                      None if groups is None else tuple(groups))
+    schema, extractor, transformer, dims = released_layout(
+        cfg, output_order(header, data_cfg), columns, tuple(dropped), tuple(left_out), derived, rnd.n_rows,
+        hist_std if merge_classes else None)
     encode = (cfg.target is not None and cfg.class_calibration and dims.strata > 1) or cfg.context_calibration
     for p in parties:
         p.settle(columns, transformer, extractor, bool(encode))

@@ -131,26 +131,42 @@ def prepare_private(df: pd.DataFrame, cfg: CADASGConfig, *, rng: np.random.Gener
     # the exact size is read by the count release alone; everything after uses run.n_rows / n_units
     run = _Releases.start(cfg, columns, len(frame), None if units is None else int(units.max()) + 1, k, rng)
     columns, hist_std, left_out = run.release_columns(frame, columns, derived)
-    schema = Schema(columns=tuple(schema_column(c) for c in columns), dropped=(*dropped, *left_out),
-                    derived=derived, order=tuple(n for n in output_order(frame, data_cfg) if n not in left_out))
-    by_name = {c.name: c for c in columns}
-    extractor = private_extractor(cfg, schema, by_name)
-    if cfg.target is not None and cfg.target in extractor.categorical_columns:
-        raise InvalidDataError(f"target column {cfg.target!r} cannot also be a context column")
-    transformer = released_transformer(cfg, schema, extractor, by_name)
+    schema, extractor, transformer, dims = released_layout(
+        cfg, output_order(frame, data_cfg), columns, tuple(dropped), tuple(left_out), derived, run.n_rows,
+        hist_std if merge_classes else None)
     frame = conform(frame, columns, transformer)
     encode_seed = int(rng.integers(2**62))
-    groups = None
-    if cfg.target is not None and merge_classes:
-        groups = target_class_groups(transformer.transforms.get(cfg.target), extractor.n_contexts, run.n_rows,
-                                     cfg.privacy.merge_class_sds * hist_std)
-    dims = model_dims(transformer.output_dim, transformer.spans, extractor.n_contexts, cfg.target, cfg.model,
-                      None if groups is None else tuple(groups))
     x = run.release_marginals(frame, columns, transformer, extractor, dims, encode_seed)
     plan = plan_budget(cfg, n_rows=run.n_rows, n_units=run.n_units, has_utility=bool(dims.target_spans),
                        spent=run.ledger.mechanisms)
     return PrivatePreparation(schema, extractor, transformer, frame, units, encode_seed, run.ledger, dims, plan,
                               run.released, x)
+
+
+def released_layout(cfg: CADASGConfig, order: tuple[str, ...], columns: list[PrivateColumn], dropped: tuple[str, ...],
+                    left_out: tuple[str, ...], derived: Any, n_rows: int, hist_std: float | None
+                    ) -> tuple[Schema, RuleContextExtractor, DataTransformer, ModelDims]:
+    """Schema, contexts, transforms and model dimensions from the released ``columns``: what a
+    private preparation builds once the column releases are done, from pooled rows
+    (``prepare_private``) or from the silos' sums (the federated plan round). ``order``: the
+    table's column order; ``dropped``: the columns the config drops; ``left_out``: those the
+    releases left out (no longer in the output either); ``n_rows``: the released count;
+    ``hist_std``: the histograms' noise, against which the target's thin classes merge (None:
+    no merging). Reads no row."""
+    schema = Schema(columns=tuple(schema_column(c) for c in columns), dropped=(*dropped, *left_out),
+                    derived=derived, order=tuple(n for n in order if n not in left_out))
+    by_name = {c.name: c for c in columns}
+    extractor = private_extractor(cfg, schema, by_name)
+    if cfg.target is not None and cfg.target in extractor.categorical_columns:
+        raise InvalidDataError(f"target column {cfg.target!r} cannot also be a context column")
+    transformer = released_transformer(cfg, schema, extractor, by_name)
+    groups = None
+    if cfg.target is not None and hist_std is not None:
+        groups = target_class_groups(transformer.transforms.get(cfg.target), extractor.n_contexts, n_rows,
+                                     cfg.privacy.merge_class_sds * hist_std)
+    dims = model_dims(transformer.output_dim, transformer.spans, extractor.n_contexts, cfg.target, cfg.model,
+                      None if groups is None else tuple(groups))
+    return schema, extractor, transformer, dims
 
 
 @dataclass
