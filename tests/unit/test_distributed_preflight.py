@@ -108,3 +108,20 @@ def test_cli_train_exits_2_before_ray(tmp_path, capsys):
     assert code == 2
     assert "declare them for: group, label" in capsys.readouterr().err
     assert not (tmp_path / "model").exists()
+
+
+def test_the_head_of_a_parquet_directory_is_read_from_one_part_with_its_partition_columns(tmp_path):
+    from cadasg_dist.distributed.preflight import HEAD_ROWS, parquet_head
+
+    table = _table(3 * HEAD_ROWS)
+    for site in ("north", "south"):  # hive partitions: the column is in the path, not in the files
+        (tmp_path / f"site={site}").mkdir()
+    table.iloc[:0].to_parquet(tmp_path / "site=north" / "part-0.parquet", index=False)  # an empty part first
+    table.to_parquet(tmp_path / "site=south" / "part-1.parquet", index=False, row_group_size=len(table))
+    head, rows = parquet_head(tmp_path)
+    assert rows == len(table) and len(head) == HEAD_ROWS
+    assert list(head.columns) == [*table.columns, "site"] and set(head["site"]) == {"south"}
+    pd.testing.assert_frame_equal(head[list(table.columns)], table.iloc[:HEAD_ROWS])
+    table.iloc[:0].to_parquet(tmp_path / "site=south" / "part-1.parquet", index=False)
+    with pytest.raises(InvalidDataError, match="no rows"):
+        parquet_head(tmp_path)
