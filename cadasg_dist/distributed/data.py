@@ -29,7 +29,7 @@ import logging
 import shutil
 import tempfile
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +41,7 @@ from cadasg_dist.context.extractor import RuleContextExtractor
 from cadasg_dist.data.schema import Schema
 from cadasg_dist.distributed.plan import ShardPlan, row_uniforms
 from cadasg_dist.errors import InvalidDataError
+from cadasg_dist.train.rows import EncodedRows
 
 if TYPE_CHECKING:
     import ray.data
@@ -242,33 +243,33 @@ class ParquetShard:
             yield batch.to_pandas()
 
 def load_shard(shard: Any, encode: Callable[[pd.DataFrame, int], np.ndarray], ids: Callable[[pd.DataFrame], np.ndarray],
-               expected_rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """This worker's rows, encoded as they stream in: ((n, D) float32 features, (n,) int64 context ids).
+               expected_rows: int, spans: Sequence[Any] = ()) -> tuple[EncodedRows, np.ndarray]:
+    """This worker's rows, encoded as they stream in: (the rows as ``EncodedRows``, (n,) int64 context ids).
 
     ``shard`` is a DataIterator (or a Dataset in Ray Train's local mode); ``encode(batch, i)`` encodes
-    the i-th batch. The rows never exist as one frame: one batch of ``SHARD_BATCH_ROWS`` is held as
-    pandas at a time, and the encoded rows go into one buffer sized from the plan
-    (``expected_rows``, grown if the routing's binomial noise exceeds it; its unused tail is never
-    touched, so it costs no memory).
+    the i-th batch; ``spans``: the transformer's spans, whose one-hot ones are held as one small
+    integer a row (``train.rows``). The rows never exist as one frame: one batch of
+    ``SHARD_BATCH_ROWS`` is held as pandas at a time, and the encoded rows go into one store sized
+    from the plan (``expected_rows``, grown if the routing's binomial noise exceeds it; its unused
+    tail is never touched, so it costs no memory).
     """
-    xs: np.ndarray | None = None
+    rows: EncodedRows | None = None
     cs = np.empty(0, np.int64)
-    n = 0
     for i, batch in enumerate(shard.iter_batches(batch_format="pandas", batch_size=SHARD_BATCH_ROWS)):
         if len(batch) == 0:
             continue
         x, c = encode(batch, i), ids(batch)
-        if xs is None:
+        if rows is None:
             cap = max(expected_rows + expected_rows // 50 + 1024, len(x))
-            xs, cs = np.empty((cap, x.shape[1]), np.float32), np.empty(cap, np.int64)
-        if n + len(x) > len(xs):
-            cap = max(n + len(x), len(xs) * 5 // 4)
-            xs, cs = _grown(xs, n, cap), _grown(cs, n, cap)
-        xs[n:n + len(x)], cs[n:n + len(x)] = x, c
-        n += len(x)
-    if xs is None:
+            rows, cs = EncodedRows(spans, x.shape[1], cap), np.empty(cap, np.int64)
+        n = len(rows)
+        if n + len(x) > len(cs):
+            cs = _grown(cs, n, max(n + len(x), len(cs) * 5 // 4))
+        rows.append(x)
+        cs[n:n + len(x)] = c
+    if rows is None:
         raise InvalidDataError("this worker's shard is empty: use fewer workers for this table")
-    return xs[:n], cs[:n]
+    return rows, cs[:len(rows)]
 
 
 def _grown(a: np.ndarray, n: int, cap: int) -> np.ndarray:

@@ -48,6 +48,7 @@ from cadasg_dist.private.budget import BudgetPlan, plan_budget, private_configs
 from cadasg_dist.private.fit import poisson_batches
 from cadasg_dist.private.sampling import UnitSampler
 from cadasg_dist.private.step import REAL_ROW_METRICS, DPState
+from cadasg_dist.train.rows import EncodedRows
 from cadasg_dist.train.step import Batch
 
 __all__ = ["REAL_ROW_METRICS", "ShardPrivacy", "check_private_config"]
@@ -177,7 +178,7 @@ class ShardPrivacy:
         # As the engine's private fit: whole epochs of the plan's steps (budget stops may end it sooner).
         self.epochs = self.plan.steps // self.plan.steps_per_epoch
 
-    def batches(self, xs: torch.Tensor, cs: torch.Tensor) -> Iterator[Batch]:
+    def batches(self, xs: EncodedRows, cs: torch.Tensor) -> Iterator[Batch]:
         """One epoch of Poisson batches of this worker's rows; the loop's budget guard stops every
         worker at the same step (they share the ledger). An epoch ends at the next multiple of
         ``steps_per_epoch`` counted steps: after a failure the resumed epoch takes only the steps

@@ -46,6 +46,7 @@ from cadasg_dist.model.networks import ModelDims
 from cadasg_dist.privacy import entropy
 from cadasg_dist.train.fit import EpochReport, final_cache_pass
 from cadasg_dist.train.loop import TrainingLoop, split_batches
+from cadasg_dist.train.rows import EncodedRows
 from cadasg_dist.train.step import Batch, TrainState
 
 log = logging.getLogger(__name__)
@@ -151,12 +152,14 @@ def quiet_console() -> None:
                 handler.addFilter(quiet)
 
 
-def encode_shard(wc: WorkerConfig, shard: Any, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(n, D) float32 features and (n,) context ids of this worker's rows, encoded batch by batch as
-    they stream from its Ray Data shard (``data.load_shard``): the worker never holds them as pandas.
+def encode_shard(wc: WorkerConfig, shard: Any, rank: int) -> tuple[EncodedRows, torch.Tensor]:
+    """This worker's rows (``EncodedRows``: indexing gives (k, D) float32) and (n,) context ids,
+    encoded batch by batch as they stream from its Ray Data shard (``data.load_shard``): the worker
+    never holds them as pandas.
 
-    Held encoded rather than re-read each epoch: encoding is most of a read's cost, epochs shuffle
-    the whole shard, and the encoded rows take D x 4 bytes each (measured in bench/scaling.py)."""
+    Held encoded rather than re-read each epoch: encoding is most of a read's cost and epochs
+    shuffle the whole shard; held compactly (a one-hot span as one byte), a row takes a few dozen
+    bytes (measured in bench/scaling.py)."""
     transformer = DataTransformer.from_dict(wc.schema, wc.transformer)
     extractor = RuleContextExtractor.from_dict(wc.context, wc.schema)
     # Tie spreading is noise too: secret in a private run, as in the engine's private fit.
@@ -168,8 +171,8 @@ def encode_shard(wc: WorkerConfig, shard: Any, rank: int) -> tuple[torch.Tensor,
         seed = base if i == 0 else int(np.random.SeedSequence([base, i]).generate_state(1)[0])
         return transformer.encode(batch, seed=seed)
 
-    x, ids = load_shard(shard, encode, extractor.ids, wc.plan.loads[rank])
-    return torch.from_numpy(x), torch.from_numpy(ids)
+    rows, ids = load_shard(shard, encode, extractor.ids, wc.plan.loads[rank], transformer.spans)
+    return rows, torch.from_numpy(ids)
 
 
 def worker_device(use_gpu: bool) -> torch.device:
@@ -237,14 +240,14 @@ class WorkerRun:
                               f"use fewer workers or a larger train.batch_size")
 
     # --- training -----------------------------------------------------------------------------
-    def batches(self, xs: torch.Tensor, cs: torch.Tensor) -> Iterator[Batch]:
+    def batches(self, xs: EncodedRows, cs: torch.Tensor) -> Iterator[Batch]:
         """One epoch: shuffled slices of this shard (as many as one worker would take on the whole
         table), or, when private, Poisson batches at the global sample rate."""
         if self.privacy is not None:
             return self.trace.steps(self.privacy.batches(xs, cs))
         return self.trace.steps(split_batches(xs, cs, self.wc.steps_per_epoch, self.rng))
 
-    def epoch(self, xs: torch.Tensor, cs: torch.Tensor, number: int | None = None) -> dict[str, float]:
+    def epoch(self, xs: EncodedRows, cs: torch.Tensor, number: int | None = None) -> dict[str, float]:
         """Train epoch ``number`` (1-based; the next after the history when None) and return its mean
         metrics over workers."""
         start, cpu = time.perf_counter(), time.process_time()
@@ -255,7 +258,7 @@ class WorkerRun:
             # CPU seconds of this process: the work itself, whatever other jobs on the host take.
             self.timing["epoch_cpu_s"].append(time.process_time() - cpu)
 
-    def _epoch(self, xs: torch.Tensor, cs: torch.Tensor, number: int | None) -> dict[str, float]:
+    def _epoch(self, xs: EncodedRows, cs: torch.Tensor, number: int | None) -> dict[str, float]:
         means = self.loop.run_epoch(self.batches(xs, cs))
         if self.cache.pending_updates:
             self.cache.sync(self.comm)  # epoch end: a checkpoint holds merged statistics only
@@ -270,7 +273,7 @@ class WorkerRun:
         if self.state.step % self.wc.cfg.distributed.merge_every == 0:
             self.cache.sync(self.comm)
 
-    def finish(self, xs: torch.Tensor, cs: torch.Tensor) -> None:
+    def finish(self, xs: EncodedRows, cs: torch.Tensor) -> None:
         """Final cache pass over every worker's rows (one merged noisy release), then the final report."""
         start = time.perf_counter()
         private = self.privacy is not None

@@ -36,8 +36,9 @@ def ids(batch: pd.DataFrame) -> np.ndarray:
 def test_load_shard_concatenates_batches_in_order_and_grows_past_the_planned_rows():
     frames = [pd.DataFrame({"x": np.arange(a, b, dtype=float), "c": np.arange(a, b) % 3}) for a, b in
               [(0, 700), (700, 700), (700, 2500)]]
-    x, c = load_shard(Frames(frames), encode, ids, expected_rows=10)  # far fewer than arrive: must grow
-    assert x.dtype == np.float32 and x.shape == (2500, 2)
+    rows, c = load_shard(Frames(frames), encode, ids, expected_rows=10)  # far fewer than arrive: must grow
+    x = rows[:].numpy()
+    assert x.dtype == np.float32 and x.shape == (2500, 2) == rows.shape
     np.testing.assert_array_equal(x[:, 0], np.arange(2500))
     np.testing.assert_array_equal(x[:, 1], [0] * 700 + [2] * 1800)  # the empty batch 1 is skipped
     np.testing.assert_array_equal(c, np.arange(2500) % 3)
