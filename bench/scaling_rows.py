@@ -153,6 +153,9 @@ def run_mode(mode: str, rows: int, epochs: int, batch_size: int = 0) -> dict:
         out["first_step_s"] = timing["driver_prepare_s"] + timing["trainer_fit_s"] - loop
         out["worker_peak_rss_gb"] = sorted(watch.workers.values())
         out["ray_processes_peak"] = watch.processes
+        meta = model.meta["distributed"]  # rank 0's all-reduce: calls and wall seconds a step (waits included)
+        out["collectives_per_step"] = round(sum(meta["collectives_per_step"].values()), 1)
+        out["comm_ms_per_step"] = round(1000 * sum(meta["comm_seconds_per_step"].values()), 2)
     # the driver's peak up to here: training only (the scoring below reads a 1M-row part and fits
     # the downstream models, which the driver of a real run does not)
     out["driver_peak_rss_fit_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
