@@ -28,7 +28,7 @@ from ray.serve import Application
 from cadasg_dist.errors import CADASGError
 from cadasg_dist.serving.api import create_app
 from cadasg_dist.serving.sampler import SampleJob
-from cadasg_dist.serving.service import SamplingService, sampler_threads
+from cadasg_dist.serving.service import SamplingService, replica_process
 from cadasg_dist.serving.settings import ServeArgs, VersionConfig
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def _replica_app() -> FastAPI:
 @serve.ingress(_replica_app)
 class CADASGSampler:
     def __init__(self, args: dict[str, Any]) -> None:
-        sampler_threads()
+        replica_process()
         self.args = ServeArgs.parse(args)
         self.service = SamplingService(self.args, merge=self._merged)
         self._merged.set_max_batch_size(self.args.batch_max_requests)

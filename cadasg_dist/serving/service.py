@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from cadasg_dist.errors import ConfigError
+from cadasg_dist.memory import never_keep_freed_memory
 from cadasg_dist.serving.auth import ApiKey, KeyRing, RateLimiter
 from cadasg_dist.serving.models import LoadedModel, content_hash, load_model
 from cadasg_dist.serving.sampler import SampleJob, iter_sample, sample_many
@@ -140,6 +141,14 @@ def trim_heap() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def replica_process() -> None:
+    """The process settings of a replica, before it loads a model: its BLAS threads
+    (``sampler_threads``), and glibc's defaults for freed memory (``never_keep_freed_memory``: with
+    the sampler's reuse options a replica grew by each large answer it streamed)."""
+    never_keep_freed_memory()
+    sampler_threads()
 
 
 def sampler_threads() -> None:
