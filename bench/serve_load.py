@@ -269,10 +269,10 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
 UVICORN_SAMPLER = """
 import asyncio, os, sys, uvicorn
 from cadasg_dist.serving.api import create_app
-from cadasg_dist.serving.service import SamplingService, sampler_threads
+from cadasg_dist.serving.service import SamplingService, replica_process
 from cadasg_dist.serving.settings import ServeArgs
 
-sampler_threads()
+replica_process()
 args = ServeArgs(model_dir=sys.argv[2], model_name="bench", keys_env="CADASG_BENCH_KEYS", rate_limit_per_s=None)
 queue = []
 
