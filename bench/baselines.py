@@ -460,8 +460,8 @@ def epochs_probe(table: str, epochs: int, seed: int) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tables", default="all", help="comma list or 'all' (order: %s)" % ",".join(TABLES))
-    p.add_argument("--models", default=",".join(SDV_MODELS), help="comma list of %s" % ",".join(SDV_MODELS))
+    p.add_argument("--tables", default="all", help="comma list or 'all' (order: {})".format(",".join(TABLES)))
+    p.add_argument("--models", default=",".join(SDV_MODELS), help="comma list of {}".format(",".join(SDV_MODELS)))
     p.add_argument("--seed", type=int, nargs="+", default=[0], help="one or more split/model seeds")
     p.add_argument("--cache", default=str(DEFAULT_CACHE), help="cache root (default bench/.cache)")
     p.add_argument("--force", action="store_true", help="refit even if the cache is complete")
