@@ -145,7 +145,7 @@ def run_search(request: SearchRequest, frame: pd.DataFrame, *, callbacks: Sequen
     terminated = [saved.get(trial.trial_id, trial.status) in ("TERMINATED", "ERROR")
                   for trial in grid._experiment_analysis.trials]
     records = [_record(result, done) for result, done in zip(grid, terminated, strict=True)]
-    interrupted = grid.num_terminated + grid.num_errors < request.trials
+    interrupted = sum(terminated) < request.trials  # from the saved state too, not the counts in memory
     return SearchOutcome(request=request, records=records, split=split.sizes(), wall_s=time.perf_counter() - started,
                          interrupted=interrupted, experiment=experiment, resumed=resumed)
 
