@@ -24,7 +24,9 @@ request count. Settings:
 * sampler: the floor for the small setting: this endpoint's code (auth, validation, merging of
   concurrent requests, the sampler, JSON) on plain uvicorn in one process, without Ray;
 * direct: with ``--direct-ingress`` (Serve's RAY_SERVE_ENABLE_DIRECT_INGRESS=1), the small setting
-  sent straight to the replicas' own ports, the clients spread round-robin over them.
+  sent straight to the replicas' own ports, the clients spread round-robin over them;
+* balanced: with ``--direct-ingress``, the small setting through ``serving.balancer`` on one port
+  in this process (what ``cadasg serve`` runs by default).
 
 Numbers from a shared 2-core machine vary with whatever else runs there: the JSON records the
 load average before and after each setting.
@@ -52,7 +54,7 @@ KEY = "bench-key-do-not-use-elsewhere"
 # the client's own CPU was part of what the server-side numbers measured. This one keeps one
 # HTTP/1.1 keep-alive connection per client, writes request bytes from a template, and reads only
 # the status line, the few headers it records, and the body by Content-Length (or chunked framing).
-_WANT = (b"x-rows", b"x-batch-requests", b"server-timing")
+_WANT = (b"x-rows", b"x-batch-requests", b"server-timing", b"connection")
 
 
 async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[bytes, bytes], int]:
@@ -100,6 +102,9 @@ def _raw_sender(url: str, key: str) -> Any:
         try:
             writer.write(template.replace(b"{}", str(len(body)).encode()) + body)
             status, headers, _ = await _read_response(reader)
+            if headers.get(b"connection", b"").lower() == b"close":  # the server asks for a new connection
+                conn.clear()
+                writer.close()
             return status, headers
         except BaseException:
             conn.clear()
@@ -310,6 +315,20 @@ def _uvicorn_sampler(model: str) -> tuple[subprocess.Popen, str]:
     return proc, f"http://127.0.0.1:{port}"
 
 
+def _free_block(size: int) -> int:
+    """A free port whose next ``size`` ports are free too."""
+    for _ in range(50):
+        base = _free_port()
+        if base + size < 65_000 and all(_port_free(base + i) for i in range(1, size + 1)):
+            return base
+    raise RuntimeError("no free block of ports")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
 def _wait_http(port: int) -> None:
     for _ in range(600):
         with socket.socket() as s:
@@ -407,7 +426,9 @@ def run_main(args: argparse.Namespace) -> int:
     if args.throughput_optimized:  # Serve's documented fast path; must be set before Ray starts
         os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
     if args.direct_ingress:  # replicas serve HTTP on their own ports, no proxy hop; before Ray starts
-        os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
+        from cadasg_dist.cli.serve import direct_ingress_env
+
+        direct_ingress_env(_free_block(4), 2)  # what `cadasg serve` sets
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
@@ -438,7 +459,7 @@ def run_main(args: argparse.Namespace) -> int:
             proc.terminate()
             proc.wait(timeout=30)
     for r in (int(x) for x in args.replicas.split(",")):
-        if not only & {"small", "large", "floor", "direct"}:
+        if not only & {"small", "large", "floor", "direct", "balanced"}:
             break
         _deploy(args.model, (r, r), **({} if args.batch_wait_ms is None
                                        else {"batch_wait_timeout_s": args.batch_wait_ms / 1000}))
@@ -447,6 +468,8 @@ def run_main(args: argparse.Namespace) -> int:
             urls = ",".join(f"http://127.0.0.1:{p}" for p in _direct_ports())
             results.setdefault("direct", {})[str(r)] = setting(f"direct r={r}", {
                 "n": 100, "fmt": "json", "concurrency": 32, "duration": args.duration}, at=urls)
+        if "balanced" in only and args.direct_ingress:
+            results.setdefault("balanced", {})[str(r)] = _balanced(r, args.duration, setting)
         if "floor" in only:  # one client: the latency of a request with nothing queued before it
             results.setdefault("floor", {})[str(r)] = setting(f"floor r={r}", {
                 "n": 100, "fmt": "json", "concurrency": 1, "duration": min(args.duration, 15.0)})
@@ -479,7 +502,7 @@ def run_main(args: argparse.Namespace) -> int:
         _deploy(args.model, (2, 2))
         results["soak"] = setting("soak r=2", {"n": 100, "fmt": "json", "concurrency": 32, "duration": args.soak})
     if "autoscale" in only:
-        results["autoscale"] = _autoscale(args.model, url, args.duration)
+        results["autoscale"] = _autoscale(args.model, url, args.duration, balanced=args.direct_ingress)
     serve.shutdown()
     ray.shutdown()
     if args.out:
@@ -489,15 +512,44 @@ def run_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _autoscale(model: str, url: str, duration: float) -> dict[str, Any]:
+def _balanced(replicas: int, duration: float, setting: Any) -> dict[str, Any]:
+    """The small setting through the connection balancer of ``cadasg serve`` (this process)."""
+    from cadasg_dist.serving.balancer import Balancer, serve_targets
+
+    time.sleep(2)  # the replicas open their ports just after they report RUNNING
+    balancer = Balancer("127.0.0.1", _free_port(), serve_targets("bench", "127.0.0.1"))
+    balancer.start()
+    try:
+        res = setting(f"balanced r={replicas}", {"n": 100, "fmt": "json", "concurrency": 32, "duration": duration},
+                      at=f"http://127.0.0.1:{balancer.port}")
+    finally:
+        balancer.stop(grace_s=2)
+    res["targets"] = len(balancer.targets)
+    return res
+
+
+def _autoscale(model: str, url: str, duration: float, balanced: bool = False) -> dict[str, Any]:
+    """Min 1, max 2 replicas under the small load: when the second replica starts, runs, and (through
+    the balancer, ``balanced``) first holds client connections; then the scale-down."""
+    from cadasg_dist.serving.balancer import Balancer, serve_targets
+
     _deploy(model, (1, 2), target_ongoing_requests=8, downscale_delay_s=15)  # the other knobs: ServeArgs defaults
+    balancer = None
+    if balanced:
+        balancer = Balancer("127.0.0.1", _free_port(), serve_targets("bench", "127.0.0.1"))
+        balancer.start()
+        url = f"http://127.0.0.1:{balancer.port}"
     timeline: list[tuple[float, dict[str, int]]] = []  # (seconds, replica states) at each change
+    connections: list[tuple[float, list[int]]] = []  # (seconds, open connections per replica) at each change
     start = time.perf_counter()
 
     def poll() -> None:
         states = _replica_states()
         if not timeline or timeline[-1][1] != states:
             timeline.append((round(time.perf_counter() - start, 1), states))
+        spread = sorted(balancer.open.values()) if balancer else []
+        if balancer and (not connections or connections[-1][1] != spread):
+            connections.append((round(time.perf_counter() - start, 1), spread))
 
     proc = _client(url, n=100, fmt="json", concurrency=32, duration=max(duration, 45.0))
     while proc.poll() is None:
@@ -508,13 +560,17 @@ def _autoscale(model: str, url: str, duration: float) -> dict[str, Any]:
     while time.perf_counter() - stopped - start < 90 and (not timeline or timeline[-1][1] != {"RUNNING": 1}):
         poll()
         time.sleep(0.5)
+    if balancer:
+        balancer.stop(grace_s=2)
     running = [(t, s.get("RUNNING", 0)) for t, s in timeline]
     first_start = next((t for t, s in timeline if s.get("STARTING", 0) or sum(s.values()) >= 2), None)
     first_two = next((t for t, c in running if c >= 2), None)
     back = next((t for t, c in running if t > stopped and c == 1), None)
+    both = next((t for t, spread in connections if len([c for c in spread if c]) >= 2), None)
     out = {"peak_running": max(c for _, c in running), "second_replica_starting_at_s": first_start,
-           "second_replica_running_at_s": first_two, "load_stopped_at_s": round(stopped, 1),
-           "back_to_1_at_s": back, "timeline": timeline, "load": load}
+           "second_replica_running_at_s": first_two, "second_replica_has_connections_at_s": both,
+           "load_stopped_at_s": round(stopped, 1), "back_to_1_at_s": back, "timeline": timeline,
+           "connections": connections, "load": load}
     print(f"autoscale: {json.dumps({k: v for k, v in out.items() if k not in ('timeline', 'load')})}",
           file=sys.stderr, flush=True)
     return out

@@ -1,11 +1,16 @@
 """The ``serve`` subcommand: serve a trained model over HTTP with Ray Serve until Ctrl-C or SIGTERM.
 
-    cadasg serve DIR [--port 8700] [--host 127.0.0.1] [--replicas MIN:MAX] [--keys-file FILE]
+    cadasg serve DIR [--port 8700] [--host 127.0.0.1] [--replicas MIN:MAX] [--keys-file FILE] [--ingress proxy]
 
 Flags parse into ``cadasg_dist.serving.ServeArgs`` (the one source of defaults); a flag left out keeps its
 default. The model directory, the keys and the port are checked before Ray starts, so a user error
 is one line and exit code 2. Privacy: the server returns samples and public metadata only;
 sampling spends no privacy budget.
+
+Ingress: by default each replica answers HTTP itself on a loopback port (Serve's direct ingress,
+PORT+1 and up) and a connection balancer in this process listens on PORT (``serving.balancer``);
+``--ingress proxy`` puts Serve's own HTTP proxy on PORT instead (one more hop: about a quarter of the
+requests a second at 32 clients, docs/results/serving.md).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from typing import Any
 
 from cadasg_dist.cli.common import run_alone
 from cadasg_dist.errors import ConfigError
+
+APP_NAME = "cadasg"
 
 
 def _replicas(value: str) -> tuple[int, int]:
@@ -52,9 +59,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--allow-anonymous", action="store_true", default=None,
                    help="serve without API keys (local experiments only)")
     p.add_argument("--max-rows", type=int, help="largest n per request (above it: 413)")
-    p.add_argument("--direct-ingress", action="store_true",
-                   help="each replica also answers HTTP itself on PORT+1, PORT+2, ... (no proxy hop: about "
-                        "2x the requests/s at 32 clients); spread clients over those ports yourself")
+    p.add_argument("--ingress", choices=("balancer", "proxy"), default="balancer",
+                   help="balancer (default): replicas answer on 127.0.0.1 PORT+1, PORT+2, ... and this process "
+                        "spreads connections over them from PORT; proxy: Serve's HTTP proxy on PORT")
     p.set_defaults(run=run, func=run)  # cli.main dispatches on func
     return p
 
@@ -94,40 +101,70 @@ def run(args: argparse.Namespace) -> int:
                           "or --allow-anonymous for a local test")
     loaded = load_model(sargs.model_dir, name=sargs.name, version=sargs.version)  # ArtifactError: one line
     _check_port(args.host, args.port)
-
-    if args.direct_ingress:
+    balanced = args.ingress == "balancer"
+    if balanced:
         for port in direct_ports(args.port, sargs.max_replicas):
-            _check_port(args.host, port)
+            _check_port("127.0.0.1", port)
         direct_ingress_env(args.port, sargs.max_replicas)
     start_private_ray()
     import ray
     from ray import serve
 
-    from cadasg_dist.serving.app import build_app
-
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())  # after ray.init, which installs its own SIGTERM handler
-    serve.start(http_options={"host": args.host, "port": args.port})
-    try:
-        serve.run(build_app(sargs), name="cadasg", route_prefix="/")
-    except RuntimeError as exc:
-        serve.shutdown()
-        raise ConfigError(f"the deployment failed: {str(exc).splitlines()[0]}") from None
+    # Balanced, Serve's proxy (which it starts anyway) stays on a loopback port of its own: the
+    # balancer's fallback while no replica runs.
+    serve.start(http_options={"host": "127.0.0.1", "port": _free_port()} if balanced
+                else {"host": args.host, "port": args.port})
+    balancer = _deploy(args, sargs)
     print(f"serving model {loaded.name!r} version {loaded.version} at http://{args.host}:{args.port} "
           f"({sargs.min_replicas}-{sargs.max_replicas} replicas, {len(keys)} API keys); Ctrl-C or SIGTERM stops",
           flush=True)
-    if args.direct_ingress:
+    if balanced:
         ports = direct_ports(args.port, sargs.max_replicas)
-        print(f"direct ingress: each running replica also answers on one of ports {ports[0]}-{ports[-1]} of "
-              f"{args.host}", flush=True)
+        print(f"replicas answer on 127.0.0.1 ports {ports[0]}-{ports[-1]}; port {args.port} balances "
+              "connections over them", flush=True)
     try:
         stop.wait()
         print("stopping: draining in-flight requests", flush=True)
     finally:
+        if balancer is not None:
+            balancer.close()  # no new connections; the open ones end as their replica drains
         serve.shutdown()  # each replica finishes its requests (graceful_shutdown_timeout_s) before it stops
+        if balancer is not None:
+            balancer.stop(grace_s=5)
         ray.shutdown()
     return 0
+
+
+def _deploy(args: argparse.Namespace, sargs: Any) -> Any:
+    """Run the application and, with ``--ingress balancer``, the balancer on ``--port`` (returned)."""
+    from ray import serve
+
+    from cadasg_dist.serving.app import build_app
+    from cadasg_dist.serving.balancer import Balancer, serve_targets
+
+    try:
+        serve.run(build_app(sargs), name=APP_NAME, route_prefix="/")
+    except RuntimeError as exc:
+        serve.shutdown()
+        raise ConfigError(f"the deployment failed: {str(exc).splitlines()[0]}") from None
+    if args.ingress != "balancer":
+        return None
+    balancer = Balancer(args.host, args.port, serve_targets(APP_NAME, "127.0.0.1"))
+    try:
+        balancer.start()
+    except OSError as exc:
+        serve.shutdown()
+        raise ConfigError(f"cannot listen on {args.host}:{args.port} ({exc.strerror}); choose another --port") from None
+    return balancer
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def direct_ports(port: int, max_replicas: int) -> list[int]:
@@ -138,13 +175,18 @@ def direct_ports(port: int, max_replicas: int) -> list[int]:
 
 def direct_ingress_env(port: int, max_replicas: int) -> None:
     """Ray Serve's direct ingress (read once, when Serve starts): replicas run their own HTTP server
-    (same host, same app: keys and limits apply) on ports right above ``port``. A stopping replica
-    keeps its port open for the draining period so a balancer can drop it first; 5 s is enough
-    locally (Serve's default is 30 s)."""
+    (the same app: keys and limits apply) on ports right above ``port``. A stopping replica keeps its
+    port open for the draining period so the balancer drops it first; 5 s is enough locally (Serve's
+    default is 30 s). Two settings of Serve's throughput-optimized profile apply too: the app runs
+    on the replica's own event loop rather than a second thread's (no thread hop a request; the app
+    samples and encodes in its own thread pool, so the loop stays free), and access-log lines are
+    written in batches."""
     os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
     os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] = str(port + 1)
     os.environ["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(direct_ports(port, max_replicas)[-1])
     os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "5")
+    os.environ.setdefault("RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD", "0")
+    os.environ.setdefault("RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE", "1000")
 
 
 def start_private_ray() -> None:

@@ -113,7 +113,8 @@ async def sample_response(service: SamplingService, request: Request) -> Respons
         except ContextError as exc:
             raise RequestRejected(422, str(exc), valid=loaded.valid_context) from None
     seed = req.seed if req.seed is not None else secrets.randbits(63)
-    headers = {"X-Model": quote(loaded.name), "X-Model-Version": quote(loaded.version), "X-Seed": str(seed)}
+    headers = {"X-Model": quote(loaded.name), "X-Model-Version": quote(loaded.version), "X-Seed": str(seed),
+               **_reconnect(service)}
     envelope = {"model": loaded.name, "model_version": loaded.version, "seed": seed}
     media = MEDIA_TYPES[req.format]
     if req.n > service.args.chunk_rows:  # generated and sent one chunk at a time: bounded replica memory
@@ -136,6 +137,15 @@ async def sample_response(service: SamplingService, request: Request) -> Respons
         return Response(body, media_type=media, headers=headers)
     body = await asyncio.get_running_loop().run_in_executor(service.pool, b"".join, chunks)
     return Response(body, media_type=media, headers=headers)
+
+
+def _reconnect(service: SamplingService) -> dict[str, str]:
+    """``Connection: close`` on every ``reconnect_every``-th answer of this replica: the client's
+    next request opens a new connection, which the balancer of ``cadasg serve`` gives to the least
+    busy replica (one that autoscaling added, say). Clients reconnect without losing a request."""
+    service.answers += 1
+    every = service.args.reconnect_every
+    return {"Connection": "close"} if every and service.answers % every == 0 else {}
 
 
 def _released(pieces: Iterator[bytes]) -> Iterator[bytes]:

@@ -63,6 +63,7 @@ class SamplingService:
         self.merge = merge
         self.current: LoadedModel | None = None
         self.load_error: str | None = None
+        self.answers = 0  # sample answers given: every reconnect_every-th asks the client to reconnect
         self.pool = ThreadPoolExecutor(args.sample_threads, thread_name_prefix="cadasg-sample")
 
     # --- versions ---------------------------------------------------------------------------

@@ -128,29 +128,6 @@ def test_simulation_survives_a_dropout(simulated):
     assert s1_per_round == rounds[0]["silos"]["s1"]["steps"]
 
 
-def test_deployment_superlink_and_three_supernodes_with_tls(silo_inputs, tmp_path):
-    """``federated/deploy.py``: certificates, a SuperLink, one SuperNode per silo, ``flwr run``."""
-    from cadasg_dist.synthesizer import CADASG
-
-    d, _ = silo_inputs
-    out = tmp_path / "deployed"
-    cmd = [sys.executable, str(ROOT / "federated" / "deploy.py"), str(d / "table.parquet"), "--silo-column", "site",
-           "--config", str(d / "tiny.yaml"), "--rounds", "1", "--no-secagg", "--out", str(out),
-           "--workdir", str(tmp_path / "work"), "--port", "19391", "--node-port", "19491", "--timeout", "420"]
-    run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=480)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    certs = tmp_path / "work" / "certs"
-    assert {"ca.crt", "server.pem", "server.key"} <= {p.name for p in certs.iterdir()}
-    link_log = (tmp_path / "work" / "logs" / "superlink.log").read_text()
-    assert "Push replies" in link_log
-    model = CADASG.load(out)
-    meta = model.meta["federated"]
-    assert set(meta["silos"]) == set(SILOS) and [r["replied"] for r in meta["rounds"]] == [3, 3]
-    plan = json.loads((tmp_path / "work" / "plan.json").read_text())
-    assert plan["format"] == "cadasg-federation-plan"
-    assert len(model.sample(20, context={"group": "rare"})) == 20
-
-
 def deploy_and_kill(d: Path, tmp_path: Path, victims: list[str], port: int, config: str = "dropouts.yaml"
                     ) -> tuple[subprocess.CompletedProcess, Path]:
     """``federated/deploy.py`` over the three silos; once round 1 is aggregated (round 2 starting),
@@ -178,12 +155,20 @@ def deploy_and_kill(d: Path, tmp_path: Path, victims: list[str], port: int, conf
 
 
 def test_deployment_survives_a_supernode_killed_in_round_2(silo_inputs, tmp_path):
+    """``federated/deploy.py``: certificates, a SuperLink with TLS, one SuperNode per silo, ``flwr
+    run``; one SuperNode's process group SIGKILLed once round 1 is aggregated."""
     from cadasg_dist.synthesizer import CADASG
 
     d, _ = silo_inputs
     run, out = deploy_and_kill(d, tmp_path, ["s2"], 19591)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    meta = CADASG.load(out).meta["federated"]
+    work = tmp_path / "work"
+    assert {"ca.crt", "server.pem", "server.key"} <= {p.name for p in (work / "certs").iterdir()}
+    assert "Push replies" in (work / "logs" / "superlink.log").read_text()
+    assert json.loads((work / "plan.json").read_text())["format"] == "cadasg-federation-plan"
+    model = CADASG.load(out)
+    assert len(model.sample(20, context={"group": "rare"})) == 20
+    meta = model.meta["federated"]
     rounds = meta["rounds"]
     last = {r["round"]: r for r in rounds}  # a retried round: its aggregated attempt
     assert sorted(last) == [1, 2, 3, 4] and all(r["aggregated"] for r in last.values())

@@ -217,7 +217,7 @@ def test_private_class_histograms_are_one_charged_release_with_the_stated_noise(
     declared = {"group": {"categories": ["a", "b", "rare"]}, "label": {"categories": ["no", "yes"]}}
     cfg = tiny_config.replace(**{"privacy.epsilon": 4.0, "data.columns": declared,
                                  "model.calibrate_classes": True})
-    noisy = [prepare_private(mixed_table, cfg, rng=np.random.default_rng(seed)) for seed in range(30)]
+    noisy = [prepare_private(mixed_table, cfg, rng=np.random.default_rng(seed)) for seed in range(16)]
     prep = noisy[0]
     release = prep.transformer.class_marginals
     (mech,) = [m for m in prep.ledger.mechanisms if m.name == "preprocess/class_marginals"]
@@ -228,7 +228,7 @@ def test_private_class_histograms_are_one_charged_release_with_the_stated_noise(
     # are the same in every run; a run whose noisy release found missing values adds a slot after them)
     # (a run whose noisy release gave the target a missing slot has a third stratum: left out here)
     same = [p for p in noisy if p.dims.strata == 2]
-    assert len(same) >= 25
+    assert len(same) >= 12
     cells = np.array([np.array(p.transformer.class_marginals["counts"]["flag"])[:, :2] for p in same])
     cells = cells.reshape(len(same), -1)
     assert np.std(cells, axis=0).mean() == pytest.approx(release["std"], rel=0.3)
@@ -369,7 +369,7 @@ def test_private_context_histograms_are_one_charged_release_with_the_stated_nois
     auto = cfg.replace(**{"model.calibrate_contexts": "auto"})
     assert auto.replace(**{"privacy.epsilon": 3.0}).context_calibration  # "auto": on at epsilon <= 3 ...
     assert not auto.context_calibration and not auto.replace(**{"privacy.epsilon": math.inf}).context_calibration
-    noisy = [prepare_private(mixed_table, cfg, rng=np.random.default_rng(seed)) for seed in range(30)]
+    noisy = [prepare_private(mixed_table, cfg, rng=np.random.default_rng(seed)) for seed in range(16)]
     prep = noisy[0]
     release = prep.transformer.context_marginals
     (mech,) = [m for m in prep.ledger.mechanisms if m.name == "preprocess/context_marginals"]
@@ -380,7 +380,7 @@ def test_private_context_histograms_are_one_charged_release_with_the_stated_nois
     # (the declared groups' rows, and the flag's two slots: a run whose noisy release found missing
     # values adds a slot after them)
     flags = [np.array(p.transformer.context_marginals["counts"]["flag"])[:3, :2] for p in noisy]
-    cells = np.array(flags).reshape(30, -1)
+    cells = np.array(flags).reshape(len(noisy), -1)
     assert np.std(cells, axis=0).mean() == pytest.approx(release["std"], rel=0.3)
     off = prepare_private(mixed_table, cfg.replace(**{"model.calibrate_contexts": "off"}), rng=np.random.default_rng(0))
     assert off.transformer.context_marginals is None

@@ -150,6 +150,16 @@ def test_rate_limit_is_per_key_with_retry_after(model_dir):
         assert c.get("/v1/model", headers={"X-API-Key": OTHER_MODEL_KEY}).status_code == 403  # own bucket
 
 
+def test_every_kth_answer_asks_the_client_to_reconnect(model_dir):
+    service = make_service(model_dir, reconnect_every=3)
+    with TestClient(create_app(service)) as c:
+        closes = [post(c, {"n": 5, "seed": i}).headers.get("connection") for i in range(6)]
+        assert closes == [None, None, "close", None, None, "close"]
+    never = make_service(model_dir, reconnect_every=0)
+    with TestClient(create_app(never)) as c:
+        assert all("connection" not in post(c, {"n": 5}).headers for _ in range(4))
+
+
 def test_no_keys_refuses_to_start_unless_anonymous_is_explicit(model_dir):
     with pytest.raises(ConfigError, match="no API keys"):
         SamplingService(ServeArgs(model_dir=model_dir), keys=KeyRing([]))

@@ -57,11 +57,11 @@ def test_module_entry_point_reports_one_line(tmp_path, capsys, monkeypatch):
     assert err.startswith("cadasg: error:") and err.count("\n") == 1
 
 
-def test_direct_ingress_sets_serve_ports_above_the_proxy_port(monkeypatch):
+def test_the_balancer_is_the_default_and_replicas_take_the_ports_above_it(monkeypatch):
     for name in ("RAY_SERVE_ENABLE_DIRECT_INGRESS", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT",
                  "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"):
         monkeypatch.delenv(name, raising=False)
-    assert parse("m", "--direct-ingress").direct_ingress and not parse("m").direct_ingress
+    assert parse("m").ingress == "balancer" and parse("m", "--ingress", "proxy").ingress == "proxy"
     serve_command.direct_ingress_env(8700, 2)
     import os
 
@@ -71,7 +71,7 @@ def test_direct_ingress_sets_serve_ports_above_the_proxy_port(monkeypatch):
     assert serve_command.direct_ports(8700, 2) == [8701, 8702, 8703, 8704]
 
 
-def test_a_busy_direct_ingress_port_is_refused_before_ray(tiny_model, tmp_path, monkeypatch):
+def test_a_busy_replica_port_is_refused_before_ray(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setenv("CADASG_API_KEYS", f"{hash_key('k')} model=*")
     model_dir = str(tiny_model.save(tmp_path / "m"))
     with socket.socket() as busy:
@@ -79,4 +79,4 @@ def test_a_busy_direct_ingress_port_is_refused_before_ray(tiny_model, tmp_path, 
         busy.listen()
         taken = busy.getsockname()[1]
         with pytest.raises(ConfigError, match=f"127.0.0.1:{taken}"):
-            serve_command.run(parse(model_dir, "--port", str(taken - 2), "--direct-ingress"))
+            serve_command.run(parse(model_dir, "--port", str(taken - 2)))

@@ -1,6 +1,7 @@
-"""``cadasg serve --direct-ingress``: the replica answers on PORT+1 itself with the same app as the
-proxy (keys refused the same way, the same rows for the same seed), and SIGTERM still drains and
-exits 0. One subprocess (~40 s on 2 cores, mostly Ray and Serve starting)."""
+"""``cadasg serve`` with its default ingress: the balancer on PORT hands connections to the replicas,
+which answer on PORT+1 and PORT+2 themselves with the same app (keys refused the same way, the same
+rows for the same seed); a burst of parallel clients all get answers; SIGTERM drains and exits 0 and
+frees every port. One subprocess (~40 s on 2 cores, mostly Ray and Serve starting)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -48,29 +50,33 @@ def _wait_ok(url: str, proc: subprocess.Popen, seconds: float) -> None:
     raise AssertionError(f"{url} never answered 200")
 
 
-def test_direct_ingress_serves_the_same_app_on_the_replica_port(tiny_model, tmp_path):
+def test_the_balancer_serves_the_replicas_app_on_one_port(tiny_model, tmp_path):
     model_dir = tiny_model.save(tmp_path / "tiny")
     key = new_key()
     keys = tmp_path / "keys"
     keys.write_text(f"{hash_key(key)} model=tiny\n")
-    port = _free_block(2)
+    port = _free_block(4)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH", "RAY_SERVE"))}
     proc = subprocess.Popen([sys.executable, "-m", "cadasg_dist.cli", "serve", str(model_dir), "--port", str(port),
-                             "--keys-file", str(keys), "--replicas", "1", "--direct-ingress"],
+                             "--keys-file", str(keys), "--replicas", "2"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    proxy, direct = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"
+    front, replica = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"
     try:
-        _wait_ok(f"{proxy}/healthz", proc, 240)
-        _wait_ok(f"{direct}/healthz", proc, 60)
+        _wait_ok(f"{front}/healthz", proc, 240)
+        _wait_ok(f"{replica}/healthz", proc, 60)
         body = {"n": 25, "seed": 9, "format": "arrow"}
-        assert httpx.post(f"{direct}/v1/sample", json=body, timeout=60).status_code == 401
-        wrong = httpx.post(f"{direct}/v1/sample", json=body, headers={"X-API-Key": key + "x"}, timeout=60)
+        assert httpx.post(f"{front}/v1/sample", json=body, timeout=60).status_code == 401
+        wrong = httpx.post(f"{front}/v1/sample", json=body, headers={"X-API-Key": key + "x"}, timeout=60)
         assert wrong.status_code == 401
-        via_replica = httpx.post(f"{direct}/v1/sample", json=body, headers={"X-API-Key": key}, timeout=60)
-        via_proxy = httpx.post(f"{proxy}/v1/sample", json=body, headers={"X-API-Key": key}, timeout=60)
-        assert via_replica.status_code == via_proxy.status_code == 200
-        assert via_replica.content == via_proxy.content
-        assert via_replica.headers["X-Model-Version"] == via_proxy.headers["X-Model-Version"]
+        via_replica = httpx.post(f"{replica}/v1/sample", json=body, headers={"X-API-Key": key}, timeout=60)
+        via_front = httpx.post(f"{front}/v1/sample", json=body, headers={"X-API-Key": key}, timeout=60)
+        assert via_replica.status_code == via_front.status_code == 200
+        assert via_replica.content == via_front.content
+        assert via_replica.headers["X-Model-Version"] == via_front.headers["X-Model-Version"]
+        with ThreadPoolExecutor(8) as pool:  # eight connections at once, spread over both replicas
+            answers = list(pool.map(lambda s: httpx.post(f"{front}/v1/sample", json={"n": 10, "seed": s},
+                                                         headers={"X-API-Key": key}, timeout=60), range(8)))
+        assert [a.status_code for a in answers] == [200] * 8
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=120)
     finally:
@@ -78,5 +84,5 @@ def test_direct_ingress_serves_the_same_app_on_the_replica_port(tiny_model, tmp_
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, err[-2000:]
-    assert f"ports {port + 1}-{port + 2}" in out and "Traceback" not in err
-    assert _free(port + 1)
+    assert f"ports {port + 1}-{port + 4}" in out and "Traceback" not in err
+    assert all(_free(port + i) for i in range(5))

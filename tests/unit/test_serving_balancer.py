@@ -1,0 +1,120 @@
+"""The connection balancer of ``cadasg serve``, in front of two plain HTTP/1.1 servers on loopback:
+bytes pass unchanged both ways, connections go to the replica with the fewest open ones, a replica
+that does not listen is skipped, a ``Connection: close`` answer ends the client's connection (its
+next one may land elsewhere), and stopping frees the port."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+
+from cadasg_dist.serving.balancer import Balancer
+
+
+class _Replica(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        answer = self.server.name.encode() + b":" + body[::-1]
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(answer)))
+        if body == b"bye":
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def replicas():
+    servers = []
+    for name in ("a", "b"):
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _Replica)
+        server.daemon_threads = True
+        server.name = name
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+    yield servers
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def _start(targets) -> Balancer:
+    balancer = Balancer("127.0.0.1", _free_port(), lambda: list(targets), refresh_s=0.05)
+    balancer.start()
+    return balancer
+
+
+def test_connections_spread_over_replicas_and_bytes_pass_unchanged(replicas):
+    targets = [("127.0.0.1", s.server_address[1]) for s in replicas]
+    balancer = _start(targets)
+    url = f"http://127.0.0.1:{balancer.port}/x"
+    clients = [httpx.Client() for _ in range(4)]
+    try:
+        payload = bytes(range(256)) * 300  # larger than one read of the balancer
+        names = [c.post(url, content=payload).content.split(b":", 1)[0] for c in clients]
+        assert sorted(names) == [b"a", b"a", b"b", b"b"]  # fewest open connections first
+        for client, name in zip(clients, names):  # kept alive: the same replica answers again
+            answer = client.post(url, content=payload).content
+            assert answer == name + b":" + payload[::-1]
+        assert sum(balancer.open.values()) == 4
+    finally:
+        for client in clients:
+            client.close()
+        balancer.stop(grace_s=2)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", balancer.port))  # the port is free again
+
+
+def test_a_replica_that_does_not_listen_is_skipped(replicas):
+    dead = ("127.0.0.1", _free_port())
+    balancer = _start([dead, ("127.0.0.1", replicas[1].server_address[1])])
+    try:
+        for _ in range(3):
+            with httpx.Client() as client:
+                assert client.post(f"http://127.0.0.1:{balancer.port}/", content=b"hi").content == b"b:ih"
+    finally:
+        balancer.stop(grace_s=2)
+
+
+def test_connection_close_ends_the_connection_and_the_next_one_is_balanced_again(replicas):
+    targets = [("127.0.0.1", replicas[0].server_address[1])]
+    balancer = _start(targets)
+    url = f"http://127.0.0.1:{balancer.port}/"
+    try:
+        with httpx.Client() as client:
+            assert client.post(url, content=b"one").content == b"a:eno"
+            targets.append(("127.0.0.1", replicas[1].server_address[1]))  # autoscaling added a replica
+            with httpx.Client() as other:  # holds a connection on "b", the least busy
+                assert other.post(url, content=b"x").content == b"b:x"
+                assert client.post(url, content=b"bye").content == b"a:eyb"  # replica "a" closes
+                assert client.post(url, content=b"two").content in (b"a:owt", b"b:owt")  # no error
+        with httpx.Client() as client:
+            assert client.post(url, content=b"k").status_code == 200
+    finally:
+        balancer.stop(grace_s=2)
+
+
+def test_no_replica_closes_the_connection_and_a_busy_port_is_an_error(replicas):
+    balancer = _start([])
+    try:
+        with pytest.raises(httpx.HTTPError), httpx.Client() as client:
+            client.post(f"http://127.0.0.1:{balancer.port}/", content=b"x")
+        with pytest.raises(OSError):
+            Balancer("127.0.0.1", balancer.port, list).start()
+    finally:
+        balancer.stop(grace_s=2)
