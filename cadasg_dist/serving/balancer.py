@@ -6,7 +6,8 @@ and an actor call per request (at 32 clients it answered a quarter of the reques
 did, docs/results/serving.md). This balancer listens on the one public port and hands each new
 connection to the running replica with the fewest open connections, then copies bytes both ways
 without reading HTTP. Replicas answer ``Connection: close`` now and then (``ServeArgs.reconnect_every``),
-so long-lived keep-alive clients move to a replica that autoscaling added.
+so long-lived keep-alive clients move to a replica that autoscaling added. A request that a
+replica closed on (or died on) before answering a byte goes to another replica (``_Link``).
 
 The targets come from Serve's controller (its running ingress replicas and their ports), read
 every ``refresh_s`` in a thread of their own: a replica that stops leaves the list before its port
@@ -16,6 +17,7 @@ closes (Serve keeps a stopping replica's port open for its draining period).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import socket
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 
 Target = tuple[str, int]
 CHUNK = 1 << 16
+REPLAY_MAX = 1 << 20  # bytes of an unanswered request kept to send again
 
 
 class Balancer:
@@ -43,6 +46,7 @@ class Balancer:
         self.targets: list[Target] = []
         self.open: dict[Target, int] = {}
         self._turn = itertools.count()
+        self.replayed = 0  # requests sent again because their replica closed without answering
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.AbstractServer | None = None
         self._stopping = threading.Event()
@@ -131,25 +135,39 @@ class Balancer:
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         _no_delay(client_w)
-        upstream = await self._connect()
-        if upstream is None:
-            client_w.close()
-            return
-        target, up_r, up_w = upstream
-        self.open[target] = self.open.get(target, 0) + 1
-        to_replica = asyncio.ensure_future(_pipe(client_r, up_w))
+        link = _Link(client_r, client_w)
+        tried: set[Target] = set()
+        to_replica: asyncio.Future | None = None
         try:
-            await _pipe(up_r, client_w)  # the replica's side decides when the exchange is over
+            while (upstream := await self._connect(skip=tried)) is not None:
+                target, up_r, link.up_w = upstream
+                tried.add(target)
+                if link.unanswered:  # the last replica closed on a request it never answered
+                    self.replayed += 1
+                    link.up_w.write(bytes(link.unanswered))
+                to_replica = to_replica or asyncio.ensure_future(link.to_replica())
+                self.open[target] = self.open.get(target, 0) + 1
+                try:
+                    await link.to_client(up_r)  # the replica's side decides when the exchange is over
+                finally:
+                    self._release(target)
+                    link.up_w.close()
+                if link.client_gone or not link.unanswered:
+                    return
         finally:
-            to_replica.cancel()
-            self.open[target] -= 1
-            if not self.open[target] and target not in self.targets:
-                del self.open[target]
-            for writer in (client_w, up_w):
-                writer.close()
+            if to_replica is not None:
+                to_replica.cancel()
+            client_w.close()
 
-    async def _connect(self) -> tuple[Target, asyncio.StreamReader, asyncio.StreamWriter] | None:
+    def _release(self, target: Target) -> None:
+        self.open[target] -= 1
+        if not self.open[target] and target not in self.targets:
+            del self.open[target]
+
+    async def _connect(self, skip: set[Target]) -> tuple[Target, asyncio.StreamReader, asyncio.StreamWriter] | None:
         for target in self.choose():
+            if target in skip:
+                continue
             try:
                 reader, writer = await asyncio.wait_for(
                     asyncio.open_connection(*target, limit=CHUNK), self.connect_timeout_s)
@@ -160,16 +178,61 @@ class Balancer:
         return None
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Copy until end of stream, then pass the half-close on; a reset ends both directions."""
-    try:
-        while data := await reader.read(CHUNK):
-            writer.write(data)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
-    except (ConnectionError, OSError):
-        writer.close()
+class _Link:
+    """One client connection and the replica it is spliced to, which may change.
+
+    ``unanswered`` holds what the client sent since the replica last sent anything (None past
+    ``REPLAY_MAX``). If the replica closes or dies while a request has no byte of answer (a replica
+    that stops, one that is killed), that request is sent again to another replica: sampling has
+    no side effects and spends no budget. An answer cut after its first byte is not replayed.
+    """
+
+    def __init__(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        self.client_r, self.client_w = client_r, client_w
+        self.up_w: asyncio.StreamWriter | None = None
+        self.unanswered: bytearray | None = bytearray()
+        self.client_gone = False
+
+    async def to_replica(self) -> None:
+        """Client bytes to whichever replica is current; the client's end of stream passed on (a
+        client that has left gets no replay)."""
+        while True:
+            try:
+                data = await self.client_r.read(CHUNK)
+            except (ConnectionError, OSError):
+                data = b""
+            if not data:
+                break
+            if self.unanswered is not None:
+                self.unanswered += data
+                if len(self.unanswered) > REPLAY_MAX:
+                    self.unanswered = None
+            try:
+                self.up_w.write(data)
+                await self.up_w.drain()
+            except (ConnectionError, OSError):
+                pass  # the replica went away: _handle sends ``unanswered`` to the next one
+        self.client_gone = True
+        with contextlib.suppress(OSError):
+            if self.up_w.can_write_eof():
+                self.up_w.write_eof()
+
+    async def to_client(self, up_r: asyncio.StreamReader) -> None:
+        """Replica bytes to the client until the replica closes (or the client goes)."""
+        while True:
+            try:
+                data = await up_r.read(CHUNK)
+            except (ConnectionError, OSError):
+                return  # a reset replica: like a close
+            if not data:
+                return
+            self.unanswered = bytearray()
+            try:
+                self.client_w.write(data)
+                await self.client_w.drain()
+            except (ConnectionError, OSError):
+                self.client_gone = True
+                return
 
 
 def _no_delay(writer: asyncio.StreamWriter) -> None:

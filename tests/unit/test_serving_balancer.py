@@ -1,11 +1,13 @@
 """The connection balancer of ``cadasg serve``, in front of two plain HTTP/1.1 servers on loopback:
 bytes pass unchanged both ways, connections go to the replica with the fewest open ones, a replica
 that does not listen is skipped, a ``Connection: close`` answer ends the client's connection (its
-next one may land elsewhere), and stopping frees the port."""
+next one may land elsewhere), a request its replica closed on unanswered goes to another one (an
+answer cut after its first byte does not), and stopping frees the port."""
 
 from __future__ import annotations
 
 import socket
+import socketserver
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -30,6 +32,24 @@ class _Replica(BaseHTTPRequestHandler):
 
     def log_message(self, *args) -> None:
         pass
+
+
+class _Quits(socketserver.BaseRequestHandler):
+    """Reads one request, then closes: without a byte of answer, or (``cut``) after a few."""
+
+    def handle(self) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += self.request.recv(4096)
+        if self.server.cut:
+            self.request.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+
+
+def _quitting(cut: bool) -> socketserver.ThreadingTCPServer:
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Quits)
+    server.daemon_threads, server.cut = True, cut
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
 
 
 def _free_port() -> int:
@@ -118,3 +138,30 @@ def test_no_replica_closes_the_connection_and_a_busy_port_is_an_error(replicas):
             Balancer("127.0.0.1", balancer.port, list).start()
     finally:
         balancer.stop(grace_s=2)
+
+
+def test_a_request_its_replica_closed_on_unanswered_goes_to_another(replicas):
+    quits = _quitting(cut=False)
+    balancer = _start([("127.0.0.1", quits.server_address[1]), ("127.0.0.1", replicas[0].server_address[1])])
+    try:
+        for _ in range(4):  # whichever the balancer tries first, the answer comes from "a"
+            with httpx.Client() as client:
+                assert client.post(f"http://127.0.0.1:{balancer.port}/", content=b"abc").content == b"a:cba"
+        assert balancer.replayed >= 1
+    finally:
+        balancer.stop(grace_s=2)
+        quits.shutdown()
+        quits.server_close()
+
+
+def test_an_answer_cut_after_its_first_byte_is_not_sent_again(replicas):
+    cut = _quitting(cut=True)
+    balancer = _start([("127.0.0.1", cut.server_address[1])])
+    try:
+        with pytest.raises(httpx.HTTPError), httpx.Client() as client:
+            client.post(f"http://127.0.0.1:{balancer.port}/", content=b"abc")
+        assert balancer.replayed == 0
+    finally:
+        balancer.stop(grace_s=2)
+        cut.shutdown()
+        cut.server_close()
