@@ -274,7 +274,7 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
 UVICORN_SAMPLER = """
 import asyncio, os, sys, uvicorn
 from cadasg_dist.serving.api import create_app
-from cadasg_dist.serving.service import SamplingService, replica_process
+from cadasg_dist.serving.service import SamplingService, replica_process, settle_heap
 from cadasg_dist.serving.settings import ServeArgs
 
 replica_process()
@@ -301,6 +301,7 @@ async def flush():
 
 service = SamplingService(args, merge=merge)
 service.load(args.model_dir)
+settle_heap()
 uvicorn.run(create_app(service), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
 """
 
@@ -428,7 +429,7 @@ def run_main(args: argparse.Namespace) -> int:
     if args.direct_ingress:  # replicas serve HTTP on their own ports, no proxy hop; before Ray starts
         from cadasg_dist.cli.serve import direct_ingress_env
 
-        direct_ingress_env(_free_block(4), 2)  # what `cadasg serve` sets
+        direct_ingress_env(_free_block(8), 2)  # what `cadasg serve` sets
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     port = _free_port()
     url = f"http://127.0.0.1:{port}"

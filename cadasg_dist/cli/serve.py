@@ -168,9 +168,10 @@ def _free_port() -> int:
 
 
 def direct_ports(port: int, max_replicas: int) -> list[int]:
-    """The replicas' own ports: twice the replica count, as a replacement replica starts (version
-    swap) while the one it replaces still drains on its port."""
-    return list(range(port + 1, port + 1 + 2 * max_replicas))
+    """The replicas' own ports: four for each replica. A replacement starts while the replica it
+    replaces still drains on its port, and Serve never again gives out a port that a replica once
+    failed to open (another program took it meanwhile, say), so the range leaves room for both."""
+    return list(range(port + 1, port + 1 + 4 * max_replicas))
 
 
 def direct_ingress_env(port: int, max_replicas: int) -> None:

@@ -28,7 +28,7 @@ from ray.serve import Application
 from cadasg_dist.errors import CADASGError
 from cadasg_dist.serving.api import create_app
 from cadasg_dist.serving.sampler import SampleJob
-from cadasg_dist.serving.service import SamplingService, replica_process
+from cadasg_dist.serving.service import SamplingService, replica_process, settle_heap
 from cadasg_dist.serving.settings import ServeArgs, VersionConfig
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ class CADASGSampler:
             self.service.load_error = f"{type(exc).__name__}: {exc}"
             log.error("model %s did not load: %s", self.args.model_dir, self.service.load_error)
         _register(self.service)
+        settle_heap()
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def _merged(self, jobs: list[SampleJob]) -> list[tuple[pd.DataFrame, int]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import logging
 import os
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -150,6 +151,16 @@ def replica_process() -> None:
     the sampler's reuse options a replica grew by each large answer it streamed)."""
     never_keep_freed_memory()
     sampler_threads()
+
+
+def settle_heap() -> None:
+    """Move every object alive now (the imports, Ray's and Serve's among them, and the loaded
+    model) out of the cyclic garbage collector's reach (``gc.freeze``), once a replica is ready.
+    A full collection then walks only what requests allocate: with Ray imported it walked about
+    156,000 objects, 70 ms during which the replica answers nothing, which showed up as the tail
+    of the latency at 32 clients. Objects are still freed by reference counting as before."""
+    gc.collect()
+    gc.freeze()
 
 
 def sampler_threads() -> None:

@@ -55,7 +55,7 @@ def test_the_balancer_serves_the_replicas_app_on_one_port(tiny_model, tmp_path):
     key = new_key()
     keys = tmp_path / "keys"
     keys.write_text(f"{hash_key(key)} model=tiny\n")
-    port = _free_block(4)
+    port = _free_block(8)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH", "RAY_SERVE"))}
     proc = subprocess.Popen([sys.executable, "-m", "cadasg_dist.cli", "serve", str(model_dir), "--port", str(port),
                              "--keys-file", str(keys), "--replicas", "2"],
@@ -84,5 +84,5 @@ def test_the_balancer_serves_the_replicas_app_on_one_port(tiny_model, tmp_path):
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, err[-2000:]
-    assert f"ports {port + 1}-{port + 4}" in out and "Traceback" not in err
-    assert all(_free(port + i) for i in range(5))
+    assert f"ports {port + 1}-{port + 8}" in out and "Traceback" not in err
+    assert all(_free(port + i) for i in range(9))

@@ -62,13 +62,18 @@ def test_the_written_out_rdp_orders_are_opacus_own():
 
 def test_a_serve_replica_loads_and_samples_a_model_without_torch(tmp_path, tiny_model):
     """What a replica runs at start and per request, in a fresh interpreter: no torch, no Opacus,
-    and glibc's own handling of freed memory (the sampler's reuse options grew a replica by each
-    large answer it streamed: bench/serve_memory.py)."""
+    glibc's own handling of freed memory (the sampler's reuse options grew a replica by each
+    large answer it streamed: bench/serve_memory.py), and the ready heap out of the collector's
+    reach (its full collections were the tail of the latency: docs/results/serving.md)."""
     saved = tiny_model.save(tmp_path / "m")
     loaded = _loaded_after(f"from cadasg_dist.serving.models import load_model\n"
-                           f"from cadasg_dist.serving.service import replica_process\n"
+                           f"from cadasg_dist.serving.service import replica_process, settle_heap\n"
                            f"from cadasg_dist.memory import keep_freed_memory\n"
+                           f"import gc\n"
                            f"replica_process()\n"
-                           f"assert len(load_model({str(saved)!r}, name='m').model.sample(50, seed=1)) == 50\n"
+                           f"loaded = load_model({str(saved)!r}, name='m')\n"
+                           f"settle_heap()\n"
+                           f"assert gc.get_freeze_count() > 0 and len(gc.get_objects()) < 1000\n"
+                           f"assert len(loaded.model.sample(50, seed=1)) == 50\n"
                            f"assert not keep_freed_memory()  # a replica keeps glibc's defaults")
     assert not loaded["torch"] and not loaded["opacus"], loaded

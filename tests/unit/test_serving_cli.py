@@ -67,8 +67,8 @@ def test_the_balancer_is_the_default_and_replicas_take_the_ports_above_it(monkey
 
     assert os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1"
     assert (os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"], os.environ["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"]
-            ) == ("8701", "8704")
-    assert serve_command.direct_ports(8700, 2) == [8701, 8702, 8703, 8704]
+            ) == ("8701", "8708")
+    assert serve_command.direct_ports(8700, 2) == list(range(8701, 8709))
 
 
 def test_a_busy_replica_port_is_refused_before_ray(tiny_model, tmp_path, monkeypatch):
