@@ -26,7 +26,10 @@ request count. Settings:
 * direct: with ``--direct-ingress`` (Serve's RAY_SERVE_ENABLE_DIRECT_INGRESS=1), the small setting
   sent straight to the replicas' own ports, the clients spread round-robin over them;
 * balanced: with ``--direct-ingress``, the small setting through ``serving.balancer`` on one port
-  in this process (what ``cadasg serve`` runs by default).
+  in this process (what ``cadasg serve`` runs by default);
+* kill: with ``--direct-ingress``, the small setting through the balancer on 2 replicas, one of
+  them SIGKILLed from outside a third of the way in: errors, requests sent again to the other
+  replica, and when Serve's replacement runs.
 
 Numbers from a shared 2-core machine vary with whatever else runs there: the JSON records the
 load average before and after each setting.
@@ -341,8 +344,7 @@ def _wait_http(port: int) -> None:
 
 def _direct_ports() -> list[int]:
     """The ports replicas serve HTTP on themselves when RAY_SERVE_ENABLE_DIRECT_INGRESS=1."""
-    from ray.serve._private.constants import RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT as low
-
+    low = int(os.environ.get("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", "30000"))  # Serve's default
     found = []
     for port in range(low, low + 16):
         with socket.socket() as s:
@@ -502,6 +504,8 @@ def run_main(args: argparse.Namespace) -> int:
     if args.soak:
         _deploy(args.model, (2, 2))
         results["soak"] = setting("soak r=2", {"n": 100, "fmt": "json", "concurrency": 32, "duration": args.soak})
+    if "kill" in only and args.direct_ingress:
+        results["kill"] = _kill_one(args.model, max(args.duration, 30.0))
     if "autoscale" in only:
         results["autoscale"] = _autoscale(args.model, url, args.duration, balanced=args.direct_ingress)
     serve.shutdown()
@@ -527,6 +531,51 @@ def _balanced(replicas: int, duration: float, setting: Any) -> dict[str, Any]:
         balancer.stop(grace_s=2)
     res["targets"] = len(balancer.targets)
     return res
+
+
+def _replica_pids() -> list[int]:
+    """PIDs of the bench deployment's replica processes."""
+    pids = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if b"ServeReplica:bench" in Path(f"/proc/{entry}/cmdline").read_bytes():
+                pids.append(int(entry))
+        except OSError:
+            continue
+    return pids
+
+
+def _kill_one(model: str, duration: float) -> dict[str, Any]:
+    """32 clients through the balancer on 2 replicas; one replica SIGKILLed at a third of the run."""
+    import signal
+
+    from cadasg_dist.serving.balancer import Balancer, serve_targets
+
+    _deploy(model, (2, 2))
+    time.sleep(2)  # the replicas open their ports just after they report RUNNING
+    balancer = Balancer("127.0.0.1", _free_port(), serve_targets("bench", "127.0.0.1"))
+    balancer.start()
+    start = time.perf_counter()
+    proc = _client(f"http://127.0.0.1:{balancer.port}", n=100, fmt="json", concurrency=32, duration=duration)
+    time.sleep(duration / 3)
+    victim = _replica_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    killed_at = time.perf_counter() - start
+    noticed = back = None  # when Serve's list lost the replica, and when it held two again
+    while proc.poll() is None:
+        two = _replica_states().get("RUNNING", 0) >= 2 and len(balancer.targets) >= 2
+        now = round(time.perf_counter() - start, 1)
+        if noticed is None and not two:
+            noticed = now
+        elif noticed is not None and back is None and two:
+            back = now
+        time.sleep(0.5)
+    load = _finish(proc)
+    balancer.stop(grace_s=2)
+    out = {"killed_at_s": round(killed_at, 1), "replica_dropped_at_s": noticed, "two_running_again_at_s": back,
+           "replayed": balancer.replayed, "load": load}
+    print(f"kill: {json.dumps(out)}", file=sys.stderr, flush=True)
+    return out
 
 
 def _autoscale(model: str, url: str, duration: float, balanced: bool = False) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.serve_load import KEY, _deploy, _direct_ports, _free_port  # noqa: E402
+from bench.serve_load import KEY, _deploy, _direct_ports, _free_block, _free_port  # noqa: E402
 
 
 def replica_pid() -> int:
@@ -78,6 +78,8 @@ def main() -> int:
     ap.add_argument("--model", required=True, help="a trained model directory")
     ap.add_argument("--rows", default="1000000,3000000", help="comma-separated n, one request each, in order")
     ap.add_argument("--direct-ingress", action="store_true", help="ask the replica's own port, not the proxy")
+    ap.add_argument("--balanced", action="store_true",
+                    help="ask through the connection balancer, as `cadasg serve` does (implies --direct-ingress)")
     args = ap.parse_args()
     import ray
     from ray import serve
@@ -85,19 +87,32 @@ def main() -> int:
     from cadasg_dist.serving.auth import hash_key
 
     os.environ["CADASG_BENCH_KEYS"] = f"{hash_key(KEY)} model=bench"
+    args.direct_ingress = args.direct_ingress or args.balanced
     if args.direct_ingress:
-        os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
+        from cadasg_dist.cli.serve import direct_ingress_env
+
+        direct_ingress_env(_free_block(8), 2)  # what `cadasg serve` sets
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         port = _free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         rows = [int(n) for n in args.rows.split(",")]
         _deploy(args.model, (1, 1), max_rows=max(rows))
+        for _ in range(60):  # the replica opens its port just after it reports RUNNING
+            if not args.direct_ingress or _direct_ports():
+                break
+            time.sleep(0.5)
         if args.direct_ingress:
             port = _direct_ports()[0]
+        if args.balanced:
+            from cadasg_dist.serving.balancer import Balancer, serve_targets
+
+            balancer = Balancer("127.0.0.1", _free_port(), serve_targets("bench", "127.0.0.1"))
+            balancer.start()
+            port = balancer.port
         pid = replica_pid()
         one_answer(port, 1_000)  # warm-up: the first draw fits the calibration, starts the pools
-        path = "direct ingress" if args.direct_ingress else "proxy"
+        path = "balancer" if args.balanced else "direct ingress" if args.direct_ingress else "proxy"
         print("| path | n | RSS before MB | peak MB | 3 s after MB | answer MB | s |")
         print("|---|---|---|---|---|---|---|")
         for n in rows:
