@@ -483,8 +483,9 @@ def run_main(args: argparse.Namespace) -> int:
             # measured again right before: the machine's load drifts, and the share should compare
             # HTTP with sample() under the same conditions
             here = _in_process_rows_per_s(args.model, 100_000, repeats=3)
-            large = setting(f"large r={r}", {"n": 100_000, "fmt": "arrow", "concurrency": r,
-                                             "duration": args.duration, "max_requests": 400})
+            load = {"n": 100_000, "fmt": "arrow", "concurrency": r, "duration": args.duration, "max_requests": 400}
+            large = (_balanced(r, args.duration, setting, load, name="large")  # cadasg serve's path
+                     if args.direct_ingress else setting(f"large r={r}", load))
             large["in_process_rows_per_s_just_before"] = round(here)
             large["share_of_in_process"] = round(large["rows_per_s"] / here, 3)
             results["large"][str(r)] = large
@@ -517,16 +518,18 @@ def run_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _balanced(replicas: int, duration: float, setting: Any) -> dict[str, Any]:
-    """The small setting through the connection balancer of ``cadasg serve`` (this process)."""
+def _balanced(replicas: int, duration: float, setting: Any, load: dict[str, Any] | None = None,
+              name: str = "balanced") -> dict[str, Any]:
+    """A setting (by default the small one) through the connection balancer of ``cadasg serve``,
+    run in this process."""
     from cadasg_dist.serving.balancer import Balancer, serve_targets
 
     time.sleep(2)  # the replicas open their ports just after they report RUNNING
     balancer = Balancer("127.0.0.1", _free_port(), serve_targets("bench", "127.0.0.1"))
     balancer.start()
     try:
-        res = setting(f"balanced r={replicas}", {"n": 100, "fmt": "json", "concurrency": 32, "duration": duration},
-                      at=f"http://127.0.0.1:{balancer.port}")
+        small = {"n": 100, "fmt": "json", "concurrency": 32, "duration": duration}
+        res = setting(f"{name} r={replicas}", load or small, at=f"http://127.0.0.1:{balancer.port}")
     finally:
         balancer.stop(grace_s=2)
     res["targets"] = len(balancer.targets)
