@@ -80,7 +80,12 @@ def serve_args(args: argparse.Namespace) -> Any:
 
 
 def _check_port(host: str, port: int) -> None:
+    """Refuse a port something listens on (one closed a moment ago, in TIME_WAIT, is fine: the
+    servers bind with SO_REUSEADDR too)."""
+    if not 0 < port < 65536:
+        raise ConfigError(f"port {port} is out of range (1-65535); choose another --port")
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as exc:
@@ -103,7 +108,11 @@ def run(args: argparse.Namespace) -> int:
     _check_port(args.host, args.port)
     balanced = args.ingress == "balancer"
     if balanced:
-        for port in direct_ports(args.port, sargs.max_replicas):
+        ports = direct_ports(args.port, sargs.max_replicas)
+        if ports[-1] > 65535:
+            raise ConfigError(f"--port {args.port}: the replicas need the ports up to {ports[-1]}, past 65535; "
+                              "choose a lower --port")
+        for port in ports:
             _check_port("127.0.0.1", port)
         direct_ingress_env(args.port, sargs.max_replicas)
     start_private_ray()

@@ -56,7 +56,7 @@ class Balancer:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
-        """Read the targets once, then listen; raises ``OSError`` if the port cannot be bound."""
+        """Read the targets once, then listen; raises what binding the port raised (``OSError``)."""
         self._refresh()
         self._threads = [threading.Thread(target=self._serve, name="cadasg-balancer", daemon=True),
                          threading.Thread(target=self._poll, name="cadasg-balancer-targets", daemon=True)]
@@ -68,7 +68,9 @@ class Balancer:
             raise self._error
 
     def close(self) -> None:
-        """Stop accepting new connections; open ones go on."""
+        """Stop accepting new connections (and reading the targets: Serve is about to shut down);
+        open ones go on."""
+        self._stopping.set()
         if self._loop is not None and self._server is not None and self._loop.is_running():
             self._loop.call_soon_threadsafe(self._server.close)
 
@@ -113,12 +115,12 @@ class Balancer:
         try:
             self._server = loop.run_until_complete(asyncio.start_server(
                 self._handle, self.host, self.port, reuse_address=True, backlog=1024, limit=CHUNK))
-        except OSError as exc:
+        except Exception as exc:  # a busy port, a port out of range: start() raises it
             self._error = exc
-            self._ready.set()
             loop.close()
             return
-        self._ready.set()
+        finally:
+            self._ready.set()
         loop.run_forever()
         loop.close()
 
@@ -146,7 +148,6 @@ class Balancer:
                     self.replayed += 1
                     link.up_w.write(bytes(link.unanswered))
                 to_replica = to_replica or asyncio.ensure_future(link.to_replica())
-                self.open[target] = self.open.get(target, 0) + 1
                 try:
                     await link.to_client(up_r)  # the replica's side decides when the exchange is over
                 finally:
@@ -168,10 +169,12 @@ class Balancer:
         for target in self.choose():
             if target in skip:
                 continue
+            self.open[target] = self.open.get(target, 0) + 1  # counted while connecting: a burst spreads
             try:
                 reader, writer = await asyncio.wait_for(
                     asyncio.open_connection(*target, limit=CHUNK), self.connect_timeout_s)
             except (TimeoutError, OSError):
+                self._release(target)
                 continue  # stopping or not yet listening: the next one
             _no_delay(writer)
             return target, reader, writer
@@ -185,6 +188,9 @@ class _Link:
     ``REPLAY_MAX``). If the replica closes or dies while a request has no byte of answer (a replica
     that stops, one that is killed), that request is sent again to another replica: sampling has
     no side effects and spends no budget. An answer cut after its first byte is not replayed.
+    This assumes one request at a time on a connection, as HTTP/1.1 clients send them: with
+    pipelined requests, or a body sent after ``100 Continue``, what is replayed need not be a
+    whole request (the next replica then answers 400 or the client sees the connection close).
     """
 
     def __init__(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
@@ -207,14 +213,16 @@ class _Link:
                 self.unanswered += data
                 if len(self.unanswered) > REPLAY_MAX:
                     self.unanswered = None
+            if self.up_w.is_closing():
+                continue  # the replica went away: _handle sends ``unanswered`` to the next one
             try:
                 self.up_w.write(data)
                 await self.up_w.drain()
-            except (ConnectionError, OSError):
-                pass  # the replica went away: _handle sends ``unanswered`` to the next one
+            except (ConnectionError, OSError, RuntimeError):  # uvloop: RuntimeError on a closed transport
+                pass  # as above
         self.client_gone = True
-        with contextlib.suppress(OSError):
-            if self.up_w.can_write_eof():
+        with contextlib.suppress(OSError, RuntimeError):
+            if not self.up_w.is_closing() and self.up_w.can_write_eof():
                 self.up_w.write_eof()
 
     async def to_client(self, up_r: asyncio.StreamReader) -> None:
@@ -222,7 +230,7 @@ class _Link:
         while True:
             try:
                 data = await up_r.read(CHUNK)
-            except (ConnectionError, OSError):
+            except (ConnectionError, OSError, RuntimeError):
                 return  # a reset replica: like a close
             if not data:
                 return
@@ -230,7 +238,7 @@ class _Link:
             try:
                 self.client_w.write(data)
                 await self.client_w.drain()
-            except (ConnectionError, OSError):
+            except (ConnectionError, OSError, RuntimeError):
                 self.client_gone = True
                 return
 

@@ -73,7 +73,7 @@ def test_the_balancer_serves_the_replicas_app_on_one_port(tiny_model, tmp_path):
         assert via_replica.status_code == via_front.status_code == 200
         assert via_replica.content == via_front.content
         assert via_replica.headers["X-Model-Version"] == via_front.headers["X-Model-Version"]
-        with ThreadPoolExecutor(8) as pool:  # eight connections at once, spread over both replicas
+        with ThreadPoolExecutor(8) as pool:  # eight connections at once
             answers = list(pool.map(lambda s: httpx.post(f"{front}/v1/sample", json={"n": 10, "seed": s},
                                                          headers={"X-API-Key": key}, timeout=60), range(8)))
         assert [a.status_code for a in answers] == [200] * 8

@@ -59,8 +59,10 @@ def test_module_entry_point_reports_one_line(tmp_path, capsys, monkeypatch):
 
 def test_the_balancer_is_the_default_and_replicas_take_the_ports_above_it(monkeypatch):
     for name in ("RAY_SERVE_ENABLE_DIRECT_INGRESS", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT",
-                 "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"):
-        monkeypatch.delenv(name, raising=False)
+                 "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S",
+                 "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD", "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE"):
+        monkeypatch.setenv(name, "x")  # recorded, so the test's changes are undone after it
+        monkeypatch.delenv(name)
     assert parse("m").ingress == "balancer" and parse("m", "--ingress", "proxy").ingress == "proxy"
     serve_command.direct_ingress_env(8700, 2)
     import os
@@ -69,6 +71,7 @@ def test_the_balancer_is_the_default_and_replicas_take_the_ports_above_it(monkey
     assert (os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"], os.environ["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"]
             ) == ("8701", "8708")
     assert serve_command.direct_ports(8700, 2) == list(range(8701, 8709))
+    assert os.environ["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"
 
 
 def test_a_busy_replica_port_is_refused_before_ray(tiny_model, tmp_path, monkeypatch):
@@ -80,3 +83,12 @@ def test_a_busy_replica_port_is_refused_before_ray(tiny_model, tmp_path, monkeyp
         taken = busy.getsockname()[1]
         with pytest.raises(ConfigError, match=f"127.0.0.1:{taken}"):
             serve_command.run(parse(model_dir, "--port", str(taken - 2)))
+
+
+def test_ports_past_65535_are_refused_before_ray(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("CADASG_API_KEYS", f"{hash_key('k')} model=*")
+    model_dir = str(tiny_model.save(tmp_path / "m"))
+    with pytest.raises(ConfigError, match="past 65535; choose a lower --port"):
+        serve_command.run(parse(model_dir, "--port", "65530"))
+    with pytest.raises(ConfigError, match="port 70000 is out of range"):
+        serve_command.run(parse(model_dir, "--port", "70000", "--ingress", "proxy"))
