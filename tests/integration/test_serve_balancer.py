@@ -1,7 +1,7 @@
 """``cadasg serve`` with its default ingress: the balancer on PORT hands connections to the replicas,
 which answer on PORT+1 and PORT+2 themselves with the same app (keys refused the same way, the same
-rows for the same seed); a burst of parallel clients all get answers; SIGTERM drains and exits 0 and
-frees every port. One subprocess (~40 s on 2 cores, mostly Ray and Serve starting)."""
+rows for the same seed); a burst of parallel clients all get answers; SIGTERM drains and exits 0 with
+no traceback and frees every port. One subprocess (~40 s on 2 cores, mostly Ray and Serve starting)."""
 
 from __future__ import annotations
 
@@ -84,5 +84,7 @@ def test_the_balancer_serves_the_replicas_app_on_one_port(tiny_model, tmp_path):
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, err[-2000:]
-    assert f"ports {port + 1}-{port + 8}" in out and "Traceback" not in err
+    assert "stopping: draining" in out and f"ports {port + 1}-{port + 8}" in out and "Traceback" not in err
     assert all(_free(port + i) for i in range(9))
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{front}/healthz", timeout=2)
