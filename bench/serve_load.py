@@ -644,8 +644,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--batch-wait-ms", type=float, help="batch_wait_timeout_s of the small/direct deployments, "
                    "in ms (default: ServeArgs')")
     r.add_argument("--direct-ingress", action="store_true",
-                   help="set RAY_SERVE_ENABLE_DIRECT_INGRESS=1 before Ray starts; 'direct' then loads the "
-                        "replicas' own ports (clients spread round-robin over them)")
+                   help="before Ray starts, set what `cadasg serve` sets (cli.serve.direct_ingress_env: replicas "
+                        "answer on their own ports); 'direct' then loads those ports (clients spread round-robin), "
+                        "'balanced', 'kill', 'large' and 'autoscale' go through the balancer")
     r.add_argument("--throughput-optimized", action="store_true",
                    help="set RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (Serve's fast path) before Ray starts")
     c = sub.add_parser("client", help="the load generator (run by `run` in a second process)")
