@@ -139,9 +139,13 @@ class Balancer:
         _no_delay(client_w)
         link = _Link(client_r, client_w)
         tried: set[Target] = set()
+        attempts = 0
         to_replica: asyncio.Future | None = None
         try:
-            while (upstream := await self._connect(skip=tried)) is not None:
+            # a request is sent again to a replica not tried yet, or, once every one was, to any
+            # (a lone replica that closed an idle connection just as the client sent on it is alive)
+            while (upstream := await self._connect(skip=set() if tried >= set(self.targets) else tried)) is not None:
+                attempts += 1
                 target, up_r, link.up_w = upstream
                 tried.add(target)
                 if link.unanswered:  # the last replica closed on a request it never answered
@@ -153,7 +157,7 @@ class Balancer:
                 finally:
                     self._release(target)
                     link.up_w.close()
-                if link.client_gone or not link.unanswered:
+                if link.client_gone or not link.unanswered or attempts > len(self.targets):
                     return
         finally:
             if to_replica is not None:
@@ -186,8 +190,9 @@ class _Link:
 
     ``unanswered`` holds what the client sent since the replica last sent anything (None past
     ``REPLAY_MAX``). If the replica closes or dies while a request has no byte of answer (a replica
-    that stops, one that is killed), that request is sent again to another replica: sampling has
-    no side effects and spends no budget. An answer cut after its first byte is not replayed.
+    that stops, one that is killed), that request is sent again to another replica (to any, once
+    each has been tried: a lone replica that closed an idle connection is alive): sampling has no
+    side effects and spends no budget. An answer cut after its first byte is not replayed.
     This assumes one request at a time on a connection, as HTTP/1.1 clients send them: with
     pipelined requests, or a body sent after ``100 Continue``, what is replayed need not be a
     whole request (the next replica then answers 400 or the client sees the connection close).

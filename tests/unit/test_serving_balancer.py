@@ -36,7 +36,8 @@ class _Replica(BaseHTTPRequestHandler):
 
 
 class _Quits(socketserver.BaseRequestHandler):
-    """Reads one request, then closes: without a byte of answer, or (``cut``) after a few."""
+    """Reads one request, then closes: without a byte of answer, or (``cut``) after a few; with
+    ``quits`` > 0 only that many connections quit, later ones get a whole answer."""
 
     def handle(self) -> None:
         data = b""
@@ -47,13 +48,16 @@ class _Quits(socketserver.BaseRequestHandler):
                       if line.lower().startswith(b"content-length"))
         while len(body) < length:  # read it all: unread bytes would make the close a reset, which
             body += self.request.recv(4096)  # can discard the partial answer before it is read
-        if self.server.cut:
+        self.server.seen += 1
+        if self.server.quits and self.server.seen > self.server.quits:
+            self.request.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate")
+        elif self.server.cut:
             self.request.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
 
 
-def _quitting(cut: bool) -> socketserver.ThreadingTCPServer:
+def _quitting(cut: bool, quits: int = 0) -> socketserver.ThreadingTCPServer:
     server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Quits)
-    server.daemon_threads, server.cut = True, cut
+    server.daemon_threads, server.cut, server.quits, server.seen = True, cut, quits, 0
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
@@ -178,3 +182,22 @@ def test_an_answer_cut_after_its_first_byte_is_not_sent_again(replicas):
         balancer.stop(grace_s=2)
         cut.shutdown()
         cut.server_close()
+
+
+def test_a_lone_replica_that_closed_on_a_request_gets_it_again_once():
+    """One replica (the default's low-load state) that closed a connection just as the request
+    arrived (its idle timeout, say) is alive: the request goes to it again, once."""
+    lone, never = _quitting(cut=False, quits=1), _quitting(cut=False)  # never: closes on every request
+    balancers = [_start([("127.0.0.1", server.server_address[1])]) for server in (lone, never)]
+    try:
+        with httpx.Client() as client:
+            assert client.post(f"http://127.0.0.1:{balancers[0].port}/", content=b"abc").content == b"late"
+        assert balancers[0].replayed == 1
+        with pytest.raises(httpx.HTTPError), httpx.Client() as client:
+            client.post(f"http://127.0.0.1:{balancers[1].port}/", content=b"abc")
+        assert never.seen == 2 and balancers[1].replayed == 1  # tried twice, then the client sees the close
+    finally:
+        for balancer, server in zip(balancers, (lone, never)):
+            balancer.stop(grace_s=2)
+            server.shutdown()
+            server.server_close()
