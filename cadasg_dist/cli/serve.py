@@ -107,8 +107,8 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_model(sargs.model_dir, name=sargs.name, version=sargs.version)  # ArtifactError: one line
     _check_port(args.host, args.port)
     balanced = args.ingress == "balancer"
+    ports = direct_ports(args.port, sargs.max_replicas) if balanced else []
     if balanced:
-        ports = direct_ports(args.port, sargs.max_replicas)
         if ports[-1] > 65535:
             raise ConfigError(f"--port {args.port}: the replicas need the ports up to {ports[-1]}, past 65535; "
                               "choose a lower --port")
@@ -131,7 +131,6 @@ def run(args: argparse.Namespace) -> int:
           f"({sargs.min_replicas}-{sargs.max_replicas} replicas, {len(keys)} API keys); Ctrl-C or SIGTERM stops",
           flush=True)
     if balanced:
-        ports = direct_ports(args.port, sargs.max_replicas)
         print(f"replicas answer on 127.0.0.1 ports {ports[0]}-{ports[-1]}; port {args.port} balances "
               "connections over them", flush=True)
     try:

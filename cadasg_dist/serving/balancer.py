@@ -218,13 +218,12 @@ class _Link:
                 self.unanswered += data
                 if len(self.unanswered) > REPLAY_MAX:
                     self.unanswered = None
-            if self.up_w.is_closing():
-                continue  # the replica went away: _handle sends ``unanswered`` to the next one
-            try:
-                self.up_w.write(data)
-                await self.up_w.drain()
-            except (ConnectionError, OSError, RuntimeError):  # uvloop: RuntimeError on a closed transport
-                pass  # as above
+            # a replica that went away: _handle sends ``unanswered`` to the next one (uvloop raises
+            # RuntimeError on a closed transport)
+            with contextlib.suppress(ConnectionError, OSError, RuntimeError):
+                if not self.up_w.is_closing():
+                    self.up_w.write(data)
+                    await self.up_w.drain()
         self.client_gone = True
         with contextlib.suppress(OSError, RuntimeError):
             if not self.up_w.is_closing() and self.up_w.can_write_eof():

@@ -44,8 +44,8 @@ class ServeArgs(BaseModel):
     batch_max_rows: int = Field(8_192, gt=0)
     batch_wait_timeout_s: float = Field(0.005, ge=0)
     sample_threads: int = Field(2, ge=1, description="threads per replica that sample and encode")
-    reconnect_every: int = Field(200, ge=0, description="answer `Connection: close` to about one request in "
-                                 "this many, so keep-alive clients spread over replicas that autoscaling "
+    reconnect_every: int = Field(200, ge=0, description="a replica answers `Connection: close` to every this "
+                                 "many-th request, so keep-alive clients spread over replicas that autoscaling "
                                  "added (cadasg serve balances connections); 0: never")
     # deployment
     min_replicas: int = Field(1, ge=1)
